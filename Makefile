@@ -1,0 +1,36 @@
+# fowm: `make demo` runs the main job, `make test` runs the tests. Both set themselves up first.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export MUJOCO_GL ?= egl
+
+.PHONY: setup sysdeps test lint demo bench clean
+
+# Debian/Ubuntu libraries that the wheels expect: libusb (pyrealsense2), EGL/Mesa (headless MuJoCo).
+sysdeps:
+	@if ! ldconfig -p | grep -q 'libusb-1.0.so.0' || ! ldconfig -p | grep -q 'libEGL.so.1' \
+	    || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null; fi
+
+$(BIN)/.installed: pyproject.toml
+	$(MAKE) sysdeps
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[sim,ros,hw,test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check fowm_core tests benchmarks
+
+demo: setup
+	$(BIN)/fowm demo
+
+clean:
+	rm -rf $(VENV) runs ros2_ws/build ros2_ws/install ros2_ws/log

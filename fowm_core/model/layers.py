@@ -1,0 +1,130 @@
+"""Building blocks of the world model (spec §2): the Mish+LN MLP, the bounded-latent head and the
+stacked Q ensemble. Pure torch; the model file only wires these together."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def mlp(in_dim: int, mlp_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear → LN → Mish → Linear → LN → Mish → Linear (spec §2.2 'mlp(in, out)')."""
+    return nn.Sequential(
+        nn.Linear(in_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.Mish(),
+        nn.Linear(mlp_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.Mish(),
+        nn.Linear(mlp_dim, out_dim),
+    )
+
+
+def value_mlp(in_dim: int, mlp_dim: int) -> nn.Sequential:
+    """Linear → LN → Tanh → Linear → ELU → Linear(→1): the V head's shape (spec §2.4)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.Tanh(),
+        nn.Linear(mlp_dim, mlp_dim), nn.ELU(),
+        nn.Linear(mlp_dim, 1),
+    )
+
+
+class BoundedLatent(nn.Module):
+    """LayerNorm followed by Sigmoid: every latent lies in (0, 1)^L (spec §2.1, §2.2)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.norm(x))
+
+
+class QEnsemble(nn.Module):
+    """K independent Q heads Linear → LN → Tanh → Linear → ELU → Linear(→1), stored as stacked
+    weights so all heads run as one wide matmul plus two batched matmuls (no loop over heads).
+
+    Weights are laid out input-major (``w1``: (in, K·M)) so the first layer of every head that reads
+    the same input is a single (N, in) @ (in, K·M) product.
+    """
+
+    def __init__(self, num_heads: int, in_dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.num_heads, self.in_dim, self.mlp_dim = num_heads, in_dim, mlp_dim
+        k, m = num_heads, mlp_dim
+        self.w1 = nn.Parameter(torch.empty(in_dim, k * m))
+        self.b1 = nn.Parameter(torch.zeros(k * m))
+        self.ln_weight = nn.Parameter(torch.ones(k, m))
+        self.ln_bias = nn.Parameter(torch.zeros(k, m))
+        self.w2 = nn.Parameter(torch.empty(k, m, m))
+        self.b2 = nn.Parameter(torch.zeros(k, 1, m))
+        self.w3 = nn.Parameter(torch.empty(k, m, 1))
+        self.b3 = nn.Parameter(torch.zeros(k, 1, 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        k, m = self.num_heads, self.mlp_dim
+        with torch.no_grad():
+            w1 = torch.empty(k, m, self.in_dim)
+            for head in range(k):
+                nn.init.orthogonal_(w1[head])
+                nn.init.orthogonal_(self.w2[head].T)
+            # (K, M, in) → (in, K·M): column block k holds head k's transposed weight.
+            self.w1.copy_(w1.permute(2, 0, 1).reshape(self.in_dim, k * m))
+            # Spec §2.5: the last layer of every Q head starts at zero.
+            self.w3.zero_()
+            self.b1.zero_(), self.b2.zero_(), self.b3.zero_()
+            self.ln_weight.fill_(1.0), self.ln_bias.zero_()
+
+    def hidden(self, h1: torch.Tensor) -> torch.Tensor:
+        """From first-layer pre-activations (N, K·M) to the K outputs (K, N, 1)."""
+        n = h1.shape[0]
+        k, m = self.num_heads, self.mlp_dim
+        h = F.layer_norm(h1.view(n, k, m), (m,)) * self.ln_weight + self.ln_bias
+        h = torch.tanh(h).transpose(0, 1)                      # (K, N, M)
+        h = F.elu(torch.baddbmm(self.b2, h, self.w2))          # (K, N, M)
+        return torch.baddbmm(self.b3, h, self.w3)              # (K, N, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., in) → (K, ..., 1)."""
+        lead = x.shape[:-1]
+        h1 = torch.addmm(self.b1, x.reshape(-1, self.in_dim), self.w1)
+        return self.hidden(h1).view(self.num_heads, *lead, 1)
+
+
+def conv_out_size(img_size: int, kernels: tuple[int, ...] = (7, 5, 3, 3), stride: int = 2) -> int:
+    """Spatial size after the valid stride-2 convs of the pixel encoder: 84 → 39 → 18 → 8 → 3."""
+    size = img_size
+    for k in kernels:
+        size = math.floor((size - k) / stride) + 1
+    return size
+
+
+def rgb_encoder(in_channels: int, num_channels: int, img_size: int, latent_dim: int) -> nn.Sequential:
+    """uint8 image → /255 → 4 valid convs (k7/5/3/3, stride 2, ReLU) → Linear → LN → Sigmoid."""
+    c = num_channels
+    flat = c * conv_out_size(img_size) ** 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, c, 7, stride=2), nn.ReLU(),
+        nn.Conv2d(c, c, 5, stride=2), nn.ReLU(),
+        nn.Conv2d(c, c, 3, stride=2), nn.ReLU(),
+        nn.Conv2d(c, c, 3, stride=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(flat, latent_dim), BoundedLatent(latent_dim),
+    )
+
+
+def state_encoder(state_dim: int, enc_dim: int, latent_dim: int) -> nn.Sequential:
+    """Linear → ELU → Linear → LN → Sigmoid (spec §2.1)."""
+    return nn.Sequential(
+        nn.Linear(state_dim, enc_dim), nn.ELU(),
+        nn.Linear(enc_dim, latent_dim), BoundedLatent(latent_dim),
+    )
+
+
+def orthogonal_init(module: nn.Module) -> None:
+    """Spec §2.5: orthogonal Linear (gain 1) and Conv (ReLU gain √2) weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.orthogonal_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        nn.init.orthogonal_(module.weight, gain=nn.init.calculate_gain("relu"))
+        nn.init.zeros_(module.bias)

@@ -20,7 +20,7 @@ from fowm_core.errors import ConfigError
 
 
 class Modality(enum.StrEnum):
-    """What the encoder sees: the state vector, the 84x84 image, or both averaged (spec §2.1 'all')."""
+    """What the encoder sees: state vector, 84x84 image, or both averaged (spec §2.1 'all')."""
 
     STATE = "state"
     RGB = "rgb"
@@ -90,10 +90,13 @@ class PlannerConfig:
             1 <= self.num_elites <= self.num_samples + self.num_pi_trajs,
             "planner.num_elites", self.num_elites, "1..num_samples + pi trajectories",
         )
-        _check(0.0 <= self.mixture_coef <= 1.0, "planner.mixture_coef", self.mixture_coef, "in [0, 1]")
-        _check(0 < self.min_std <= self.max_std, "planner.min_std", self.min_std, "0 < min_std <= max_std")
+        _check(0.0 <= self.mixture_coef <= 1.0, "planner.mixture_coef", self.mixture_coef,
+               "in [0, 1]")
+        _check(0 < self.min_std <= self.max_std, "planner.min_std", self.min_std,
+               "0 < min_std <= max_std")
         _check(0.0 <= self.momentum < 1.0, "planner.momentum", self.momentum, "in [0, 1)")
-        _check(self.uncertainty_cost >= 0, "planner.uncertainty_cost", self.uncertainty_cost, ">= 0")
+        _check(self.uncertainty_cost >= 0, "planner.uncertainty_cost", self.uncertainty_cost,
+               ">= 0")
 
     @property
     def num_pi_trajs(self) -> int:
@@ -168,7 +171,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class FowmConfig:
-    """Everything the algorithm needs. horizon and discount are shared by the learner and planner."""
+    """Everything the algorithm needs; horizon and discount are shared by learner and planner."""
 
     preset: str = "paper"
     task: str = "lift"
@@ -206,7 +209,11 @@ class FowmConfig:
         if not isinstance(data, dict):
             msg = f"config {path} must hold a mapping, found {type(data).__name__}"
             raise ConfigError(msg)
-        base = preset(data.get("preset", "paper"))
+        # The preset derives action/state sizes from the task and modality, so build it with them.
+        model = data.get("model") if isinstance(data.get("model"), dict) else {}
+        kwargs = {k: v for k, v in (("task", data.get("task")),
+                                    ("modality", model.get("modality"))) if v is not None}
+        base = preset(data.get("preset", "paper"), **kwargs)
         return base.with_overrides(data)
 
 

@@ -1,6 +1,6 @@
 """The topic contract (DESIGN.md), as data: names and stock message types.
 
-Shared by the ROS nodes, the recorder and the bag codec, so live topics and logged bags cannot drift.
+Shared by the ROS nodes, the recorder and the bag codec, so live topics and logged bags agree.
 Names follow realsense-ros (/camera/camera/...) and xarm_ros2 (/xarm/...).
 """
 

@@ -99,7 +99,8 @@ def conv_out_size(img_size: int, kernels: tuple[int, ...] = (7, 5, 3, 3), stride
     return size
 
 
-def rgb_encoder(in_channels: int, num_channels: int, img_size: int, latent_dim: int) -> nn.Sequential:
+def rgb_encoder(in_channels: int, num_channels: int, img_size: int,
+                latent_dim: int) -> nn.Sequential:
     """uint8 image → /255 → 4 valid convs (k7/5/3/3, stride 2, ReLU) → Linear → LN → Sigmoid."""
     c = num_channels
     flat = c * conv_out_size(img_size) ** 2

@@ -22,7 +22,7 @@ def truncated_noise_sample(mean: torch.Tensor, std: float, clip: float = 0.3,
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """ℓ_τ(u) = |τ − 1[u < 0]|·u² with u = target − prediction: weight τ when the target is above."""
+    """ℓ_τ(u) = |τ − 1[u < 0]|·u², u = target − prediction: weight τ when the target is above."""
     weight = torch.where(diff < 0, 1.0 - expectile, expectile)
     return weight * diff.square()
 

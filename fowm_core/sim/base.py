@@ -163,6 +163,17 @@ class XarmEnv(gym.Env):
         self.data.ctrl[:] = gripper
         return target.copy()
 
+    def place_object(self, position: np.ndarray) -> None:
+        """Put the object's centre at ``position`` (upright, at rest) and update the state, e.g. to
+        stage a scene by hand. obj_init_z keeps its value from reset()."""
+        if self._obj_qpos is None:
+            msg = f"task {self.task!r} has no object to place"
+            raise EnvError(msg)
+        self.data.qpos[self._obj_qpos:self._obj_qpos + 7] = [*position, 1.0, 0.0, 0.0, 0.0]
+        dof = self.model.joint("object_joint0").dofadr[0]
+        self.data.qvel[dof:dof + 6] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
     def _check_finite(self) -> None:
         if not np.isfinite(self.data.qpos).all():
             msg = (f"{self.task} simulation diverged (non-finite qpos) after {self._steps} agent "

@@ -190,6 +190,12 @@ class XarmEnv(gym.Env):
         """drive_joint angle: 0 open .. 0.85 rad closed (what xarm_ros2 reports)."""
         return float(self.data.qpos[self._finger_qpos] * DRIVE_PER_M)
 
+    def eef_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tool centre position (3,) and orientation quaternion (w, x, y, z), world frame."""
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._grasp])
+        return self.eef, quat
+
     def proprio(self) -> np.ndarray:
         """(4,) float32: absolute tool position (world frame) and the gripper angle (spec §7.1)."""
         return np.array([*self.eef, self.gripper], dtype=np.float32)

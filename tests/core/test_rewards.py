@@ -115,3 +115,10 @@ def test_state_validation_and_errors():
         reward("lift", _lift(0.6), np.zeros(3))
     with pytest.raises(ConfigError, match="action_repeat"):
         reward("reach", TaskState(eef=GOAL, gripper=0.0, goal=GOAL), np.zeros(3), 0)
+
+
+def test_task_states_compare_by_value():
+    a = TaskState(eef=GOAL, gripper=0.1, obj=GOAL, goal=GOAL, obj_init_z=0.5)
+    assert a == TaskState(eef=GOAL.copy(), gripper=0.1, obj=GOAL.copy(), goal=GOAL, obj_init_z=0.5)
+    assert a != TaskState(eef=GOAL, gripper=0.1, obj=None, goal=GOAL, obj_init_z=0.5)
+    assert a != TaskState(eef=GOAL + 1e-9, gripper=0.1, obj=GOAL, goal=GOAL, obj_init_z=0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gymnasium.utils.env_checker import check_env
 
 from fowm_core.data import rewards
 from fowm_core.errors import ConfigError, EnvError
@@ -35,6 +36,23 @@ def test_spaces_and_observations(task):
     np.testing.assert_allclose(obs["state"][:3], info["task_state"].eef, atol=1e-6)
     assert info["joint_pos"].shape == (8,) and info["joint_names"] == JOINT_NAMES
     assert JOINT_NAMES[-1] == "drive_joint"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_gymnasium_env_checker_passes():
+    check_env(make_env("lift", "all"))
+
+
+def test_poses_for_the_ros_node():
+    env = make_env("push", seed=0)
+    _, info = env.reset()
+    pos, quat = env.eef_pose()
+    np.testing.assert_array_equal(pos, info["task_state"].eef)
+    assert abs(quat[1]) == pytest.approx(1.0, abs=0.01)       # tool pointing down
+    obj, obj_quat = env.object_pose()
+    np.testing.assert_array_equal(obj, info["task_state"].obj)
+    assert obj_quat[0] == pytest.approx(1.0, abs=0.01)
+    assert make_env("reach").object_pose() is None
 
 
 def test_all_mode_has_image_and_4d_proprio():

@@ -139,6 +139,11 @@ class ReplayBuffer:
         return self._size == self.capacity
 
     @property
+    def priorities(self) -> np.ndarray:
+        """A copy of the stored transitions' priorities, by slot."""
+        return self._priority[: self._size].copy()
+
+    @property
     def max_priority(self) -> float:
         return float(self._priority[: self._size].max()) if self._size else 1.0
 

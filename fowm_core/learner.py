@@ -50,7 +50,11 @@ def loss_mask(done: torch.Tensor) -> torch.Tensor:
 
 
 class Learner:
-    """Owns the target network, both optimisers and the update counter."""
+    """Owns the target network, both optimisers and the update counter.
+
+    ``generator`` (a CPU torch.Generator, also for a CUDA model) drives the random shifts and the
+    random Q-head pairs, so a seeded learner is reproducible; None uses torch's global RNG.
+    """
 
     def __init__(self, model: WorldModel, cfg: FowmConfig,
                  generator: torch.Generator | None = None) -> None:

@@ -193,6 +193,11 @@ class ArmCommander:
         self._hold = HoldReason.NO_COMMAND
 
     @property
+    def last_action_s(self) -> float | None:
+        """Receive time (the caller's clock) of the last action, accepted or not."""
+        return self._last_action_s
+
+    @property
     def target_m(self) -> np.ndarray | None:
         return None if self._target_m is None else self._target_m.copy()
 

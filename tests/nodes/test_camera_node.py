@@ -176,3 +176,17 @@ def test_bad_parameters_fail_at_startup(ros, name, value) -> None:
     with pytest.raises(ConfigError, match=name):
         CameraNode(source_factory=SoftwareCamera,
                    parameter_overrides=[Parameter(name, value=value)])
+
+
+def test_frame_errors_reopen_the_camera(make_rig, spin_until) -> None:
+    rig = make_rig()
+    rng = np.random.default_rng(3)
+    assert spin_until(lambda: len(rig.images) > 0, every=lambda: rig.cam.push(random_image(rng)))
+    starts = rig.cam.starts
+    rig.cam.failing_reads = 2
+    assert spin_until(lambda: rig.cam.starts >= starts + 2)
+    assert any(d.level == DiagnosticStatus.WARN and "simulated USB error" in d.message
+               for d in rig.diags)
+    n = len(rig.images)
+    assert spin_until(lambda: len(rig.images) > n, every=lambda: rig.cam.push(random_image(rng)))
+    assert rig.node._thread.is_alive()

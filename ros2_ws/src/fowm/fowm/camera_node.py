@@ -83,7 +83,7 @@ class CameraNode(Node):
             self.depth_pub = self.create_publisher(Image, ALIGNED_DEPTH_IMAGE, qos.SENSOR_PUB)
             self.depth_info_pub = self.create_publisher(CameraInfo, ALIGNED_DEPTH_INFO,
                                                         qos.SENSOR_PUB)
-        self.create_timer(self.config.diagnostics_period_s, self.diag.publish)
+        self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._capture_loop, name="fowm_camera_capture")
         self._thread.start()
@@ -99,13 +99,18 @@ class CameraNode(Node):
                     backoff = min(2.0 * backoff, self.config.reconnect_backoff_max_s)
                     continue
                 last_frame = time.monotonic()
-            frames = self.camera.read(min(READ_SLICE_S, self.config.frame_timeout_s))
+            try:
+                frames = self.camera.read(min(READ_SLICE_S, self.config.frame_timeout_s))
+            except RuntimeError as err:   # librealsense reports USB errors/unplugs this way
+                self._reopen(f"frame error: {err}; reopening the camera")
+                continue
             if frames is not None:
                 last_frame = time.monotonic()
                 backoff = self.config.reconnect_backoff_s
                 self._publish(frames)
             elif time.monotonic() - last_frame > self.config.frame_timeout_s:
-                self._on_stall(time.monotonic() - last_frame)
+                silent_s = time.monotonic() - last_frame
+                self._reopen(f"no frames for {silent_s:.1f} s; reopening the camera")
 
     def _open(self) -> bool:
         self.counts["open_attempts"] += 1
@@ -117,11 +122,10 @@ class CameraNode(Node):
             return False
         return True
 
-    def _on_stall(self, silent_s: float) -> None:
+    def _reopen(self, why: str) -> None:
         self.counts["stalls"] += 1
-        self.diag.update(WARN, f"no frames for {silent_s:.1f} s; reopening the camera",
-                         **self.counts)
-        self.get_logger().warning("camera stalled; reopening", throttle_duration_sec=5.0)
+        self.diag.update(WARN, why, **self.counts)
+        self.get_logger().warning(why, throttle_duration_sec=5.0)
         self.camera.close()
 
     def _publish(self, frames: CameraFrames) -> None:
@@ -137,6 +141,12 @@ class CameraNode(Node):
         self.counts["frames"] += 1
         self.diag.update(OK, "streaming", width=frames.color.shape[1],
                          height=frames.color.shape[0], **self.counts)
+
+    def _publish_diagnostics(self) -> None:
+        # A capture thread killed by an unexpected exception must not leave "streaming" behind.
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self.diag.update(ERROR, "capture thread died; see the log and restart the node")
+        self.diag.publish()
 
     def destroy_node(self) -> None:
         stop = getattr(self, "_stop", None)    # None when __init__ failed on a parameter

@@ -33,6 +33,7 @@ class SoftwareCamera:
         self.config = config
         self.intrinsics = intrinsics or default_intrinsics(config)
         self.plugged = True
+        self.failing_reads = 0       # > 0: the next reads raise, like a USB error mid-stream
         self.starts = 0
         self._lock = threading.Lock()
         self._sensors: list[tuple[rs.software_sensor, rs.stream_profile]] = []
@@ -52,6 +53,10 @@ class SoftwareCamera:
             self._frame_number = 0
 
     def wait(self, timeout_ms: int) -> rs.composite_frame | None:
+        if self.failing_reads > 0:
+            self.failing_reads -= 1
+            msg = "simulated USB error"
+            raise RuntimeError(msg)
         syncer = self._syncer
         if syncer is None:
             return None

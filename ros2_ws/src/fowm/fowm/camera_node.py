@@ -10,6 +10,7 @@ reopening a camera can take a second, which would stall every other node sharing
 (the fowm CLI runs all nodes in one process). The thread only publishes; rclpy publishers are
 thread-safe. A frame timeout closes the device and reopens it with exponential backoff, reported
 on /diagnostics (WARN while stalled, ERROR while the device cannot be opened, OK once frames flow).
+Run every process that touches VGA images with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (§1.7).
 """
 
 from __future__ import annotations

@@ -136,6 +136,8 @@ def _write_messages(writer: Writer, log_: EpisodeLog, camera: bool, latency: int
         if t < len(log_.actions):
             put(topics.ACTION, step.stamp_ns + latency,
                 convert.action_msg(step.stamp_ns, log_.actions[t]))
+    for log_ns, announcement in log_.weights:
+        put(topics.WEIGHTS, log_ns, convert.weights_msg(announcement))
     put(topics.EPISODE, sT + latency, convert.event_msg(
         {**base, "event": "end", "success": log_.success, "terminal": log_.terminal,
          "steps": len(log_.actions), "final_stamp_ns": sT}))

@@ -231,6 +231,11 @@ def event_msg(event: dict[str, Any]) -> Any:
     return _T["std_msgs/msg/String"](data=json.dumps(event, sort_keys=True))
 
 
+def weights_msg(announcement: dict[str, Any]) -> Any:
+    """A weights announcement (checkpoint path, hash, step) as std_msgs/String JSON."""
+    return _T["std_msgs/msg/String"](data=json.dumps(announcement, sort_keys=True))
+
+
 def parse_event(msg: Any) -> dict[str, Any]:
     try:
         event = json.loads(msg.data)

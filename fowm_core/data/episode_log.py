@@ -68,6 +68,9 @@ class EpisodeLog:
     obj_init_z: float | None = None
     camera: CameraSpec | None = None
     extra: dict[str, Any] = field(default_factory=dict)     # more JSON fields for the events
+    # Weights announcements seen during the episode: (log time ns, JSON such as {"path", "sha256",
+    # "step"}), so the learner knows which checkpoint acted. Latched (transient-local) topic.
+    weights: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.actions = np.asarray(self.actions, dtype=np.float32).reshape(len(self.actions), -1)

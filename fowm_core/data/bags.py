@@ -67,11 +67,11 @@ def _qos(depth: int, durability: QosDurability) -> Qos:
                QosLiveliness.AUTOMATIC, zero, False)
 
 
-# Offered QoS as the publishers offer it (DESIGN.md): so `ros2 bag play` re-offers the same, and
-# the transient-local announcement stays latched for late subscribers.
-OFFERED_QOS = {t: _qos(10, QosDurability.VOLATILE) for t in topics.RECORDED}
-OFFERED_QOS[topics.ACTION] = _qos(1, QosDurability.VOLATILE)
-OFFERED_QOS[topics.WEIGHTS] = _qos(1, QosDurability.TRANSIENT_LOCAL)
+# Offered QoS is recorded for transient-local topics only: `ros2 bag play` then re-offers them
+# latched, and plays every other topic with its default (reliable, volatile), which is what our
+# publishers offer anyway (PLATFORM_NOTES §3.4). Recording it for every topic would also make
+# reading 5x slower: rosbags parses each profile with a pure-Python YAML parser.
+OFFERED_QOS: dict[str, list[Qos]] = {topics.WEIGHTS: [_qos(1, QosDurability.TRANSIENT_LOCAL)]}
 
 
 def write_episode_bag(path: str | Path, log_: EpisodeLog, *, camera: bool = True,
@@ -117,7 +117,7 @@ def _write_messages(writer: Writer, log_: EpisodeLog, camera: bool, latency: int
         if topic not in conns:
             conns[topic] = writer.add_connection(
                 topic, topics.MSG_TYPES[topic], typestore=convert.TYPESTORE,
-                offered_qos_profiles=[OFFERED_QOS[topic]])
+                offered_qos_profiles=OFFERED_QOS.get(topic, []))
         raw = convert.TYPESTORE.serialize_cdr(msg, topics.MSG_TYPES[topic])
         writer.write(conns[topic], log_ns, raw)
 

@@ -149,8 +149,13 @@ def _load(path: Path, expected: Expected | None) -> tuple[dict[str, torch.Tensor
 
 
 def _refuse_pickle(path: Path, data: bytes) -> None:
-    # torch.save writes a zip (PK\x03\x04) or, legacy, a raw pickle (protocol 2+ opens with 0x80).
-    if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
+    # A safetensors file opens with its header length (u64, little-endian) and then "{"; that
+    # length may itself begin with 0x80, so the structure is checked before any pickle opener.
+    if len(data) >= 9 and data[8:9] == b"{" and 8 + int.from_bytes(data[:8], "little") <= len(data):
+        return
+    # torch.save writes a zip (PK\x03\x04) or, legacy, a raw pickle (0x80 + protocol 2..5).
+    if data[:4] == b"PK\x03\x04" or (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03",
+                                                                          b"\x04", b"\x05")):
         msg = (f"checkpoint {path} holds pickled weights (a torch.save file); pickled weights are "
                "refused because unpickling runs arbitrary code. Convert it where you trust it: "
                "safetensors.torch.save_file(torch.load(f, weights_only=True), out)")

@@ -26,6 +26,15 @@ from fowm_core.errors import CheckpointError
 from fowm_core.model import WorldModel
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These models are tiny: one thread avoids OpenMP contention on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
@@ -100,6 +109,19 @@ def test_pickled_weights_are_refused_unopened(tmp_path: Path, zip_format: bool) 
     with pytest.raises(CheckpointError, match="pickled weights are refused"):
         load_checkpoint(good)
     assert not marker.exists()
+
+
+def test_header_length_that_looks_like_a_pickle_opener_still_loads(tmp_path: Path) -> None:
+    # A safetensors header of 0x280 bytes starts the file with 0x80 0x02, like pickle protocol 2.
+    path = tmp_path / "p.safetensors"
+    name = next(n for n in ("w" * k for k in range(1, 700))
+                if st_save({n: torch.ones(3)}, {"format": "fowm-checkpoint",
+                                                "format_version": "1"})[:2] == b"\x80\x02")
+    save_checkpoint(path, {name: torch.ones(3)}, {"step": 1})
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    tensors, meta = load_checkpoint(path)
+    assert torch.equal(tensors[name], torch.ones(3))
+    assert meta == {"step": 1}
 
 
 def test_name_shape_dtype_mismatch_lists_every_field(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from fowm_core.data.bags import (
     read_episode_bag,
     write_episode_bag,
 )
-from fowm_core.errors import BagError
+from fowm_core.errors import BagError, FowmError
 
 S0, PERIOD = 1_000_000_000, 160_000_000
 
@@ -284,3 +284,30 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     shutil.rmtree(bag)
     with pytest.raises(BagError, match="y cannot be read"):
         read_episode_bag(bag)
+
+
+def test_message_conversions_follow_the_contract() -> None:
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(3, 2, 3)          # (3, H=2, W=3)
+    msg = convert.image_msg(rgb, 5)                  # ends are both 3: fowm's CHW is meant
+    assert (msg.height, msg.width, msg.step) == (2, 3, 9)
+    assert np.array_equal(convert.image_array(msg), rgb)
+    assert np.array_equal(convert.image_array(convert.image_msg(rgb.transpose(1, 2, 0), 5)), rgb)
+    # A driver's row padding and bgr8 order are undone.
+    padded = np.zeros((2, 12), np.uint8)
+    padded[:, :9] = rgb.transpose(1, 2, 0)[..., ::-1].reshape(2, 9)
+    msg.data, msg.step, msg.encoding = padded.reshape(-1), 12, "bgr8"
+    assert np.array_equal(convert.image_array(msg), rgb)
+    fx, fy, cx, cy = convert.camera_intrinsics(convert.camera_info_msg(0, 84, 84, 90.0))
+    assert np.isclose(fx, 42.0) and fx == fy and (cx, cy) == (41.5, 41.5)
+    js = convert.joint_state_msg(0, np.arange(7), 0.4)
+    js.name, js.position = js.name[::-1], js.position[::-1]              # order must not matter
+    joints, gripper = convert.joint_state_arrays(js)
+    assert joints.tolist() == list(range(7)) and gripper == 0.4
+    assert convert.stamp_ns(convert.action_msg(3_000_000_007, [0.5])) == 3_000_000_007
+    bad = convert.action_msg(0, [0.1, 0.2])
+    bad.name = ["ee_dy", "ee_dx"]
+    with pytest.raises(FowmError, match="not a prefix"):
+        convert.action_array(bad)
+    with pytest.raises(FowmError, match="needs the obj position"):
+        convert.build_state("push", "state", [0, 0, 0], 0.1, None, [0, 0, 0])
+    assert convert.build_state("push", "all", [1, 2, 3], 0.5).tolist() == [1, 2, 3, 0.5]

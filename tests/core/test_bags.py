@@ -74,20 +74,23 @@ def test_round_trip_gives_identical_transitions(tmp_path: Path, task: str, obs_m
         write_episode_bag(bag, log)
 
 
-def test_recorder_builds_the_log_from_task_states(tmp_path: Path) -> None:
+def test_recorder_builds_the_log_from_sim_infos(tmp_path: Path) -> None:
     log = _log("lift", steps=3, size=None)
+
+    def info(s: StepRecord) -> dict:      # what the sim twin's reset/step return as info
+        return {"task_state": rewards.TaskState(s.eef, s.gripper, s.obj, None, log.obj_init_z),
+                "joint_pos": np.append(s.joints, s.gripper)}
+
     rec = EpisodeRecorder("lift", episode=7, seed=3)
-    first = log.steps[0]
-    rec.reset(rewards.TaskState(first.eef, first.gripper, first.obj, None, log.obj_init_z),
-              first.joints)
+    rec.reset(info(log.steps[0]))
     for s, a, r in zip(log.steps[1:], log.actions, log.rewards, strict=True):
-        rec.step(a, r, rewards.TaskState(s.eef, s.gripper, s.obj, None, log.obj_init_z), s.joints)
-    built = rec.finish(success=True)
-    bag = write_episode_bag(tmp_path / "rec", built, camera=False)
+        rec.step(a, r, info(s))
+    bag = write_episode_bag(tmp_path / "rec", rec.finish(success=True), camera=False)
     ep = read_episode_bag(bag, obs_mode="state")
     assert np.array_equal(ep.obs["state"], _expected_state(log, "state"))
     assert np.array_equal(ep.reward, log.rewards)
     assert ep.info["episode"] == 7
+    assert ep.info["stamps_ns"].tolist() == [S0 + k * PERIOD for k in range(4)]
 
 
 def test_logged_and_recomputed_rewards_agree_and_relabel(tmp_path: Path) -> None:

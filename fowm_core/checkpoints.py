@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -321,7 +322,8 @@ def save_agent(path: str | Path, model: nn.Module, cfg: FowmConfig, step: int,
         "preset": cfg.preset,
         "task": cfg.task,
         "step": int(step),
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        # JSON has no NaN: a non-finite metric (an empty eval, a diverged loss) is stored as null.
+        "metrics": {k: float(v) if math.isfinite(float(v)) else None for k, v in metrics.items()},
         "observation_spec": {"modality": str(m.modality), "state_dim": m.state_dim,
                              "rgb_shape": [3 * m.frame_stack, m.img_size, m.img_size]},
         "action_spec": {"dim": m.action_dim, "names": list(ACTION_NAMES[:m.action_dim]),

@@ -188,7 +188,8 @@ def test_restored_adam_continues_bit_identically(tmp_path: Path) -> None:
     cfg, model, target, opts = _agent(0)
     _train(model, target, opts, 2, start=0)
     path = tmp_path / "agent.safetensors"
-    save_agent(path, model, cfg, step=2, metrics={"loss": 1.5}, target=target, optimizers=opts,
+    save_agent(path, model, cfg, step=2, metrics={"loss": 1.5, "eval": float("nan")},
+               target=target, optimizers=opts,
                extra_meta={"data_hashes": ["h1"]})
     _train(model, target, opts, 2, start=2)
 
@@ -196,6 +197,7 @@ def test_restored_adam_continues_bit_identically(tmp_path: Path) -> None:
     loaded = load_agent(path, model2, cfg, target=target2, optimizers=opts2)
     assert loaded.meta["step"] == 2
     assert loaded.meta["data_hashes"] == ["h1"]
+    assert loaded.meta["metrics"] == {"loss": 1.5, "eval": None}
     _train(model2, target2, opts2, 2, start=2)
     for (n, a), b in zip(model.state_dict().items(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b), n

@@ -222,7 +222,8 @@ def check_expected(path: Path, tensors: Mapping[str, torch.Tensor], expected: Ex
         if mismatched:
             parts.append(f"mismatched: {'; '.join(mismatched)}")
         parts.append("load a checkpoint trained with this model config")
-        raise CheckpointError(". ".join(parts))
+        msg = ". ".join(parts)
+        raise CheckpointError(msg)
 
 
 def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -273,7 +274,12 @@ def restore_agent(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], 
             msg = (f"checkpoint has no optimizer {name!r} (it has {sorted(saved) or 'none'}); "
                    "load it without optimizers to finetune from fresh optimizer state")
             raise CheckpointError(msg)
-        opt.load_state_dict(_optimizer_state(name, saved[name], tensors))
+        try:
+            opt.load_state_dict(_optimizer_state(name, saved[name], tensors))
+        except (ValueError, KeyError) as err:
+            msg = (f"checkpoint optimizer {name!r} does not fit the running one ({err}); build "
+                   "the optimizers over the same parameter groups as when it was saved")
+            raise CheckpointError(msg) from err
 
 
 def _load_module(module: nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:

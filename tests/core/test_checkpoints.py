@@ -219,6 +219,16 @@ def test_agent_tensors_round_trip_without_files() -> None:
                       opts["model"].state_dict()["state"][0]["exp_avg_sq"])
 
 
+def test_optimizer_over_other_parameters_is_refused() -> None:
+    _, model, target, opts = _agent(1)
+    _train(model, target, opts, 1, start=0)
+    tensors, meta = agent_tensors(model, target, opts)
+    _, model2, target2, opts2 = _agent(2)
+    swapped = {"model": opts2["pi"], "pi": opts2["model"]}
+    with pytest.raises(CheckpointError, match="optimizer 'model' does not fit the running one"):
+        restore_agent(tensors, meta, model2, target2, swapped)
+
+
 def test_load_agent_names_the_differing_config_field(tmp_path: Path) -> None:
     cfg, model, _, _ = _agent(0)
     path = tmp_path / "a.safetensors"

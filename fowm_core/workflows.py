@@ -47,12 +47,12 @@ def collect(task: str, episodes: int, out: str | Path, *, noise: float | None = 
             continue
         obs, info = env.reset(seed=ep_seed)
         rec = EpisodeRecorder(task, episode=i, seed=ep_seed, camera=camera)
-        rec.reset(env.task_state(), env.joint_positions()[:7], obs.get("rgb"))
+        rec.reset(info, obs.get("rgb"))
         done = False
         while not done:
             action = policy.act(env.task_state())
             obs, reward, terminated, truncated, info = env.step(action)
-            rec.step(action, reward, info["task_state"], info["joint_pos"][:7], obs.get("rgb"))
+            rec.step(action, reward, info, obs.get("rgb"))
             done = terminated or truncated
         successes.append(bool(info["success"]))
         bags.write_episode_bag(name, rec.finish(success=info["success"], noise=noise),

@@ -1,5 +1,6 @@
-"""Pure pieces of the live control stack: image preparation for the model, the planned EE path
-for rviz, and episode bookkeeping (steps, reward, success) for the episode manager.
+"""Pure pieces of the live control stack: the planned EE path for rviz and episode bookkeeping
+(steps, reward, success) for the episode manager. Images are resized with
+fowm_core.data.convert.resize_rgb, as the bag reader does, so live and logged inputs match.
 
 No ROS and no torch: the nodes in ros2_ws/src/fowm convert messages and call these.
 """
@@ -19,25 +20,6 @@ from fowm_core.errors import ConfigError
 # Spec §7.1: each env step moves the mocap by a_xyz/20 m and FOWM repeats each action twice, so one
 # agent step moves the end effector by up to 0.1 m per unit of normalized action.
 DEFAULT_ACTION_SCALE_M = 2 * 0.05
-
-
-def prepare_image(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop an (H, W, 3) uint8 image to a square and resize it to (3, size, size).
-
-    Nearest-neighbour sampling keeps pixel values exact, so an image already at ``size`` passes
-    through unchanged (the sim twin renders at the model's size; spec §7.1: 84×84 from camera0).
-    """
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        msg = f"expected an (H, W, 3) rgb image, got shape {rgb.shape}"
-        raise ConfigError(msg)
-    height, width = rgb.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = rgb[top:top + side, left:left + side]
-    if side != size:
-        idx = ((np.arange(size) + 0.5) * side / size).astype(np.int64)
-        square = square[idx][:, idx]
-    return np.ascontiguousarray(square.transpose(2, 0, 1))  # (3, size, size)
 
 
 def planned_ee_path(ee_xyz: np.ndarray, plan_mean: np.ndarray,
@@ -93,6 +75,7 @@ class EpisodeTracker:
     success: bool = False
     active: bool = False
     _last_obs_stamp: int | None = None
+    _min_stamp: int = 0
     _actions: dict[int, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,22 +83,30 @@ class EpisodeTracker:
             msg = f"max_steps={self.max_steps} is invalid: expected >= 1 (spec §7.1 uses 25)"
             raise ConfigError(msg)
 
-    def start(self, episode: int, seed: int) -> dict[str, Any]:
-        self.episode, self.seed = episode, seed
+    def start(self, episode: int, seed: int, min_stamp_ns: int = 0) -> dict[str, Any]:
+        """Begin an episode whose observations are stamped >= min_stamp_ns (the reset time), so
+        late messages of the previous episode are never counted in this one."""
+        self.episode, self.seed, self._min_stamp = episode, seed, min_stamp_ns
         self.steps, self.ret, self.success, self.active = 0, 0.0, False, True
         self._last_obs_stamp = None
-        self._actions.clear()
+        for stamp in [s for s in self._actions if s < min_stamp_ns]:
+            del self._actions[stamp]
         return self._event("start")
 
     def record_action(self, stamp_ns: int, action: np.ndarray) -> None:
-        if self.active:
-            self._actions[stamp_ns] = np.asarray(action, dtype=np.float32)
-            while len(self._actions) > 8:       # bounded: only the latest stamps can matter
-                self._actions.pop(min(self._actions))
+        """Kept even between episodes: an answer may arrive before the reset call returns."""
+        self._actions[stamp_ns] = np.asarray(action, dtype=np.float32)
+        while len(self._actions) > 8:           # bounded: only the latest stamps can matter
+            self._actions.pop(min(self._actions))
+
+    def is_first(self, stamp_ns: int) -> bool:
+        """True when an observation at stamp_ns would be the episode's first."""
+        return self.active and self._last_obs_stamp is None and stamp_ns >= self._min_stamp
 
     def observe(self, stamp_ns: int, state: Any) -> float | None:
         """Feed a synchronized observation; returns the step's reward when it completes one."""
-        if not self.active or stamp_ns == self._last_obs_stamp:
+        if (not self.active or stamp_ns < self._min_stamp or self._last_obs_stamp is not None
+                and stamp_ns <= self._last_obs_stamp):
             return None
         prev, self._last_obs_stamp = self._last_obs_stamp, stamp_ns
         if prev is None:

@@ -8,30 +8,9 @@ import pytest
 from fowm_core.control import (
     EpisodeTracker,
     planned_ee_path,
-    prepare_image,
     uncertainty_rgba,
 )
 from fowm_core.errors import ConfigError
-
-
-def test_prepare_image_at_model_size_is_exact() -> None:
-    rgb = np.random.default_rng(0).integers(0, 256, (84, 84, 3), dtype=np.uint8)
-    out = prepare_image(rgb, 84)
-    assert out.shape == (3, 84, 84)
-    np.testing.assert_array_equal(out, rgb.transpose(2, 0, 1))
-
-
-def test_prepare_image_centre_crops_then_resizes() -> None:
-    rgb = np.zeros((480, 640, 3), np.uint8)
-    rgb[:, 80:560] = 200                         # the centre square only
-    out = prepare_image(rgb, 84)
-    assert out.shape == (3, 84, 84)
-    assert (out == 200).all()
-
-
-def test_prepare_image_rejects_non_rgb() -> None:
-    with pytest.raises(ConfigError, match="rgb"):
-        prepare_image(np.zeros((4, 4), np.uint8), 84)
 
 
 def test_planned_path_integrates_scaled_clamped_deltas() -> None:
@@ -93,3 +72,16 @@ def test_tracker_ends_on_success_when_asked_and_operator_label_wins() -> None:
 def test_tracker_rejects_zero_length() -> None:
     with pytest.raises(ConfigError, match="max_steps"):
         _tracker(max_steps=0)
+
+
+def test_tracker_ignores_observations_before_the_reset_and_keeps_early_answers() -> None:
+    tr = _tracker()
+    tr.record_action(1000, np.array([0.0]))     # answered before start() ran: kept
+    tr.record_action(10, np.array([0.0]))       # previous episode: dropped at start
+    tr.start(1, 1, min_stamp_ns=1000)
+    assert tr.observe(900, 5) is None           # late message of the previous episode
+    assert tr.is_first(1000)
+    assert tr.observe(1000, 0) is None
+    assert tr.observe(1100, 1) == pytest.approx(-1.0)
+    assert tr.observe(1050, 1) is None          # out of order: never counted twice
+    assert tr.steps == 1

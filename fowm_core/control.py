@@ -105,8 +105,8 @@ class EpisodeTracker:
 
     def observe(self, stamp_ns: int, state: Any) -> float | None:
         """Feed a synchronized observation; returns the step's reward when it completes one."""
-        if (not self.active or stamp_ns < self._min_stamp or self._last_obs_stamp is not None
-                and stamp_ns <= self._last_obs_stamp):
+        if (not self.active or stamp_ns < self._min_stamp or (self._last_obs_stamp is not None
+                and stamp_ns <= self._last_obs_stamp)):
             return None
         prev, self._last_obs_stamp = self._last_obs_stamp, stamp_ns
         if prev is None:

@@ -44,6 +44,15 @@ def uncertainty_rgba(uncertainty: float, threshold: float) -> tuple[float, float
     return (frac, 1.0 - frac, 0.0, 1.0)
 
 
+def param_meta(description: str, lo: float | None = None,
+               hi: float | None = None) -> dict[str, Any]:
+    """Dataclass field metadata that fowm.params turns into a ROS parameter descriptor."""
+    meta: dict[str, Any] = {"description": description}
+    if lo is not None:
+        meta["range"] = (lo, hi)
+    return meta
+
+
 RewardFn = Callable[[str, Any, np.ndarray], float]
 SuccessFn = Callable[[str, Any], bool]
 
@@ -105,7 +114,8 @@ class EpisodeTracker:
 
     def observe(self, stamp_ns: int, state: Any) -> float | None:
         """Feed a synchronized observation; returns the step's reward when it completes one."""
-        if (not self.active or stamp_ns < self._min_stamp or (self._last_obs_stamp is not None
+        if (not self.active or self.is_done or stamp_ns < self._min_stamp
+                or (self._last_obs_stamp is not None
                 and stamp_ns <= self._last_obs_stamp)):
             return None
         prev, self._last_obs_stamp = self._last_obs_stamp, stamp_ns

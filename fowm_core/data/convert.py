@@ -1,0 +1,243 @@
+"""numpy ⇄ stock ROS 2 messages, as rosbags message objects (no rclpy import).
+
+The same field conventions hold for rclpy messages (the nodes mirror them): SI units, quaternions in
+ROS order (x, y, z, w), images rgb8 with ``step = 3·width``, stamps in integer nanoseconds.
+``build_state`` is THE definition of the state vector, shared by the sim twin, the bag reader and
+the planner node, so an observation means the same thing live, logged and simulated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rosbags.typesys import Stores, get_typestore
+
+from fowm_core import topics
+from fowm_core.errors import FowmError
+
+TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+_T = TYPESTORE.types
+ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
+JOINT_NAMES = (*ARM_JOINTS, topics.GRIPPER_JOINT)
+
+# State layout per task in "state" mode; "rgb"/"all" carry the 4-d proprio only (spec §7.1:
+# absolute eef xyz + gripper). Positions are absolute, in the base frame, metres.
+STATE_KEYS: dict[str, tuple[str, ...]] = {
+    "reach": ("eef", "gripper", "goal"),
+    "push": ("eef", "gripper", "obj", "goal"),
+    "lift": ("eef", "gripper", "obj"),
+}
+PROPRIO_KEYS = ("eef", "gripper")
+_KEY_DIMS = {"eef": 3, "gripper": 1, "obj": 3, "goal": 3}
+
+
+# -- the state vector ----------------------------------------------------------------------------
+def state_keys(task: str, obs_mode: str) -> tuple[str, ...]:
+    if task not in STATE_KEYS:
+        msg = f"unknown task {task!r}; expected one of {', '.join(STATE_KEYS)}"
+        raise FowmError(msg)
+    mode = str(obs_mode)
+    if mode not in ("state", "rgb", "all"):
+        msg = f"obs_mode={mode!r} is invalid: expected 'state', 'rgb' or 'all'"
+        raise FowmError(msg)
+    return STATE_KEYS[task] if mode == "state" else PROPRIO_KEYS
+
+
+def state_dim(task: str, obs_mode: str) -> int:
+    """Length of ``build_state``'s vector: 4 in rgb/all mode; reach 7, push 10, lift 7 in state."""
+    return sum(_KEY_DIMS[k] for k in state_keys(task, obs_mode))
+
+
+def build_state(task: str, obs_mode: str, eef: Sequence[float], gripper: float,
+                obj: Sequence[float] | None = None,
+                goal: Sequence[float] | None = None) -> np.ndarray:
+    """The float32 state vector: concatenation of ``state_keys(task, obs_mode)``."""
+    parts = {"eef": eef, "gripper": [gripper], "obj": obj, "goal": goal}
+    out = []
+    for key in state_keys(task, obs_mode):
+        value = parts[key]
+        if value is None:
+            msg = (f"task {task!r} in obs_mode {str(obs_mode)!r} needs the {key} position, got "
+                   f"None; log {topics.OBJECT_POSE if key == 'obj' else topics.GOAL_POSE}")
+            raise FowmError(msg)
+        arr = np.asarray(value, dtype=np.float32).reshape(-1)
+        if arr.shape != (_KEY_DIMS[key],):
+            msg = f"state part {key} has shape {arr.shape}, expected ({_KEY_DIMS[key]},)"
+            raise FowmError(msg)
+        out.append(arr)
+    return np.concatenate(out)
+
+
+# -- stamps and headers --------------------------------------------------------------------------
+def to_time(stamp_ns: int) -> Any:
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return _T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
+
+
+def header(stamp_ns: int, frame_id: str) -> Any:
+    return _T["std_msgs/msg/Header"](stamp=to_time(stamp_ns), frame_id=frame_id)
+
+
+def stamp_ns(msg: Any) -> int:
+    """Header stamp of any stamped message, in nanoseconds."""
+    stamp = msg.header.stamp
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+# -- images --------------------------------------------------------------------------------------
+def _hwc(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3:
+        msg = f"image must be uint8 (3,H,W) or (H,W,3), got {rgb.dtype} {rgb.shape}"
+        raise FowmError(msg)
+    if rgb.shape[-1] == 3:
+        return np.ascontiguousarray(rgb)
+    if rgb.shape[0] == 3:
+        return np.ascontiguousarray(rgb.transpose(1, 2, 0))
+    msg = f"image must have 3 channels first or last, got shape {rgb.shape}"
+    raise FowmError(msg)
+
+
+def image_msg(rgb: np.ndarray, stamp: int, frame_id: str = topics.CAMERA_FRAME) -> Any:
+    """(3,H,W) or (H,W,3) uint8 → sensor_msgs/Image rgb8, step = 3·W."""
+    hwc = _hwc(rgb)
+    height, width, _ = hwc.shape
+    return _T["sensor_msgs/msg/Image"](
+        header=header(stamp, frame_id), height=height, width=width, encoding="rgb8",
+        is_bigendian=0, step=3 * width, data=hwc.reshape(-1))
+
+
+def image_array(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image rgb8 or bgr8 → (3,H,W) uint8 (row padding in ``step`` is dropped)."""
+    if msg.encoding not in ("rgb8", "bgr8"):
+        msg_text = f"image encoding {msg.encoding!r} is not supported: expected rgb8 or bgr8"
+        raise FowmError(msg_text)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if step < 3 * w or data.size < h * step:
+        msg_text = f"image {w}x{h} with step {step} holds {data.size} bytes, expected {h * step}"
+        raise FowmError(msg_text)
+    hwc = data[: h * step].reshape(h, step)[:, : 3 * w].reshape(h, w, 3)
+    if msg.encoding == "bgr8":
+        hwc = hwc[..., ::-1]
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+
+
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(N,3,H,W) uint8 → (N,3,size,size) uint8, antialiased bilinear; unchanged if already sized."""
+    if rgb.shape[-2:] == (size, size):
+        return rgb
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).float()
+    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return y.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def camera_info_msg(stamp: int, width: int, height: int, fovy_deg: float,
+                    frame_id: str = topics.CAMERA_FRAME) -> Any:
+    """A distortion-free pinhole CameraInfo; square pixels, f from the vertical field of view."""
+    f = 0.5 * height / np.tan(np.deg2rad(fovy_deg) / 2)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    return _T["sensor_msgs/msg/CameraInfo"](
+        header=header(stamp, frame_id), height=height, width=width, distortion_model="plumb_bob",
+        d=np.zeros(5), k=np.array([f, 0, cx, 0, f, cy, 0, 0, 1], dtype=np.float64),
+        r=np.eye(3).reshape(-1), p=np.array([f, 0, cx, 0, 0, f, cy, 0, 0, 0, 1, 0], np.float64),
+        binning_x=0, binning_y=0,
+        roi=_T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                   do_rectify=False))
+
+
+def camera_intrinsics(msg: Any) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) from a CameraInfo."""
+    k = np.asarray(msg.k, dtype=np.float64)
+    return float(k[0]), float(k[4]), float(k[2]), float(k[5])
+
+
+# -- poses and joints ----------------------------------------------------------------------------
+def pose_msg(stamp: int, position: Sequence[float],
+             quat_xyzw: Sequence[float] = (0.0, 0.0, 0.0, 1.0),
+             frame_id: str = topics.BASE_FRAME) -> Any:
+    x, y, z = (float(v) for v in position)
+    qx, qy, qz, qw = (float(v) for v in quat_xyzw)
+    pose = _T["geometry_msgs/msg/Pose"](
+        position=_T["geometry_msgs/msg/Point"](x=x, y=y, z=z),
+        orientation=_T["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw))
+    return _T["geometry_msgs/msg/PoseStamped"](header=header(stamp, frame_id), pose=pose)
+
+
+def pose_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """PoseStamped → (position (3,), quaternion xyzw (4,)), float64."""
+    p, q = msg.pose.position, msg.pose.orientation
+    return np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])
+
+
+def joint_state_msg(stamp: int, joints: Sequence[float], gripper: float,
+                    frame_id: str = "") -> Any:
+    """Seven arm joints (rad) plus the gripper joint, named as xarm_ros2 does."""
+    joints = np.asarray(joints, dtype=np.float64).reshape(-1)
+    if joints.shape != (len(ARM_JOINTS),):
+        msg = f"joint positions have shape {joints.shape}, expected ({len(ARM_JOINTS)},)"
+        raise FowmError(msg)
+    return _T["sensor_msgs/msg/JointState"](
+        header=header(stamp, frame_id), name=list(JOINT_NAMES),
+        position=np.append(joints, float(gripper)), velocity=np.zeros(0), effort=np.zeros(0))
+
+
+def joint_state_arrays(msg: Any) -> tuple[np.ndarray, float]:
+    """JointState → (arm joints (7,), gripper opening), looked up by name, not by position."""
+    index = {name: i for i, name in enumerate(msg.name)}
+    missing = [n for n in JOINT_NAMES if n not in index]
+    if missing:
+        msg_text = f"joint_states lacks {', '.join(missing)} (it has {', '.join(msg.name)})"
+        raise FowmError(msg_text)
+    pos = np.asarray(msg.position, dtype=np.float64)
+    return pos[[index[n] for n in ARM_JOINTS]], float(pos[index[topics.GRIPPER_JOINT]])
+
+
+# -- actions, rewards, events --------------------------------------------------------------------
+def action_msg(stamp: int, action: Sequence[float]) -> Any:
+    """Normalized action → JointState; ``stamp`` is the stamp of the observation it answers."""
+    action = np.asarray(action, dtype=np.float64).reshape(-1)
+    if not 1 <= action.size <= len(topics.ACTION_NAMES):
+        msg = f"action has {action.size} components, expected 1..{len(topics.ACTION_NAMES)}"
+        raise FowmError(msg)
+    return _T["sensor_msgs/msg/JointState"](
+        header=header(stamp, topics.BASE_FRAME), name=list(topics.ACTION_NAMES[: action.size]),
+        position=action, velocity=np.zeros(0), effort=np.zeros(0))
+
+
+def action_array(msg: Any) -> np.ndarray:
+    names = tuple(msg.name)
+    if names != topics.ACTION_NAMES[: len(names)] or not names:
+        msg_text = (f"action names {list(names)} are not a prefix of {list(topics.ACTION_NAMES)}; "
+                    "publish actions with fowm_core.data.convert.action_msg")
+        raise FowmError(msg_text)
+    return np.asarray(msg.position, dtype=np.float32)
+
+
+def reward_msg(value: float) -> Any:
+    return _T["std_msgs/msg/Float32"](data=float(value))
+
+
+def event_msg(event: dict[str, Any]) -> Any:
+    """An episode event as std_msgs/String JSON: {"event": "start"|"end", "episode": ..., ...}."""
+    if event.get("event") not in ("start", "end"):
+        msg = f"episode event {event.get('event')!r} is invalid: expected 'start' or 'end'"
+        raise FowmError(msg)
+    return _T["std_msgs/msg/String"](data=json.dumps(event, sort_keys=True))
+
+
+def parse_event(msg: Any) -> dict[str, Any]:
+    try:
+        event = json.loads(msg.data)
+    except ValueError as err:
+        text = f"episode event is not JSON: {msg.data[:80]!r}"
+        raise FowmError(text) from err
+    if not isinstance(event, dict) or event.get("event") not in ("start", "end"):
+        text = f"episode event {msg.data[:80]!r} lacks \"event\": \"start\"|\"end\""
+        raise FowmError(text)
+    return event

@@ -1,0 +1,27 @@
+"""The simulation twin: the reference's simxarm tasks (reach, push, lift) on the mujoco package.
+
+``make_env(task, obs_mode, seed)`` builds a gymnasium env (fowm_core.sim.base.XarmEnv); rewards
+and success are fowm_core.data.rewards; fowm_core.sim.scripted holds the behaviour policy that
+generates offline datasets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fowm_core.config import Modality
+from fowm_core.data.rewards import TASKS
+from fowm_core.sim.base import JOINT_NAMES, XarmEnv, state_dim
+
+__all__ = ["JOINT_NAMES", "TASKS", "XarmEnv", "make_env", "state_dim"]
+
+
+def make_env(task: str, obs_mode: Modality | str = Modality.STATE, seed: int | None = None,
+             **kw: Any) -> XarmEnv:
+    """Build a task env; ``seed`` seeds its first reset(). Keyword arguments go to XarmEnv
+    (action_repeat=2, episode_length=25, image_size=84, workspace)."""
+    env = XarmEnv(task, obs_mode, **kw)
+    if seed is not None:
+        env.seed_next_reset(seed)
+        env.action_space.seed(seed)
+    return env

@@ -1,0 +1,260 @@
+"""XarmEnv: the simxarm tasks as one gymnasium environment on the ``mujoco`` package.
+
+Semantics follow the reference (fyhMer/fowm benchmarks/simxarm; FOWM_SPEC.md §7.1):
+- an env step sets the mocap target to link7's current position plus a_xyz / 20 m (the action is
+  clipped to [-1, 1] first, and the target is clamped into the workspace), holds the tool
+  orientation at quat [0, 1, 0, 0], sets both finger motors to the gripper command, and runs
+  2 × 20 physics steps of 0.002 s (0.08 s);
+- one gym step is one agent step = ``action_repeat`` env steps (FOWM: 2, i.e. 0.16 s), and an
+  episode is ``episode_length`` agent steps (25), ended by truncation only;
+- reward and success come from fowm_core.data.rewards on the state after the agent step, so a
+  learner reading bags computes the same numbers (see that module for the approximation).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from fowm_core.config import Modality
+from fowm_core.data import rewards
+from fowm_core.errors import EnvError
+from fowm_core.sim import tasks
+from fowm_core.sim.render import CameraRenderer
+from fowm_core.topics import GRIPPER_JOINT
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
+JOINT_NAMES = (*ARM_JOINTS, GRIPPER_JOINT)
+PHYSICS_STEPS_PER_ENV_STEP = 2 * 20      # reference: sim.step() twice, n_substeps = 20
+MAX_STEP_M = 1.0 / 20.0                  # mocap displacement per env step at |a| = 1
+FINGER_TRAVEL_M = 0.0425                 # finger slide at drive_joint = 0.85 rad (closed)
+DRIVE_PER_M = 0.85 / FINGER_TRAVEL_M     # drive_joint angle per metre of finger travel
+SETTLE_STEPS = 10 * 20                   # reference _reset_sim: 10 sim steps of 20 substeps
+PROPRIO_DIM = 4
+
+
+class XarmEnv(gym.Env):
+    """One simxarm task. Observations are dicts with "state" (float32) and/or "rgb"
+    ((3, H, W) uint8, channel first, from camera0), chosen by ``obs_mode``:
+    state: proprio (eef xyz, gripper) + task extras (reach: goal; push: obj, goal; lift: obj);
+    rgb: the image only; all: the image and the 4-d proprio (the FOWM setting)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 12}  # noqa: RUF012
+
+    def __init__(self, task: str, obs_mode: Modality | str = Modality.STATE,
+                 action_repeat: int = 2, episode_length: int = 25, image_size: int = 84,
+                 workspace: tasks.Workspace | None = None) -> None:
+        self.spec_task = tasks.get_spec(task)
+        self.task = task
+        self.obs_mode = _modality(obs_mode)
+        if action_repeat < 1 or episode_length < 1 or image_size < 1:
+            msg = (f"action_repeat={action_repeat}, episode_length={episode_length}, "
+                   f"image_size={image_size}: expected all >= 1 (FOWM: 2, 25, 84)")
+            raise EnvError(msg)
+        self.action_repeat = action_repeat
+        self.episode_length = episode_length
+        self.image_size = image_size
+        self.workspace = workspace or tasks.Workspace()
+        self.render_mode = "rgb_array"
+        self.model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS, self.spec_task.xml))
+        self.data = mujoco.MjData(self.model)
+        self._ids()
+        self._camera = CameraRenderer(self.model, "camera0")
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.spec_task.action_dim,), np.float32)
+        self.observation_space = self._observation_space()
+        self._steps = 0
+        self._obj_init_z: float | None = None
+        self._goal: np.ndarray | None = None
+        self._pending_seed: int | None = None
+
+    def _ids(self) -> None:
+        m = self.model
+        self._mocap = int(m.body("robot0:mocap").mocapid[0])
+        self._link7 = m.body("link7").id
+        self._grasp = m.site("grasp").id
+        self._arm_qpos = np.array([m.joint(n).qposadr[0] for n in ARM_JOINTS])
+        self._finger_qpos = int(m.joint("left_finger_joint").qposadr[0])
+        self._home = m.qpos_spring[self._arm_qpos].copy()   # the posture springs' rest angles
+        self._obj_site = m.site("object_site").id if self.spec_task.has_object else None
+        self._obj_qpos = (int(m.joint("object_joint0").qposadr[0])
+                          if self.spec_task.has_object else None)
+        self._goal_site = m.site("target0").id if self.task != "lift" else None
+
+    def _observation_space(self) -> gym.spaces.Dict:
+        spaces: dict[str, gym.Space] = {}
+        if self.obs_mode in (Modality.STATE, Modality.ALL):
+            dim = state_dim(self.task, self.obs_mode)
+            spaces["state"] = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        if self.obs_mode in (Modality.RGB, Modality.ALL):
+            size = self.image_size
+            spaces["rgb"] = gym.spaces.Box(0, 255, (3, size, size), np.uint8)
+        return gym.spaces.Dict(spaces)
+
+    # ----------------------------------------------------------------------------- episode
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        if seed is None and self._pending_seed is not None:
+            seed, self._pending_seed = self._pending_seed, None
+        super().reset(seed=seed)
+        init = tasks.sample_initial(self.task, self.np_random, self.workspace)
+        self._place(init)
+        self._steps = 0
+        return self._obs(), self._info()
+
+    def _place(self, init: tasks.InitialConditions) -> None:
+        # mj_resetData also clears the solver warm start, so a seed fixes the whole trajectory.
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        d.qpos[self._arm_qpos] = self._home
+        if init.obj is not None:
+            d.qpos[self._obj_qpos:self._obj_qpos + 7] = [*init.obj, 1.0, 0.0, 0.0, 0.0]
+        self._goal = None if init.goal is None else init.goal.copy()
+        if self._goal_site is not None:
+            m.site_pos[self._goal_site] = init.goal
+        d.mocap_pos[self._mocap] = init.eef + tasks.TOOL_OFFSET
+        d.mocap_quat[self._mocap] = tasks.GRIPPER_QUAT
+        d.ctrl[:] = self.spec_task.gripper_cmd or 0.0
+        mujoco.mj_forward(m, d)
+        mujoco.mj_step(m, d, nstep=SETTLE_STEPS)
+        self._check_finite()
+        self._obj_init_z = None
+        if init.obj is not None:
+            obj = d.site_xpos[self._obj_site]
+            self._obj_init_z = float(obj[2])
+            if self.task == "lift":
+                self._goal = np.array([obj[0], obj[1], rewards.lift_target_z(float(obj[2]))])
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+        a = self._clip(action)
+        for _ in range(self.action_repeat):
+            self.apply_action(a)
+            mujoco.mj_step(self.model, self.data, nstep=PHYSICS_STEPS_PER_ENV_STEP)
+        self._check_finite()
+        self._steps += 1
+        state = self.task_state()
+        r = rewards.reward(self.task, state, a, self.action_repeat)
+        truncated = self._steps >= self.episode_length
+        return self._obs(), r, False, truncated, self._info(state)
+
+    def _clip(self, action: np.ndarray) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != self.action_space.shape or not np.isfinite(a).all():
+            msg = (f"{self.task} action {a.tolist()} is invalid: expected "
+                   f"{self.action_space.shape[0]} finite values (clipped to [-1, 1])")
+            raise EnvError(msg)
+        return np.clip(a, -1.0, 1.0)
+
+    def apply_action(self, action: np.ndarray) -> np.ndarray:
+        """Set the controls of one env step (no physics); returns the new mocap target.
+
+        The target is anchored at link7's current position, as the reference's
+        reset_mocap2body_xpos, so tracking lag never accumulates into a wind-up."""
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        eef_target = self.data.xpos[self._link7] - tasks.TOOL_OFFSET + a[:3] * MAX_STEP_M
+        target = self.workspace.clamp(eef_target) + tasks.TOOL_OFFSET
+        self.data.mocap_pos[self._mocap] = target
+        self.data.mocap_quat[self._mocap] = tasks.GRIPPER_QUAT
+        gripper = self.spec_task.gripper_cmd if self.spec_task.gripper_cmd is not None else a[3]
+        self.data.ctrl[:] = gripper
+        return target.copy()
+
+    def _check_finite(self) -> None:
+        if not np.isfinite(self.data.qpos).all():
+            msg = (f"{self.task} simulation diverged (non-finite qpos) after {self._steps} agent "
+                   f"steps; reset the env")
+            raise EnvError(msg)
+
+    # ------------------------------------------------------------------------ observations
+    @property
+    def eef(self) -> np.ndarray:
+        return self.data.site_xpos[self._grasp].copy()
+
+    @property
+    def gripper(self) -> float:
+        """drive_joint angle: 0 open .. 0.85 rad closed (what xarm_ros2 reports)."""
+        return float(self.data.qpos[self._finger_qpos] * DRIVE_PER_M)
+
+    def proprio(self) -> np.ndarray:
+        """(4,) float32: absolute tool position (world frame) and the gripper angle (spec §7.1)."""
+        return np.array([*self.eef, self.gripper], dtype=np.float32)
+
+    def object_pose(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Object centre (3,) and orientation quaternion (w, x, y, z), or None for reach."""
+        if self._obj_qpos is None:
+            return None
+        quat = self.data.qpos[self._obj_qpos + 3:self._obj_qpos + 7].copy()
+        return self.data.site_xpos[self._obj_site].copy(), quat
+
+    def task_state(self) -> rewards.TaskState:
+        pose = self.object_pose()
+        return rewards.TaskState(eef=self.eef, gripper=self.gripper,
+                                 obj=None if pose is None else pose[0],
+                                 goal=self._goal, obj_init_z=self._obj_init_z)
+
+    def joint_positions(self) -> np.ndarray:
+        """(8,) joint1..joint7 (rad) and drive_joint (rad), in JOINT_NAMES order."""
+        return np.array([*self.data.qpos[self._arm_qpos], self.gripper])
+
+    def state_vector(self) -> np.ndarray:
+        return _state_vector(self.task, self.task_state())
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        obs: dict[str, np.ndarray] = {}
+        if self.obs_mode == Modality.STATE:
+            obs["state"] = self.state_vector()
+        elif self.obs_mode == Modality.ALL:
+            obs["state"] = self.proprio()
+        if self.obs_mode in (Modality.RGB, Modality.ALL):
+            image = self.render(self.image_size, self.image_size)
+            obs["rgb"] = np.ascontiguousarray(image.transpose(2, 0, 1))
+        return obs
+
+    def _info(self, state: rewards.TaskState | None = None) -> dict[str, Any]:
+        if state is None:
+            state = self.task_state()
+        return {"success": rewards.success(self.task, state), "task_state": state,
+                "joint_pos": self.joint_positions(), "joint_names": JOINT_NAMES,
+                "steps": self._steps}
+
+    def render(self, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """camera0 image, (height, width, 3) uint8; 84×84 unless asked otherwise."""
+        return self._camera.render(self.data, width or self.image_size,
+                                   height or self.image_size)
+
+    def close(self) -> None:
+        self._camera.close()
+
+    def seed_next_reset(self, seed: int | None) -> None:
+        """Make the next reset() without a seed use ``seed`` (make_env's seed argument)."""
+        self._pending_seed = seed
+
+
+def _modality(obs_mode: Modality | str) -> Modality:
+    try:
+        return Modality(obs_mode)
+    except ValueError as err:
+        msg = f"obs_mode={obs_mode!r} is invalid: expected one of {[m.value for m in Modality]}"
+        raise EnvError(msg) from err
+
+
+def state_dim(task: str, obs_mode: Modality | str = Modality.STATE) -> int:
+    """Length of obs["state"]: 4 in "all" mode, else 4 + the task's object/goal positions."""
+    if _modality(obs_mode) == Modality.ALL:
+        return PROPRIO_DIM
+    return PROPRIO_DIM + {"reach": 3, "push": 6, "lift": 3}[tasks.get_spec(task).name]
+
+
+def _state_vector(task: str, state: rewards.TaskState) -> np.ndarray:
+    parts = [state.eef, [state.gripper]]
+    if task == "reach":
+        parts.append(state.goal)
+    elif task == "push":
+        parts += [state.obj, state.goal]
+    else:
+        parts.append(state.obj)
+    return np.concatenate(parts).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Thin adapters over the vendor SDKs (xArm, RealSense) and their test doubles."""

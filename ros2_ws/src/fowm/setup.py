@@ -1,0 +1,54 @@
+"""ament_python build of the `fowm` ROS 2 package (PLATFORM_NOTES §2.1).
+
+Launch files and parameter YAML live at the repository's top level (launch/, config/), where
+`fowm` CLI users find them without ROS; they are installed into share/fowm/{launch,config} from
+there, found relative to this file. That works for `colcon build` in ros2_ws and for a Docker COPY
+of the whole repository; a copy of ros2_ws alone installs the package without them.
+"""
+
+from __future__ import annotations
+
+from glob import glob
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE = "fowm"
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[2]          # ros2_ws/src/fowm -> repository root
+
+# One console script per node: `ros2 run fowm <name>` -> fowm.<module>:main.
+NODES = {
+    "xarm_node": "fowm.xarm_node",
+    "camera_node": "fowm.camera_node",
+}
+
+
+def _share(folder: str, *patterns: str) -> tuple[str, list[str]]:
+    files: list[str] = []
+    for pattern in patterns:
+        files += sorted(glob(str(REPO_ROOT / folder / pattern)))
+    return f"share/{PACKAGE}/{folder}", files
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        _share("launch", "*.launch.py"),
+        _share("config", "*.yaml", "*.rviz"),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="fowm maintainers",
+    maintainer_email="fowm@example.com",
+    description="FOWM on ROS 2: thin nodes over fowm_core (drivers, twin, planner, learner)",
+    license="Apache-2.0",
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [f"{name} = {module}:main" for name, module in NODES.items()],
+    },
+)

@@ -147,7 +147,7 @@ class PlannerNode(Node):
     def _load(self, path: str) -> tuple[torch.nn.Module, FowmConfig]:
         if not path:
             msg = ("parameter checkpoint is empty: set it to a .safetensors file written by "
-                   "fowm_core.checkpoints.save_agent (e.g. -p checkpoint:=runs/lift/final.safetensors)")
+                   "fowm_core.checkpoints.save_agent (e.g. -p checkpoint:=runs/lift.safetensors)")
             raise ConfigError(msg)
         try:
             cfg = load_agent(path).cfg

@@ -36,11 +36,12 @@ from fowm import qos
 from fowm.params import declare_from_dataclass
 from fowm.timing import FixedRateLoop, Tick
 from fowm_core import topics
+from fowm_core.config import Modality
 from fowm_core.control import param_meta as _p
-from fowm_core.data import convert
-from fowm_core.errors import EnvError, FowmError
+from fowm_core.data import convert, rewards
+from fowm_core.errors import ConfigError, EnvError, FowmError
 from fowm_core.safety import command_to_execute
-from fowm_core.sim import JOINT_NAMES, make_env
+from fowm_core.sim import JOINT_NAMES, make_env, tasks
 from fowm_core.sim.tasks import GRIPPER_QUAT
 
 AGENT_STEP_S = 0.16      # spec §7.1: 2 env steps × 2 × 20 × 0.002 s
@@ -74,20 +75,26 @@ class SimNode(Node):
         super().__init__("fowm_sim", **kwargs)
         self.params = p = declare_from_dataclass(self, "", SimNodeParams)
         try:
-            self.env = make_env(p.task, p.obs_mode, episode_length=p.episode_length)
+            tasks.get_spec(p.task)
+            Modality(p.obs_mode)
         except (FowmError, ValueError) as err:
-            msg = f"fowm_sim cannot build the twin (task={p.task!r}, obs_mode={p.obs_mode!r}): {err}"
-            raise FowmError(msg) from err
-        self.action_dim = int(self.env.action_space.shape[0])
+            msg = (f"fowm_sim cannot build the twin (task={p.task!r}, "
+                   f"obs_mode={p.obs_mode!r}): {err}")
+            raise ConfigError(msg) from err
+        self.action_dim = rewards.ACTION_DIM[p.task]
+        # MuJoCo's EGL context is current on one thread only: the twin is built, reset, stepped
+        # and rendered on the loop thread alone; ~/reset hands its request over and waits.
+        self.env: Any = None
         self._lock = threading.RLock()
         self._command: tuple[int, np.ndarray, float] | None = None   # stamp, action, recv time
         self._command_event = threading.Event()
+        self._reset_request: _ResetRequest | None = None
         self._obs_stamp: int | None = None       # stamp of the observation awaiting an answer
-        self._episode_over = not p.lockstep      # lock-step waits for the first ~/reset
+        self._episode_over = p.lockstep           # lock-step waits for the first ~/reset
         self._sim_time_ns = 1_000_000_000         # lock-step time starts at 1 s (0 = "unset")
         self.executed_holds = 0
         self.steps = 0
-        self._obs, _ = self.env.reset(seed=p.seed)
+        self._obs: dict[str, np.ndarray] = {}
 
         self.image_pub = self.create_publisher(Image, topics.COLOR_IMAGE, qos.SENSOR_PUB)
         self.info_pub = self.create_publisher(CameraInfo, topics.COLOR_INFO, qos.SENSOR_PUB)
@@ -104,8 +111,15 @@ class SimNode(Node):
             self.loop: Any = _LockstepLoop(self)
         else:
             self.loop = FixedRateLoop(1.0 / p.rate_hz, self._realtime_tick, name="fowm_sim")
-            self._episode_over = False
+        self.loop.on_exit = self._close_env
         self.loop.start()
+
+    def ensure_env(self) -> None:
+        """Build the twin on the calling (loop) thread, once."""
+        if self.env is None:
+            p = self.params
+            self.env = make_env(p.task, p.obs_mode, episode_length=p.episode_length)
+            self._obs, _ = self.env.reset(seed=p.seed)
 
     # -- commands and resets (executor side) ------------------------------------------------------
     def _on_action(self, msg: JointState) -> None:
@@ -120,21 +134,43 @@ class SimNode(Node):
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         seed = int(self.get_parameter("seed").value)
+        job = _ResetRequest(seed)
         with self._lock:
-            self._obs, _ = self.env.reset(seed=seed)
+            self._reset_request = job
+        self._command_event.set()                       # wake a lock-step loop at once
+        if not job.done.wait(self.params.lockstep_timeout_s + 1.0 / self.params.rate_hz):
+            response.success, response.message = False, "the twin's loop did not run the reset"
+            return response
+        response.success = job.error is None
+        response.message = job.error or json.dumps({"seed": seed, "stamp_ns": job.stamp_ns})
+        return response
+
+    def serve_reset(self) -> None:
+        """Run a pending ~/reset on the loop thread (called at the top of every iteration)."""
+        with self._lock:
+            job, self._reset_request = self._reset_request, None
+            if job is None:
+                return
+            try:
+                self.ensure_env()
+                self._obs, _ = self.env.reset(seed=job.seed)
+            except (FowmError, ValueError) as err:
+                job.error = f"reset with seed {job.seed} failed: {err}"
+                job.done.set()
+                return
             self._command, self._episode_over, self.steps = None, False, 0
             if self.params.lockstep:
-                stamp = self._advance_clock()
-                self._publish_observation(stamp)
+                job.stamp_ns = self._advance_clock()
+                self._publish_observation(job.stamp_ns)
             else:
-                stamp = self.get_clock().now().nanoseconds
-        response.success = True
-        response.message = json.dumps({"seed": seed, "stamp_ns": stamp})
-        return response
+                job.stamp_ns = self.get_clock().now().nanoseconds
+        job.done.set()
 
     # -- stepping --------------------------------------------------------------------------------
     def _realtime_tick(self, tick: Tick) -> None:
+        self.serve_reset()
         with self._lock:
+            self.ensure_env()
             if self._obs_stamp is not None and not self._episode_over:
                 command = self._command
                 age = None if command is None else time.monotonic() - command[2]
@@ -157,7 +193,9 @@ class SimNode(Node):
 
     def lockstep_step(self, waited_s: float) -> bool:
         """Lock-step: step if the current observation has its answer (or the wait timed out)."""
+        self.serve_reset()
         with self._lock:
+            self.ensure_env()
             if self._episode_over or self._obs_stamp is None:
                 return False
             command = self._command
@@ -228,9 +266,13 @@ class SimNode(Node):
         msg.header.stamp, msg.header.frame_id = stamp, topics.CAMERA_FRAME
         return msg
 
+    def _close_env(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
     def destroy_node(self) -> None:
-        self.loop.stop()
-        self.env.close()
+        self.loop.stop()                  # closes the twin on its own thread (on_exit)
         super().destroy_node()
 
 
@@ -240,7 +282,8 @@ class _LockstepLoop:
     def __init__(self, node: SimNode) -> None:
         self._node = node
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fowm_sim", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="fowm_sim", daemon=True)
+        self.on_exit: Any = None
 
     def start(self) -> None:
         self._thread.start()
@@ -249,15 +292,28 @@ class _LockstepLoop:
         self._stop.set()
         self._thread.join(5.0)
 
+    def _main(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+
     def _run(self) -> None:
         since = time.monotonic()
         while not self._stop.is_set():
             self._node._command_event.wait(0.05)
             self._node._command_event.clear()
-            if self._node.lockstep_step(time.monotonic() - since):
+            if self._node.lockstep_step(time.monotonic() - since) or self._node._episode_over:
                 since = time.monotonic()
-            elif self._node._episode_over:
-                since = time.monotonic()
+
+
+@dataclass
+class _ResetRequest:
+    seed: int
+    done: threading.Event = field(default_factory=threading.Event)
+    stamp_ns: int = 0
+    error: str | None = None
 
 
 def _time_msg(stamp_ns: int) -> Time:

@@ -86,8 +86,11 @@ class _LoopThread:
     def __init__(self, name: str, fn: Callable[[Tick], None], stats: TickStats) -> None:
         self.stats = stats
         self._fn = fn
+        # Runs on the loop thread after the last tick: for resources bound to that thread
+        # (MuJoCo's EGL context can only be released where it is current).
+        self.on_exit: Callable[[], None] | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -101,6 +104,13 @@ class _LoopThread:
     @property
     def is_running(self) -> bool:
         return self._thread.is_alive() and not self._stop.is_set()
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
 
     def _run(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,7 +97,7 @@ class EpisodeManagerNode(Node):
         self._recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=8)
 
         self.reward_pub = self.create_publisher(Float32, topics.REWARD, qos.COMMAND)
-        self.episode_pub = self.create_publisher(String, topics.EPISODE, _EVENTS_QOS)
+        self.episode_pub = self.create_publisher(String, topics.EPISODE, EVENTS_QOS)
         self.streams = {"ee_pose": (PoseStamped, topics.EE_POSE),
                         "joint_states": (JointState, topics.JOINT_STATES),
                         "goal_pose": (PoseStamped, topics.GOAL_POSE)}
@@ -187,6 +188,7 @@ class EpisodeManagerNode(Node):
                 return False
             self._begin(episode, seed, self.get_clock().now().nanoseconds)
         else:
+            self._wait_for_twin()
             with self._lock:                  # announce first: the planner resets on this event
                 self._publish(self.tracker.start(episode, seed, min_stamp_ns=NEVER))
             self._begin(episode, seed, self._reset_twin(seed), announce=False)
@@ -226,13 +228,22 @@ class EpisodeManagerNode(Node):
             raise FowmError(msg)
         return int(json.loads(reply.message)["stamp_ns"])
 
+    def _wait_for_twin(self) -> None:
+        """The twin's services, and briefly a listener for the events (the planner resets and
+        re-seeds on "start", so the first one must not go out before it has matched)."""
+        deadline = time.monotonic() + 2.0
+        while self.episode_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for client in (self.param_client, self.reset_client):
+            if not client.wait_for_service(timeout_sec=self.params.service_timeout_s):
+                msg = (f"service {client.srv_name} not available after "
+                       f"{self.params.service_timeout_s} s; start {self.params.sim_node} or set "
+                       "sim_node to the twin's node name")
+                raise FowmError(msg)
+
     def _call(self, client: Client, request: Any) -> Any:
         """A service call from this worker thread (call_async + wait: works on Humble..Kilted)."""
         timeout = self.params.service_timeout_s
-        if not client.wait_for_service(timeout_sec=timeout):
-            msg = (f"service {client.srv_name} not available after {timeout} s; start "
-                   f"{self.params.sim_node} or set sim_node to the twin's node name")
-            raise FowmError(msg)
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _: done.set())
@@ -264,13 +275,15 @@ class EpisodeManagerNode(Node):
 def _events_qos() -> Any:
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-    # Reliable and deep enough that no start/end is lost to a burst (events are rare).
+    # Reliable and deep enough that no start/end is lost when "end" and the next "start" come
+    # back to back (with depth 1 a subscriber keeps only the newer). Publishers and subscribers
+    # of /fowm/episode both use it.
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                       reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
 
 
-_EVENTS_QOS = _events_qos()
+EVENTS_QOS = _events_qos()
 
 
 def main(args: list[str] | None = None) -> None:

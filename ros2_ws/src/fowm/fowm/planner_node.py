@@ -29,6 +29,7 @@ from std_msgs.msg import ColorRGBA, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from fowm import qos
+from fowm.episode_manager import EVENTS_QOS
 from fowm.params import declare_from_dataclass
 from fowm.timing import FixedRateLoop, Tick, TriggeredLoop
 from fowm_core import topics
@@ -129,7 +130,7 @@ class PlannerNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
         # The episode subscription is created first so a start event is taken before the
         # observations that follow the reset it announces (executors serve in creation order).
-        self.create_subscription(String, topics.EPISODE, self._on_episode, qos.COMMAND)
+        self.create_subscription(String, topics.EPISODE, self._on_episode, EVENTS_QOS)
         for index, (name, (msg_type, topic)) in enumerate(self.streams.items()):
             self.create_subscription(msg_type, topic, self._stream_callback(index, name),
                                      qos.SENSOR_SUB)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -149,8 +150,13 @@ def _load(path: Path, expected: Expected | None) -> tuple[dict[str, torch.Tensor
 
 
 def _refuse_pickle(path: Path, data: bytes) -> None:
-    # torch.save writes a zip (PK\x03\x04) or, legacy, a raw pickle (protocol 2+ opens with 0x80).
-    if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
+    # A safetensors file opens with its header length (u64, little-endian) and then "{"; that
+    # length may itself begin with 0x80, so the structure is checked before any pickle opener.
+    if len(data) >= 9 and data[8:9] == b"{" and 8 + int.from_bytes(data[:8], "little") <= len(data):
+        return
+    # torch.save writes a zip (PK\x03\x04) or, legacy, a raw pickle (0x80 + protocol 2..5).
+    if data[:4] == b"PK\x03\x04" or (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03",
+                                                                          b"\x04", b"\x05")):
         msg = (f"checkpoint {path} holds pickled weights (a torch.save file); pickled weights are "
                "refused because unpickling runs arbitrary code. Convert it where you trust it: "
                "safetensors.torch.save_file(torch.load(f, weights_only=True), out)")
@@ -216,7 +222,8 @@ def check_expected(path: Path, tensors: Mapping[str, torch.Tensor], expected: Ex
         if mismatched:
             parts.append(f"mismatched: {'; '.join(mismatched)}")
         parts.append("load a checkpoint trained with this model config")
-        raise CheckpointError(". ".join(parts))
+        msg = ". ".join(parts)
+        raise CheckpointError(msg)
 
 
 def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -267,7 +274,12 @@ def restore_agent(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], 
             msg = (f"checkpoint has no optimizer {name!r} (it has {sorted(saved) or 'none'}); "
                    "load it without optimizers to finetune from fresh optimizer state")
             raise CheckpointError(msg)
-        opt.load_state_dict(_optimizer_state(name, saved[name], tensors))
+        try:
+            opt.load_state_dict(_optimizer_state(name, saved[name], tensors))
+        except (ValueError, KeyError) as err:
+            msg = (f"checkpoint optimizer {name!r} does not fit the running one ({err}); build "
+                   "the optimizers over the same parameter groups as when it was saved")
+            raise CheckpointError(msg) from err
 
 
 def _load_module(module: nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:
@@ -316,7 +328,8 @@ def save_agent(path: str | Path, model: nn.Module, cfg: FowmConfig, step: int,
         "preset": cfg.preset,
         "task": cfg.task,
         "step": int(step),
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        # JSON has no NaN: a non-finite metric (an empty eval, a diverged loss) is stored as null.
+        "metrics": {k: float(v) if math.isfinite(float(v)) else None for k, v in metrics.items()},
         "observation_spec": {"modality": str(m.modality), "state_dim": m.state_dim,
                              "rgb_shape": [3 * m.frame_stack, m.img_size, m.img_size]},
         "action_spec": {"dim": m.action_dim, "names": list(ACTION_NAMES[:m.action_dim]),

@@ -39,12 +39,13 @@ from rosbags.interfaces import (
     QosReliability,
     QosTime,
 )
-from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
 from rosbags.serde import SerdeError
 
 from fowm_core import topics
 from fowm_core.data import bag_cache, convert
 from fowm_core.data.episode_log import CameraSpec, EpisodeLog, EpisodeRecorder, StepRecord
+from fowm_core.data.sync import ApproxTimeSync
 from fowm_core.episode import Episode
 from fowm_core.errors import BagError, FowmError
 
@@ -67,11 +68,11 @@ def _qos(depth: int, durability: QosDurability) -> Qos:
                QosLiveliness.AUTOMATIC, zero, False)
 
 
-# Offered QoS as the publishers offer it (DESIGN.md): so `ros2 bag play` re-offers the same, and
-# the transient-local announcement stays latched for late subscribers.
-OFFERED_QOS = {t: _qos(10, QosDurability.VOLATILE) for t in topics.RECORDED}
-OFFERED_QOS[topics.ACTION] = _qos(1, QosDurability.VOLATILE)
-OFFERED_QOS[topics.WEIGHTS] = _qos(1, QosDurability.TRANSIENT_LOCAL)
+# Offered QoS is recorded for transient-local topics only: `ros2 bag play` then re-offers them
+# latched, and plays every other topic with its default (reliable, volatile), which is what our
+# publishers offer anyway (PLATFORM_NOTES §3.4). Recording it for every topic would also make
+# reading 5x slower: rosbags parses each profile with a pure-Python YAML parser.
+OFFERED_QOS: dict[str, list[Qos]] = {topics.WEIGHTS: [_qos(1, QosDurability.TRANSIENT_LOCAL)]}
 
 
 def write_episode_bag(path: str | Path, log_: EpisodeLog, *, camera: bool = True,
@@ -102,7 +103,7 @@ def write_episode_bag(path: str | Path, log_: EpisodeLog, *, camera: bool = True
                     storage_plugin=StoragePlugin.MCAP) as writer:
             _write_messages(writer, log_, camera, action_latency_ns)
         os.replace(tmp / path.name, path)
-    except (OSError, FowmError, ValueError) as err:
+    except (OSError, FowmError, ValueError, WriterError) as err:
         msg = f"cannot write bag {path}: {err}"
         raise BagError(msg) from err
     finally:
@@ -117,7 +118,7 @@ def _write_messages(writer: Writer, log_: EpisodeLog, camera: bool, latency: int
         if topic not in conns:
             conns[topic] = writer.add_connection(
                 topic, topics.MSG_TYPES[topic], typestore=convert.TYPESTORE,
-                offered_qos_profiles=[OFFERED_QOS[topic]])
+                offered_qos_profiles=OFFERED_QOS.get(topic, []))
         raw = convert.TYPESTORE.serialize_cdr(msg, topics.MSG_TYPES[topic])
         writer.write(conns[topic], log_ns, raw)
 
@@ -136,6 +137,8 @@ def _write_messages(writer: Writer, log_: EpisodeLog, camera: bool, latency: int
         if t < len(log_.actions):
             put(topics.ACTION, step.stamp_ns + latency,
                 convert.action_msg(step.stamp_ns, log_.actions[t]))
+    for log_ns, announcement in log_.weights:
+        put(topics.WEIGHTS, log_ns, convert.weights_msg(announcement))
     put(topics.EPISODE, sT + latency, convert.event_msg(
         {**base, "event": "end", "success": log_.success, "terminal": log_.terminal,
          "steps": len(log_.actions), "final_stamp_ns": sT}))
@@ -184,9 +187,6 @@ _KEY_TOPIC = {"obj": topics.OBJECT_POSE, "goal": topics.GOAL_POSE}
 
 
 def _scan(path: Path, want_images: bool) -> _Scan:
-    # Imported here: the reader pulls in the MCAP/sqlite backends, the writer path does not need it.
-    from rosbags.rosbag2 import Reader
-
     scan = _Scan()
     wanted = {*OBS_TOPICS, topics.ACTION, topics.REWARD, topics.EPISODE}
     if not want_images:
@@ -232,8 +232,6 @@ def _pair_observations(scan: _Scan, needed: list[str], params: SyncParams
                        ) -> dict[int, dict[str, Any]]:
     """Observation sets keyed by their anchor (ee_pose) stamp. A needed topic logged once (a
     latched goal) is held for every set; the others are paired by ApproxTimeSync in log order."""
-    from fowm_core.data.sync import ApproxTimeSync
-
     missing = [t for t in needed if scan.counts.get(t, 0) == 0]
     if missing:
         msg = f"has no messages on {', '.join(missing)}, which this task and obs_mode need"
@@ -316,7 +314,7 @@ RewardFn = Callable[[str, Any, np.ndarray], float]
 def _recomputed(task: str, steps: list[dict[str, Any]], actions: np.ndarray,
                 obj_init_z: float | None, reward_fn: RewardFn | None) -> tuple[np.ndarray, bool]:
     """Rewards of the state after each step (fowm_core.data.rewards), and whether any succeeded."""
-    from fowm_core.data import rewards
+    from fowm_core.data import rewards  # the sim twin's module; only recompute needs it
 
     fn = reward_fn or rewards.reward
     states = [rewards.TaskState(p["eef"], p["gripper"], p["obj"], p["goal"], obj_init_z)

@@ -95,16 +95,17 @@ def _hwc(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype != np.uint8 or rgb.ndim != 3:
         msg = f"image must be uint8 (3,H,W) or (H,W,3), got {rgb.dtype} {rgb.shape}"
         raise FowmError(msg)
-    if rgb.shape[-1] == 3:
-        return np.ascontiguousarray(rgb)
+    # fowm's own layout (Episode.obs["rgb"]) is channels-first, so it wins when both ends are 3.
     if rgb.shape[0] == 3:
         return np.ascontiguousarray(rgb.transpose(1, 2, 0))
+    if rgb.shape[-1] == 3:
+        return np.ascontiguousarray(rgb)
     msg = f"image must have 3 channels first or last, got shape {rgb.shape}"
     raise FowmError(msg)
 
 
 def image_msg(rgb: np.ndarray, stamp: int, frame_id: str = topics.CAMERA_FRAME) -> Any:
-    """(3,H,W) or (H,W,3) uint8 → sensor_msgs/Image rgb8, step = 3·W."""
+    """(3,H,W) or (H,W,3) uint8 → sensor_msgs/Image rgb8, step = 3·W ((3,H,3) is read as CHW)."""
     hwc = _hwc(rgb)
     height, width, _ = hwc.shape
     return _T["sensor_msgs/msg/Image"](
@@ -229,6 +230,11 @@ def event_msg(event: dict[str, Any]) -> Any:
         msg = f"episode event {event.get('event')!r} is invalid: expected 'start' or 'end'"
         raise FowmError(msg)
     return _T["std_msgs/msg/String"](data=json.dumps(event, sort_keys=True))
+
+
+def weights_msg(announcement: dict[str, Any]) -> Any:
+    """A weights announcement (checkpoint path, hash, step) as std_msgs/String JSON."""
+    return _T["std_msgs/msg/String"](data=json.dumps(announcement, sort_keys=True))
 
 
 def parse_event(msg: Any) -> dict[str, Any]:

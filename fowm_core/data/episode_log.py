@@ -35,9 +35,18 @@ class StepRecord:
     @classmethod
     def from_task_state(cls, stamp_ns: int, state: Any, joints: Sequence[float],
                         rgb: np.ndarray | None = None) -> StepRecord:
-        """From the sim's ``info["task_state"]`` (rewards.TaskState) and its joint positions."""
-        return cls(stamp_ns, np.asarray(state.eef, float), float(state.gripper),
-                   np.asarray(joints, float), _opt(state.obj), _opt(state.goal), rgb)
+        """From a rewards.TaskState and the joint positions: joint1..joint7, optionally followed
+        by the gripper joint (the sim's ``info["joint_pos"]``, (8,)); the gripper comes from
+        ``state``."""
+        arm = np.asarray(joints, dtype=np.float64).reshape(-1)[:7]
+        return cls(stamp_ns, np.asarray(state.eef, float), float(state.gripper), arm,
+                   _opt(state.obj), _opt(state.goal), rgb)
+
+    @classmethod
+    def from_info(cls, stamp_ns: int, info: dict[str, Any],
+                  rgb: np.ndarray | None = None) -> StepRecord:
+        """From the sim twin's step/reset ``info`` ("task_state", "joint_pos")."""
+        return cls.from_task_state(stamp_ns, info["task_state"], info["joint_pos"], rgb)
 
 
 def _opt(value: Any) -> np.ndarray | None:
@@ -68,6 +77,9 @@ class EpisodeLog:
     obj_init_z: float | None = None
     camera: CameraSpec | None = None
     extra: dict[str, Any] = field(default_factory=dict)     # more JSON fields for the events
+    # Weights announcements seen during the episode: (log time ns, JSON such as {"path", "sha256",
+    # "step"}), so the learner knows which checkpoint acted. Latched (transient-local) topic.
+    weights: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.actions = np.asarray(self.actions, dtype=np.float32).reshape(len(self.actions), -1)
@@ -99,17 +111,18 @@ class EpisodeRecorder:
     def _stamp(self) -> int:
         return self.start_ns + len(self.steps) * self.period_ns
 
-    def reset(self, task_state: Any, joints: Sequence[float],
-              rgb: np.ndarray | None = None) -> None:
+    def reset(self, info: dict[str, Any], rgb: np.ndarray | None = None) -> None:
+        """Start an episode from ``env.reset()``'s info (and obs["rgb"] when logging images)."""
         self.steps, self.actions, self.rewards = [], [], []
-        self.obj_init_z = getattr(task_state, "obj_init_z", None)
-        self.steps.append(StepRecord.from_task_state(self._stamp(), task_state, joints, rgb))
+        self.obj_init_z = getattr(info["task_state"], "obj_init_z", None)
+        self.steps.append(StepRecord.from_info(self._stamp(), info, rgb))
 
-    def step(self, action: np.ndarray, reward: float, task_state: Any, joints: Sequence[float],
+    def step(self, action: np.ndarray, reward: float, info: dict[str, Any],
              rgb: np.ndarray | None = None) -> None:
+        """Add one agent step from ``env.step(action)``'s reward and info."""
         self.actions.append(np.asarray(action, dtype=np.float32))
         self.rewards.append(float(reward))
-        self.steps.append(StepRecord.from_task_state(self._stamp(), task_state, joints, rgb))
+        self.steps.append(StepRecord.from_info(self._stamp(), info, rgb))
 
     def finish(self, success: bool, terminal: bool = False, **extra: Any) -> EpisodeLog:
         return EpisodeLog(self.task, self.steps, np.stack(self.actions), np.array(self.rewards),

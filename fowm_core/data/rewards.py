@@ -34,7 +34,7 @@ LIFT_HEIGHT_M = 0.15           # lift: success when the object is 15 cm above it
 ACTION_PENALTY = 0.15          # weight of ‖a_xyz‖² in reach and push
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TaskState:
     """What the reward sees at one agent step.
 
@@ -58,6 +58,21 @@ class TaskState:
             object.__setattr__(self, "goal", _vec3(self.goal, "goal"))
         if self.obj_init_z is not None:
             object.__setattr__(self, "obj_init_z", float(self.obj_init_z))
+
+    def __eq__(self, other: object) -> bool:
+        # Field-wise, with arrays compared by value (the generated __eq__ fails on arrays).
+        if not isinstance(other, TaskState):
+            return NotImplemented
+        return all(_same(getattr(self, f), getattr(other, f))
+                   for f in ("eef", "gripper", "obj", "goal", "obj_init_z"))
+
+    __hash__ = None  # type: ignore[assignment]   # mutable arrays inside
+
+
+def _same(a: object, b: object) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a, b))
 
 
 def _vec3(value: np.ndarray, name: str) -> np.ndarray:

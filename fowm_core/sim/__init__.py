@@ -7,6 +7,14 @@ generates offline datasets.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Headless Linux (CI, containers, the robot PC): mujoco picks its GL backend when first imported and
+# its default (glfw) needs a display; EGL renders offscreen (PLATFORM_NOTES.md §9).
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
 from typing import Any
 
 from fowm_core.config import Modality

@@ -163,6 +163,17 @@ class XarmEnv(gym.Env):
         self.data.ctrl[:] = gripper
         return target.copy()
 
+    def place_object(self, position: np.ndarray) -> None:
+        """Put the object's centre at ``position`` (upright, at rest) and update the state, e.g. to
+        stage a scene by hand. obj_init_z keeps its value from reset()."""
+        if self._obj_qpos is None:
+            msg = f"task {self.task!r} has no object to place"
+            raise EnvError(msg)
+        self.data.qpos[self._obj_qpos:self._obj_qpos + 7] = [*position, 1.0, 0.0, 0.0, 0.0]
+        dof = self.model.joint("object_joint0").dofadr[0]
+        self.data.qvel[dof:dof + 6] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
     def _check_finite(self) -> None:
         if not np.isfinite(self.data.qpos).all():
             msg = (f"{self.task} simulation diverged (non-finite qpos) after {self._steps} agent "
@@ -178,6 +189,12 @@ class XarmEnv(gym.Env):
     def gripper(self) -> float:
         """drive_joint angle: 0 open .. 0.85 rad closed (what xarm_ros2 reports)."""
         return float(self.data.qpos[self._finger_qpos] * DRIVE_PER_M)
+
+    def eef_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tool centre position (3,) and orientation quaternion (w, x, y, z), world frame."""
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._grasp])
+        return self.eef, quat
 
     def proprio(self) -> np.ndarray:
         """(4,) float32: absolute tool position (world frame) and the gripper angle (spec §7.1)."""

@@ -25,8 +25,9 @@ from fowm_core.sim.base import PROPRIO_DIM, XarmEnv, state_dim
 
 GAIN = 8.0              # action per metre of error; an agent step moves 0.1 m per unit action
 RANDOM_ACTION_RATE = 0.25    # probability of a uniformly random action, per unit of noise
-# Noise that gives "medium" datasets (roughly 30-60 % success over 25-step episodes).
-MEDIUM_NOISE = {"reach": 0.3, "push": 0.175, "lift": 0.2}
+# Noise that gives "medium" datasets: measured success over 100 episodes (seeds 5000..5099) at
+# these levels: reach 40 %, push 43 %, lift 40 %; the clean controller (noise 0) solves 95-100 %.
+MEDIUM_NOISE = {"reach": 0.35, "push": 0.175, "lift": 0.2}
 PUSH_Z = tasks.TABLE_TOP_Z + 0.02      # tool height while pushing: finger tips 1 cm above table
 CLEARANCE_M = 0.04                     # tool height above a cube's top when moving over it
 

@@ -26,6 +26,15 @@ from fowm_core.errors import CheckpointError
 from fowm_core.model import WorldModel
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These models are tiny: one thread avoids OpenMP contention on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
@@ -102,6 +111,19 @@ def test_pickled_weights_are_refused_unopened(tmp_path: Path, zip_format: bool) 
     assert not marker.exists()
 
 
+def test_header_length_that_looks_like_a_pickle_opener_still_loads(tmp_path: Path) -> None:
+    # A safetensors header of 0x280 bytes starts the file with 0x80 0x02, like pickle protocol 2.
+    path = tmp_path / "p.safetensors"
+    name = next(n for n in ("w" * k for k in range(1, 700))
+                if st_save({n: torch.ones(3)}, {"format": "fowm-checkpoint",
+                                                "format_version": "1"})[:2] == b"\x80\x02")
+    save_checkpoint(path, {name: torch.ones(3)}, {"step": 1})
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    tensors, meta = load_checkpoint(path)
+    assert torch.equal(tensors[name], torch.ones(3))
+    assert meta == {"step": 1}
+
+
 def test_name_shape_dtype_mismatch_lists_every_field(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, {"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1)}, {})
@@ -166,7 +188,8 @@ def test_restored_adam_continues_bit_identically(tmp_path: Path) -> None:
     cfg, model, target, opts = _agent(0)
     _train(model, target, opts, 2, start=0)
     path = tmp_path / "agent.safetensors"
-    save_agent(path, model, cfg, step=2, metrics={"loss": 1.5}, target=target, optimizers=opts,
+    save_agent(path, model, cfg, step=2, metrics={"loss": 1.5, "eval": float("nan")},
+               target=target, optimizers=opts,
                extra_meta={"data_hashes": ["h1"]})
     _train(model, target, opts, 2, start=2)
 
@@ -174,6 +197,7 @@ def test_restored_adam_continues_bit_identically(tmp_path: Path) -> None:
     loaded = load_agent(path, model2, cfg, target=target2, optimizers=opts2)
     assert loaded.meta["step"] == 2
     assert loaded.meta["data_hashes"] == ["h1"]
+    assert loaded.meta["metrics"] == {"loss": 1.5, "eval": None}
     _train(model2, target2, opts2, 2, start=2)
     for (n, a), b in zip(model.state_dict().items(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b), n
@@ -193,6 +217,16 @@ def test_agent_tensors_round_trip_without_files() -> None:
     assert torch.equal(model2._qs.w2, model._qs.w2)
     assert torch.equal(opts2["model"].state_dict()["state"][0]["exp_avg_sq"],
                       opts["model"].state_dict()["state"][0]["exp_avg_sq"])
+
+
+def test_optimizer_over_other_parameters_is_refused() -> None:
+    _, model, target, opts = _agent(1)
+    _train(model, target, opts, 1, start=0)
+    tensors, meta = agent_tensors(model, target, opts)
+    _, model2, target2, opts2 = _agent(2)
+    swapped = {"model": opts2["pi"], "pi": opts2["model"]}
+    with pytest.raises(CheckpointError, match="optimizer 'model' does not fit the running one"):
+        restore_agent(tensors, meta, model2, target2, swapped)
 
 
 def test_load_agent_names_the_differing_config_field(tmp_path: Path) -> None:

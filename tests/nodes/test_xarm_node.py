@@ -6,9 +6,11 @@ import inspect
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from fowm import qos
+from fowm.hardware.xarm import XArm, gripper_joint_rad
 from fowm.hardware.xarm_double import XArmDouble
 from fowm.xarm_node import XArmNode
 from geometry_msgs.msg import PoseStamped
@@ -40,6 +42,46 @@ def test_double_matches_the_real_sdk_signatures() -> None:
                [(p.name, p.kind, p.default) for p in real_params], name
     init = inspect.signature(XArmDouble.__init__).parameters
     assert list(init) == list(inspect.signature(XArmAPI.__init__).parameters)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_double_follows_the_controller_rules() -> None:
+    clock = FakeClock()
+    arm = XArmDouble("10.0.0.1", is_radian=True, do_not_open=True, clock=clock)
+    assert arm.vc_set_cartesian_velocity([10, 0, 0, 0, 0, 0], duration=0.1) == -1  # no link
+    arm.connect()
+    assert arm.vc_set_cartesian_velocity([10, 0, 0, 0, 0, 0], duration=0.1) != 0   # not armed
+    adapter = XArm(arm)
+    assert adapter.arm() == (0, "")
+    assert (arm.mode, arm.state) == (5, 2)
+    # Timed velocity: 100 mm/s for 0.1 s moves 10 mm, then the firmware watchdog stops it.
+    assert adapter.send_velocity(np.array([0.1, 0.0, 0.0]), duration_s=0.1) == 0
+    clock.t += 0.05
+    assert arm.position[0] == pytest.approx(405.0) and arm.state == 1
+    clock.t += 1.0
+    assert arm.position[0] == pytest.approx(410.0) and arm.state == 2
+    # An error mid-motion stops it and drops to mode 0 / state 4; cleaning alone does not re-arm.
+    adapter.send_velocity(np.array([0.1, 0.0, 0.0]), duration_s=1.0)
+    clock.t += 0.1
+    arm.sim_inject_error(31)
+    clock.t += 0.5
+    assert arm.position[0] == pytest.approx(420.0)
+    assert (arm.mode, arm.state, arm.error_code) == (0, 4, 31)
+    assert adapter.send_velocity(np.array([0.1, 0.0, 0.0]), 0.1) != 0
+    arm.clean_error()
+    assert adapter.send_velocity(np.array([0.1, 0.0, 0.0]), 0.1) != 0
+    assert adapter.arm() == (0, "")
+    assert adapter.send_velocity(np.array([0.1, 0.0, 0.0]), 0.1) == 0
+    # Gripper: closure 1 = 0 pulses = drive_joint 0.85 rad (xarm_ros2's convention).
+    assert adapter.set_gripper(1.0) == 0
+    assert gripper_joint_rad(adapter.read_gripper_pulse()) == pytest.approx(0.85)
 
 
 @dataclass

@@ -8,6 +8,7 @@ of the whole repository; a copy of ros2_ws alone installs the package without th
 
 from __future__ import annotations
 
+import os
 from glob import glob
 from pathlib import Path
 
@@ -25,9 +26,10 @@ NODES = {
 
 
 def _share(folder: str, *patterns: str) -> tuple[str, list[str]]:
+    """(install dir, sources) for top-level files; setuptools wants paths relative to setup.py."""
     files: list[str] = []
     for pattern in patterns:
-        files += sorted(glob(str(REPO_ROOT / folder / pattern)))
+        files += sorted(os.path.relpath(f, HERE) for f in glob(str(REPO_ROOT / folder / pattern)))
     return f"share/{PACKAGE}/{folder}", files
 
 

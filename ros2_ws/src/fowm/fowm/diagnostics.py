@@ -6,6 +6,7 @@ diagnostic_updater package is not on PyPI, so this is the few lines fowm needs o
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -23,7 +24,10 @@ LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", DiagnosticStatus.STALE: "
 
 
 class DiagnosticsReporter:
-    """One status on /diagnostics, sent when level or message change and on publish()."""
+    """One status on /diagnostics, sent when level or message change and on publish().
+
+    Thread-safe: a capture thread may update while the executor's timer publishes.
+    """
 
     def __init__(self, node: Node, name: str, hardware_id: str) -> None:
         self._node = node
@@ -33,20 +37,23 @@ class DiagnosticsReporter:
         self.level = OK
         self.message = "starting"
         self.values: dict[str, str] = {}
+        self._lock = threading.Lock()
 
-    def update(self, level: int, message: str, **values: object) -> None:
+    def update(self, level: bytes, message: str, **values: object) -> None:
         """Set the status; publish at once if the level or the message changed."""
-        changed = (level, message) != (self.level, self.message)
-        self.level, self.message = level, message
-        self.values.update({k: str(v) for k, v in values.items()})
+        with self._lock:
+            changed = (level, message) != (self.level, self.message)
+            self.level, self.message = level, message
+            self.values.update({k: str(v) for k, v in values.items()})
         if changed:
             self.publish()
 
     def publish(self) -> None:
-        status = DiagnosticStatus(
-            level=self.level, name=self._name, message=self.message,
-            hardware_id=self.hardware_id,
-            values=[KeyValue(key=k, value=v) for k, v in sorted(self.values.items())])
+        with self._lock:
+            status = DiagnosticStatus(
+                level=self.level, name=self._name, message=self.message,
+                hardware_id=self.hardware_id,
+                values=[KeyValue(key=k, value=v) for k, v in sorted(self.values.items())])
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self._node.get_clock().now().to_msg()
         self._pub.publish(msg)

@@ -176,6 +176,9 @@ class EpisodeManagerNode(Node):
                 episode += 1
         except FowmError as err:
             self.get_logger().error(f"episode manager stopped: {err}")
+        except Exception:
+            if self.context.ok():          # a signal may have shut ROS down under our feet
+                raise
 
     def _run_episode(self, episode: int) -> bool:
         seed = self.params.base_seed + episode

@@ -138,6 +138,7 @@ class PlannerNode(Node):
             self.loop = TriggeredLoop(self._new_obs, self.tick, idle_s=0.25, name="fowm_planner")
         else:
             self.loop = FixedRateLoop(1.0 / self.params.rate_hz, self.tick, name="fowm_planner")
+        self.loop.alive = self.context.ok
         self.loop.start()
         self.get_logger().info(
             f"planning {self.cfg.task} ({self.cfg.model.modality.value}, A={self.action_dim}) "

@@ -112,6 +112,7 @@ class SimNode(Node):
         else:
             self.loop = FixedRateLoop(1.0 / p.rate_hz, self._realtime_tick, name="fowm_sim")
         self.loop.on_exit = self._close_env
+        self.loop.alive = self.context.ok
         self.loop.start()
 
     def ensure_env(self) -> None:
@@ -284,6 +285,7 @@ class _LockstepLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="fowm_sim", daemon=True)
         self.on_exit: Any = None
+        self.alive = node.context.ok
 
     def start(self) -> None:
         self._thread.start()
@@ -295,13 +297,16 @@ class _LockstepLoop:
     def _main(self) -> None:
         try:
             self._run()
+        except Exception:
+            if self._node.context.ok():
+                raise
         finally:
             if self.on_exit is not None:
                 self.on_exit()
 
     def _run(self) -> None:
         since = time.monotonic()
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.alive():
             self._node._command_event.wait(0.05)
             self._node._command_event.clear()
             if self._node.lockstep_step(time.monotonic() - since) or self._node._episode_over:

@@ -89,6 +89,9 @@ class _LoopThread:
         # Runs on the loop thread after the last tick: for resources bound to that thread
         # (MuJoCo's EGL context can only be released where it is current).
         self.on_exit: Callable[[], None] | None = None
+        # False once the owner is shutting down (e.g. a signal already invalidated the ROS
+        # context): the loop then ends quietly instead of failing on a dead publisher.
+        self.alive: Callable[[], bool] = lambda: True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
@@ -108,6 +111,9 @@ class _LoopThread:
     def _main(self) -> None:
         try:
             self._run()
+        except Exception:
+            if self.alive():
+                raise
         finally:
             if self.on_exit is not None:
                 self.on_exit()
@@ -130,7 +136,7 @@ class FixedRateLoop(_LoopThread):
     def _run(self) -> None:
         index = 0
         scheduled = time.monotonic()
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.alive():
             delay = scheduled - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
@@ -157,7 +163,7 @@ class TriggeredLoop(_LoopThread):
 
     def _run(self) -> None:
         index = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.alive():
             self._trigger.wait(self._idle_s)
             if self._stop.is_set():
                 break

@@ -100,6 +100,10 @@ class WorldModel(nn.Module):
         target.requires_grad_(False)
         return target
 
+    def pi_parameters(self) -> list[nn.Parameter]:
+        """π's parameters: the AWR step has its own optimiser over exactly these (spec §3.4)."""
+        return list(self._pi.parameters())
+
     def ema_parameters(self) -> list[nn.Parameter]:
         """The parameters the target tracks: encoder and Q ensemble, nothing else (spec §2.6)."""
         return [*self._encoder.parameters(), *self._qs.parameters()]

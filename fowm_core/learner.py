@@ -1,0 +1,228 @@
+"""One FOWM update: model losses, the AWR policy step and the target EMA (spec §3).
+
+Symbols (module-local): z latent, a dataset action, r reward, m mask (1 - terminal), d done,
+w loss mask, ρ temporal decay, γ discount, τ expectile / EMA rate, β AWR scaling, H horizon,
+B batch, K Q heads, y TD target, q̄ the V target (min of 2 distinct target-Q heads).
+
+Optimisers, matching the reference's parameter groups: the model Adam holds *all* model parameters
+(π included, as in the reference's ``Adam(model.parameters())``; π never gets a gradient from the
+model loss, so Adam skips it), and the π Adam holds π's parameters only. Both use lr and clip 10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fowm_core.augment import augment_obs, shift_pad
+from fowm_core.config import FowmConfig
+from fowm_core.errors import FowmError
+from fowm_core.model import WorldModel
+from fowm_core.model.math import expectile_loss, gaussian_log_likelihood
+from fowm_core.replay import Batch
+
+PRIORITY_MAX = 1e4
+
+
+@dataclass
+class Losses:
+    """Per-row losses (B,) of one forward pass, plus what the update needs next."""
+
+    consistency: torch.Tensor
+    reward: torch.Tensor
+    q: torch.Tensor
+    v: torch.Tensor
+    total: torch.Tensor          # 20·cons + 0.5·rew + 0.1·Q + 0.1·V per row
+    weighted: torch.Tensor       # scalar: mean_B(total · IS weight)
+    priority: torch.Tensor       # (B,) Σ_t ρ^t w_t Σ_k |Q_k − y_t|, no grad
+    latents: torch.Tensor        # (H, B, L) rolled-out z_0..z_{H-1}, detached
+    q_mean: torch.Tensor
+    v_mean: torch.Tensor
+    v_target_mean: torch.Tensor
+
+
+def loss_mask(done: torch.Tensor) -> torch.Tensor:
+    """w_0 = 1, w_t = w_{t-1}·(1 − d_{t-1}): zero every step after an episode boundary (§3.1)."""
+    keep = torch.cumprod(1.0 - done[:-1], dim=0)
+    return torch.cat([torch.ones_like(done[:1]), keep], dim=0)
+
+
+class Learner:
+    """Owns the target network, both optimisers and the update counter.
+
+    ``generator`` (a CPU torch.Generator, also for a CUDA model) drives the random shifts and the
+    random Q-head pairs, so a seeded learner is reproducible; None uses torch's global RNG.
+    """
+
+    def __init__(self, model: WorldModel, cfg: FowmConfig,
+                 generator: torch.Generator | None = None) -> None:
+        self.model, self.cfg, self.generator = model, cfg, generator
+        self.target = model.target_copy()
+        lc = cfg.learner
+        self.optim = torch.optim.Adam(model.parameters(), lr=lc.lr)
+        self.pi_optim = torch.optim.Adam(model.pi_parameters(), lr=lc.lr)
+        self.step = 0
+        device = next(model.parameters()).device
+        self._rho = lc.rho ** torch.arange(cfg.horizon, device=device, dtype=torch.float32)
+        self._pad = shift_pad(cfg.model.img_size) if cfg.model.uses_rgb else 0
+
+    @property
+    def device(self) -> torch.device:
+        return self._rho.device
+
+    # -- targets (no gradient) ------------------------------------------------------------------
+    @torch.no_grad()
+    def td_target(self, next_z: torch.Tensor, reward: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+        """y = r + γ·m·V_θ(h_θ(o')): online V of the next observation, no π (spec §3.2)."""
+        return reward + self.cfg.discount * mask * self.model.v(next_z).squeeze(-1)
+
+    @torch.no_grad()
+    def value_target(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """q̄ = min of 2 distinct random *target* Q heads at (sg(z), a), one pair per call (§3.2)."""
+        return self.target.q_min2(z, a, generator=self.generator).squeeze(-1)
+
+    @torch.no_grad()
+    def awr_weights(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ω = min(exp(β·A), 100) with A = Q_min2^φ(z, a) − V_θ(z) (spec §3.4). Returns (ω, A)."""
+        adv = self.value_target(z, a) - self.model.v(z).squeeze(-1)
+        lc = self.cfg.learner
+        return torch.exp(lc.a_scaling * adv).clamp(max=lc.max_awr_weight), adv
+
+    # -- the forward pass -------------------------------------------------------------------------
+    def prepare(self, batch: Batch) -> Batch:
+        """Move to the model's device and random-shift rgb in obs and every next obs (§3.1)."""
+        if batch.horizon != self.cfg.horizon:
+            msg = (f"batch horizon {batch.horizon} != config horizon {self.cfg.horizon}; "
+                   "build the replay buffer with cfg.horizon")
+            raise FowmError(msg)
+        batch = batch.to(self.device)
+        batch.obs = augment_obs(batch.obs, self._pad, self.generator)
+        batch.next_obs = augment_obs(batch.next_obs, self._pad, self.generator)
+        return batch
+
+    def losses(self, batch: Batch) -> Losses:
+        """Spec §3.2-3.3 on a prepared batch; gradients flow into the encoder and the rollout."""
+        H, B = batch.horizon, batch.batch_size
+        lc = self.cfg.learner
+        a = batch.action
+        with torch.no_grad():
+            # Both next-observation encodes in one batched pass each over H·B.
+            flat = {k: v.flatten(0, 1) for k, v in batch.next_obs.items()}
+            next_z = self.model.encode(flat).view(H, B, -1)
+            z_hat = self.target.encode(flat).view(H, B, -1)
+            y = self.td_target(next_z, batch.reward, batch.mask)          # (H, B)
+        z = self.model.encode(batch.obs)
+        zs, r_hat = [z], []
+        for t in range(H):
+            r_hat.append(self.model.reward(z, a[t]))
+            z = self.model.next(z, a[t])
+            zs.append(z)
+        z_all = torch.stack(zs)                                           # (H+1, B, L)
+        z_roll = z_all[:-1]
+        v_target = self.value_target(z_roll.detach(), a)                  # (H, B)
+        qs = self.model.q(z_roll, a).squeeze(-1)                          # (K, H, B)
+        v = self.model.v(z_roll).squeeze(-1)                              # (H, B)
+        w = self._rho.view(H, 1) * loss_mask(batch.done)                  # (H, B)
+        cons = (w * (z_all[1:] - z_hat).square().mean(-1)).sum(0)
+        rew = (w * (torch.cat(r_hat, -1).T - batch.reward).square()).sum(0)
+        q_loss = (w * (qs - y).square().sum(0)).sum(0)
+        v_loss = (w * expectile_loss(v_target - v, lc.expectile)).sum(0)
+        total = (lc.consistency_coef * cons + lc.reward_coef * rew
+                 + lc.value_coef * q_loss + lc.value_coef * v_loss)
+        with torch.no_grad():
+            priority = (w * (qs - y).abs().sum(0)).sum(0)
+        return Losses(
+            consistency=cons, reward=rew, q=q_loss, v=v_loss, total=total,
+            weighted=(total * batch.weights).mean(), priority=priority,
+            latents=z_roll.detach(), q_mean=qs.detach().mean(), v_mean=v.detach().mean(),
+            v_target_mean=v_target.mean(),
+        )
+
+    def pi_loss(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """L_π = −(1/H)·Σ_t ρ^t·mean_B[ω_t·log N(a_t; tanh π(z_t), I)], no loss mask (§3.4)."""
+        weights, adv = self.awr_weights(z, a)                            # (H, B), Q/V frozen
+        log_prob = gaussian_log_likelihood(a, self.model.pi_mean(z))      # (H, B)
+        loss = -(self._rho * (weights * log_prob).mean(1)).mean()
+        return loss, {"advantage": adv.mean(), "awr_weight": weights.mean()}
+
+    # -- one update ------------------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One model step, priority write-back, one π step, and the EMA every update_freq steps."""
+        lc = self.cfg.learner
+        batch = self.prepare(batch)
+        terms = self.losses(batch)
+        self.optim.zero_grad(set_to_none=True)
+        # The reference scales the gradient by 1/H with a hook on the loss; dividing is the same.
+        (terms.weighted / batch.horizon).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip_norm)
+        self.optim.step()
+        if self.cfg.replay.per:
+            batch.write_priorities(terms.priority.clamp(max=PRIORITY_MAX))
+        # As in the reference, π is fitted after the model step: A uses the updated V.
+        pi_loss, pi_info = self.pi_loss(terms.latents, batch.action)
+        self.pi_optim.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        pi_grad_norm = torch.nn.utils.clip_grad_norm_(self.model.pi_parameters(),
+                                                      lc.grad_clip_norm)
+        self.pi_optim.step()
+        if self.step % lc.update_freq == 0:
+            self.ema()
+        self.step += 1
+        named = {
+            "consistency_loss": terms.consistency.mean(), "reward_loss": terms.reward.mean(),
+            "q_loss": terms.q.mean(), "v_loss": terms.v.mean(), "total_loss": terms.total.mean(),
+            "weighted_loss": terms.weighted, "grad_norm": grad_norm, "pi_loss": pi_loss,
+            "pi_grad_norm": pi_grad_norm, "q": terms.q_mean, "v": terms.v_mean,
+            "v_target": terms.v_target_mean, "priority": terms.priority.mean(), **pi_info,
+        }
+        values = torch.stack([x.detach().float().reshape(()) for x in named.values()]).tolist()
+        return {**dict(zip(named, values, strict=True)), "step": float(self.step)}
+
+    @torch.no_grad()
+    def ema(self) -> None:
+        """φ ← (1 − τ)φ + τθ on the target's encoder and Q ensemble only (spec §2.6)."""
+        torch._foreach_lerp_(self.target.ema_parameters(), self.model.ema_parameters(),
+                             self.cfg.learner.tau)
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """{"tensors": flat name → tensor (safetensors-ready), "meta": JSON-ready values}."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {"step": self.step}
+        for prefix, module in (("model", self.model), ("target", self.target)):
+            for name, value in module.state_dict().items():
+                tensors[f"{prefix}.{name}"] = value.detach()
+        for prefix, optim in (("optim", self.optim), ("pi_optim", self.pi_optim)):
+            state = optim.state_dict()
+            for index, slots in state["state"].items():
+                for key, value in slots.items():
+                    tensors[f"{prefix}.state.{index}.{key}"] = torch.as_tensor(value)
+            meta[f"{prefix}.param_groups"] = [
+                {k: list(v) if isinstance(v, tuple) else v for k, v in group.items()}
+                for group in state["param_groups"]
+            ]
+        if self.generator is not None:
+            tensors["generator"] = self.generator.get_state()
+        return {"tensors": tensors, "meta": meta}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        tensors, meta = state["tensors"], state["meta"]
+        for prefix, module in (("model", self.model), ("target", self.target)):
+            own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            module.load_state_dict(own)
+        for prefix, optim in (("optim", self.optim), ("pi_optim", self.pi_optim)):
+            slots: dict[int, dict[str, torch.Tensor]] = {}
+            head = f"{prefix}.state."
+            for name, value in tensors.items():
+                if name.startswith(head):
+                    index, key = name[len(head):].split(".", 1)
+                    slots.setdefault(int(index), {})[key] = value
+            groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()}
+                      for group in meta[f"{prefix}.param_groups"]]
+            optim.load_state_dict({"state": slots, "param_groups": groups})
+        if self.generator is not None and "generator" in tensors:
+            self.generator.set_state(tensors["generator"])
+        self.step = int(meta["step"])

@@ -1,0 +1,204 @@
+"""Inference fast path for planning: the WorldModel's weights re-laid out as stacks (spec §4, §9).
+
+Every head that reads the same (z, a) — dynamics, reward and the K Q heads — runs its first layer as
+one batched matmul over B = 2 + K stacked blocks, its second layer as one ``bmm``, and reward plus Q
+third layers as one more ``bmm``. Block order: [dynamics, reward, q_0 .. q_{K-1}].
+
+The math is exactly the model's (same layers, same order of LayerNorm, affine and activation); only
+the layout and the number of kernel launches change. Nothing here is trained through: the stacks
+are copies, rebuilt by ``refresh()`` whenever a model parameter changes (optimiser steps and
+``load_state_dict`` bump the tensors' version counters). WorldModel's methods stay the reference.
+
+Symbols: z (N, L), a (N, A), M = mlp_dim, K = num_q, B = 2 + K.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from fowm_core.model.world_model import WorldModel
+
+DYN, REW, Q0 = 0, 1, 2
+
+
+def hidden1(h: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+            n_mish: int) -> torch.Tensor:
+    """First hidden layer of every block from its bias-free matmul h (B, N, M): add the bias (or the
+    cached z-part, which includes it) → LayerNorm → per-block affine → Mish for blocks [:n_mish]
+    (dynamics, reward), Tanh for the rest (Q heads). bias, w, b: (B, 1, M)."""
+    out = F.layer_norm(h + bias, h.shape[-1:]) * w + b
+    if n_mish == 0:
+        return torch.tanh(out)
+    if n_mish == out.shape[0]:
+        return F.mish(out)
+    return torch.cat([F.mish(out[:n_mish]), torch.tanh(out[n_mish:])])
+
+
+def hidden2(h: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+            n_mish: int) -> torch.Tensor:
+    """Second hidden layer from its bias-free bmm h (B, N, M): blocks [:n_mish] take LayerNorm →
+    affine (w, b: (n_mish, 1, M)) → Mish; the Q blocks after them take plain ELU."""
+    h = h + bias
+    if n_mish == 0:
+        return F.elu(h)
+    head = F.mish(F.layer_norm(h[:n_mish], h.shape[-1:]) * w + b)
+    if n_mish == h.shape[0]:
+        return head
+    return torch.cat([head, F.elu(h[n_mish:])])
+
+
+def hidden1_eager(h: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                  n_mish: int) -> torch.Tensor:
+    """``hidden1`` with in-place ops (h is a scratch buffer): fewer passes when not compiled."""
+    out = F.layer_norm(h.add_(bias), h.shape[-1:])
+    out.mul_(w).add_(b)
+    F.mish(out[:n_mish], inplace=True)
+    out[n_mish:].tanh_()
+    return out
+
+
+def hidden2_eager(h: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                  n_mish: int) -> torch.Tensor:
+    h.add_(bias)
+    if n_mish > 0:
+        head = F.layer_norm(h[:n_mish], h.shape[-1:])
+        h[:n_mish] = F.mish(head.mul_(w).add_(b), inplace=True)
+    F.elu(h[n_mish:], inplace=True)
+    return h
+
+
+@dataclass
+class StepOut:
+    """One imagined step for N candidates: next latent, reward (N, 1), Q heads (K, N, 1) or None."""
+
+    z: torch.Tensor
+    r: torch.Tensor
+    q: torch.Tensor | None
+
+
+class FusedModel:
+    """Stacked copies of a WorldModel's dynamics, reward and Q weights for no-grad planning."""
+
+    def __init__(self, model: WorldModel, compile_elementwise: bool = False) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self._fingerprint: tuple[tuple[int, int], ...] = ()
+        self.compile_s = 0.0
+        self._act1: Callable[..., torch.Tensor] = hidden1_eager
+        self._act2: Callable[..., torch.Tensor] = hidden2_eager
+        if compile_elementwise:
+            self._compile()
+        self.refresh()
+
+    # -- weights ----------------------------------------------------------------------------
+    def _param_fingerprint(self) -> tuple[tuple[int, int], ...]:
+        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+
+    def refresh(self) -> bool:
+        """Rebuild the stacks if a model parameter changed since the last build; True if rebuilt."""
+        fingerprint = self._param_fingerprint()
+        if fingerprint == self._fingerprint:
+            return False
+        with torch.no_grad():
+            self._build()
+        self._fingerprint = self._param_fingerprint()
+        return True
+
+    def _build(self) -> None:
+        m = self.model
+        L, K, M = self.cfg.latent_dim, self.cfg.num_q, self.cfg.mlp_dim
+        dyn, rew, qs = m._dynamics[0], m._reward, m._qs
+        # Layer 1: (B, L+A, M), input-major so x @ w1[b] is block b's pre-activation.
+        q_w1 = qs.w1.detach().view(L + self.cfg.action_dim, K, M).permute(1, 0, 2)
+        w1 = torch.cat([dyn[0].weight.T[None], rew[0].weight.T[None], q_w1]).contiguous()
+        self.w1 = w1
+        self.w1z, self.w1a = w1[:, :L].contiguous(), w1[:, L:].contiguous()
+        self.b1 = torch.cat([dyn[0].bias[None], rew[0].bias[None], qs.b1.view(K, M)])[:, None]
+        self.ln1_w = torch.cat([dyn[1].weight[None], rew[1].weight[None], qs.ln_weight])[:, None]
+        self.ln1_b = torch.cat([dyn[1].bias[None], rew[1].bias[None], qs.ln_bias])[:, None]
+        # Layer 2: (B, M, M) and its LayerNorm (dynamics and reward only; Q heads go to ELU).
+        self.w2 = torch.cat([dyn[3].weight.T[None], rew[3].weight.T[None], qs.w2]).contiguous()
+        self.b2 = torch.cat([dyn[3].bias[None, None], rew[3].bias[None, None], qs.b2])
+        self.ln2_w = torch.stack([dyn[4].weight, rew[4].weight])[:, None]
+        self.ln2_b = torch.stack([dyn[4].bias, rew[4].bias])[:, None]
+        # Layer 3: dynamics (M → L, then LN + Sigmoid); reward and Q heads stacked (1 + K, M, 1).
+        self.w3d, self.b3d = dyn[6].weight.T.contiguous(), dyn[6].bias.clone()
+        bound = m._dynamics[1].norm
+        self.lnz_w, self.lnz_b = bound.weight.clone(), bound.bias.clone()
+        self.w3rq = torch.cat([rew[6].weight.T[None], qs.w3]).contiguous()
+        self.b3rq = torch.cat([rew[6].bias.view(1, 1, 1), qs.b3])
+        for name in ("b1", "ln1_w", "ln1_b", "b2", "ln2_w", "ln2_b"):
+            setattr(self, name, getattr(self, name).detach().contiguous())
+
+    def _compile(self) -> None:
+        """Inductor (C++ backend) fuses LayerNorm, affine and the activation into one loop per row;
+        the eager versions stay as the fallback. dynamic=True: one kernel for every batch size."""
+        start = time.perf_counter()
+        self._act1 = torch.compile(hidden1, dynamic=True, fullgraph=True)
+        self._act2 = torch.compile(hidden2, dynamic=True, fullgraph=True)
+        self._warm_compiled()
+        self.compile_s = time.perf_counter() - start
+
+    def _warm_compiled(self) -> None:
+        m = self.cfg.mlp_dim
+        with torch.inference_mode():
+            for blocks, n_mish in ((2 + self.cfg.num_q, 2), (2, 2), (self.cfg.num_q, 0), (2, 0)):
+                h = torch.randn(blocks, 3, m)
+                w = torch.ones(blocks, 1, m)
+                self._act1(h, w, w, w, n_mish)
+                self._act2(h, w, w[:n_mish], w[:n_mish], n_mish)
+
+    # -- blocks -----------------------------------------------------------------------------
+    def z_part(self, z: torch.Tensor, blocks: int | None = None) -> torch.Tensor:
+        """z @ W1z + b1 for one latent (1, L): every candidate at t = 0 shares it (B, 1, M)."""
+        nb = self.w1z.shape[0] if blocks is None else blocks
+        return torch.baddbmm(self.b1[:nb], z.expand(nb, *z.shape), self.w1z[:nb])
+
+    def _hidden(self, h1: torch.Tensor, stack: tuple[torch.Tensor, ...], bias1: torch.Tensor,
+                n_mish: int) -> torch.Tensor:
+        """Both hidden layers of the stacked blocks from the bias-free first matmul h1 (B, N, M)."""
+        g1, c1, w2, b2 = stack
+        h = self._act1(h1, bias1, g1, c1, n_mish)
+        return self._act2(torch.bmm(h, w2), b2, self.ln2_w[:n_mish], self.ln2_b[:n_mish], n_mish)
+
+    def step(self, z: torch.Tensor, a: torch.Tensor, *, with_q: bool,
+             z_part: torch.Tensor | None = None) -> StepOut:
+        """Dynamics, reward and (if with_q) all K Q heads at (z, a) in one pass of stacked layers.
+        z_part: ``z_part(z0)`` when every row shares z0: only the action columns are multiplied."""
+        nb = self.w1z.shape[0] if with_q else 2
+        n = a.shape[0]
+        if z_part is None:
+            x = torch.cat([z, a], dim=-1)
+            h1 = torch.bmm(x.expand(nb, *x.shape), self.w1[:nb])
+            bias1 = self.b1[:nb]
+        else:
+            h1 = torch.bmm(a.expand(nb, n, a.shape[-1]), self.w1a[:nb])
+            bias1 = z_part[:nb]
+        stack = (self.ln1_w[:nb], self.ln1_b[:nb], self.w2[:nb], self.b2[:nb])
+        h = self._hidden(h1, stack, bias1, 2)
+        z_next = torch.addmm(self.b3d, h[DYN], self.w3d)
+        z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.lnz_w, self.lnz_b))
+        rq = torch.baddbmm(self.b3rq[: nb - 1], h[REW:nb], self.w3rq[: nb - 1])
+        return StepOut(z_next, rq[0], rq[1:] if with_q else None)
+
+    def _q_stack(self, heads: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Layer stacks of the Q blocks: all K as views, or a gathered copy of the chosen heads."""
+        full = (self.w1[Q0:], self.b1[Q0:], self.ln1_w[Q0:], self.ln1_b[Q0:], self.w2[Q0:],
+                self.b2[Q0:], self.w3rq[1:], self.b3rq[1:])
+        if heads is None:
+            return full
+        return tuple(t.index_select(0, heads) for t in full)
+
+    def q(self, z: torch.Tensor, a: torch.Tensor,
+          heads: torch.Tensor | None = None) -> torch.Tensor:
+        """Q heads at (z, a): all K (K, N, 1), or only ``heads`` (LongTensor of head indices)."""
+        w1, b1, g1, c1, w2, b2, w3, b3 = self._q_stack(heads)
+        x = torch.cat([z, a], dim=-1)
+        h1 = torch.bmm(x.expand(w1.shape[0], *x.shape), w1)
+        h = self._hidden(h1, (g1, c1, w2, b2), b1, 0)
+        return torch.baddbmm(b3, h, w3)

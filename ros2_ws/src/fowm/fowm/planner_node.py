@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,7 @@ class _Counters:
     last_uncertainty: float = float("nan")
     last_plan_ms: float = float("nan")
     last_obs_age_s: float = float("nan")
+    plan_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 class PlannerNode(Node):
@@ -274,6 +276,7 @@ class PlannerNode(Node):
         self.counters.plans += 1
         self.counters.last_uncertainty = result.uncertainty
         self.counters.last_plan_ms = result.elapsed_s * 1e3
+        self.counters.plan_ms.append(self.counters.last_plan_ms)
         verdict = check_plan(result.action, result.uncertainty, self.limits,
                              {"mean": result.mean, "std": result.std,
                               "value": np.asarray(result.value)})

@@ -296,7 +296,7 @@ def cpu(task: str = "lift", modality: Modality | str = Modality.STATE,
         model=ModelConfig(modality=Modality(modality), state_dim=state_dim,
                           action_dim=TASK_ACTION_DIM.get(task, 4),
                           latent_dim=32, mlp_dim=128, enc_dim=128),
-        planner=PlannerConfig(iterations=4, num_samples=256, num_elites=32),
+        planner=PlannerConfig(iterations=3, num_samples=128, num_elites=16),
         learner=LearnerConfig(batch_size=128),
         schedule=ScheduleConfig(offline_steps=4_000, online_episodes=100),
     )

@@ -14,11 +14,12 @@ sysdeps:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null; fi
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml ros2_ws/src/fowm/setup.py
 	$(MAKE) sysdeps
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[sim,ros,hw,test]'
+	$(BIN)/pip install -q --no-deps -e ./ros2_ws/src/fowm
 	touch $@
 
 setup: $(BIN)/.installed
@@ -27,7 +28,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check fowm_core tests benchmarks
+	$(BIN)/ruff check fowm_core tests benchmarks ros2_ws/src/fowm
 
 demo: setup
 	$(BIN)/fowm demo

@@ -87,8 +87,8 @@ class WorldModel(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Min of 2 *distinct* random heads, one pair for the whole batch (spec §2.4)."""
         heads = random_head_pair(self.cfg.num_q, generator)
-        q = self.q(z, a)
-        return torch.minimum(q[heads[0]], q[heads[1]])
+        q = self._qs.forward_heads(torch.cat([z, a], dim=-1), heads)
+        return torch.minimum(q[0], q[1])
 
     def track_q_grad(self, enabled: bool) -> None:
         for p in [*self._qs.parameters(), *self._v.parameters()]:

@@ -87,3 +87,16 @@ def test_ema_parameters_are_encoder_and_q_only() -> None:
     expected = {id(p) for p in [*model._encoder.parameters(), *model._qs.parameters()]}
     assert ema == expected
     assert not ema & {id(p) for p in model._dynamics.parameters()}
+
+
+def test_min2_equals_the_min_of_the_chosen_heads_of_the_full_ensemble() -> None:
+    torch.manual_seed(2)
+    model = WorldModel(config.cpu().model)
+    with torch.no_grad():
+        for p in model._qs.parameters():
+            p.normal_(std=0.3)
+        z, a = torch.rand(6, model.cfg.latent_dim), torch.rand(6, model.cfg.action_dim)
+        heads = random_head_pair(5, torch.Generator().manual_seed(7))
+        full = model.q(z, a)
+        got = model.q_min2(z, a, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, torch.minimum(full[heads[0]], full[heads[1]]))

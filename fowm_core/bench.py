@@ -3,8 +3,9 @@
 FLOPs are counted from layer shapes (2·MACs of every matmul and conv; elementwise work is not
 counted), so GFLOP/s figures compare directly with the machine's fp32 matmul peak measured in the
 same run. ``plan_flops`` counts the work the reference planner does per decision (81.6 GFLOP for
-the paper preset with λ = 1); ``executed=True`` counts what this planner's fast path actually multiplies
-(it reuses the z-part of the first layer at t = 0 and the π candidates' steps across iterations).
+the paper preset with λ = 1); ``executed=True`` counts what this planner's fast path actually
+multiplies (it reuses the z-part of the first layer at t = 0 and the π candidates' steps across
+iterations).
 
 CLI (one JSON line each): ``bench plan --preset paper|cpu [--lam L]``,
 ``bench update --preset paper|cpu --obs state|rgb``, ``bench peak``.
@@ -66,9 +67,9 @@ def plan_flops(cfg: FowmConfig, *, executed: bool = False) -> int:
     """Matmul/conv FLOPs of one MPC decision (spec §9).
 
     Reference work: encode; Nπ π rollouts (π + dynamics per step); per iteration, for all N + Nπ
-    candidates, H steps of dynamics + reward (+ K heads if λ > 0) and a terminal π + (K heads if λ > 0,
-    else the 2 drawn heads). ``executed``: the fast path's work instead (π candidates' steps done once
-    in the rollout, t = 0 first layers multiply only the action columns).
+    candidates, H steps of dynamics + reward (+ K heads if λ > 0) and a terminal π + (K heads if
+    λ > 0, else the 2 drawn heads). ``executed``: the fast path's work instead (π candidates' steps
+    done once in the rollout, t = 0 first layers multiply only the action columns).
     """
     p, h, k = cfg.planner, _head_macs(cfg), cfg.model.num_q
     heads_step = k if p.uncertainty_cost > 0 else 0
@@ -94,10 +95,10 @@ def plan_flops(cfg: FowmConfig, *, executed: bool = False) -> int:
 def update_flops(cfg: FowmConfig) -> int:
     """Matmul/conv FLOPs of one learner update (spec §3), batch B, horizon H.
 
-    Forward with gradients: encode o_0, H steps of dynamics + reward, K Q heads and V on H·B latents.
-    No-grad: online and target encodes of the H·B next observations, V(z') for the TD target, target
-    min-2 Q on H·B. π update: π forward on H·B, target min-2 Q and V (no grad). Backward ≈ 2× forward of
-    the gradient-carrying parts (input and weight gradients).
+    Forward with gradients: encode o_0, H steps of dynamics + reward, K Q heads and V on H·B
+    latents. No-grad: online and target encodes of the H·B next observations, V(z') for the TD
+    target, target min-2 Q on H·B. π update: π forward on H·B, target min-2 Q and V (no grad).
+    Backward ≈ 2× forward of the gradient-carrying parts (input and weight gradients).
     """
     b, H, h, k = cfg.learner.batch_size, cfg.horizon, _head_macs(cfg), cfg.model.num_q
     enc = encoder_macs(cfg)
@@ -157,7 +158,7 @@ def random_obs(cfg: FowmConfig, gen: torch.Generator) -> dict[str, torch.Tensor]
 
 def _random_model(cfg: FowmConfig, seed: int = 0) -> Any:
     """Orthogonal init plus small noise on every weight, so the zero-initialised reward and Q last
-    layers are not trivially zero (the ensemble std and the elites then behave like a trained model)."""
+    layers are not trivially zero (so the ensemble std and the elites are not degenerate)."""
     from fowm_core.model import WorldModel
 
     torch.manual_seed(seed)
@@ -197,3 +198,89 @@ def bench_plan(cfg: FowmConfig, repeats: int = 7, *, fast: bool = True, compile:
         "peak_gflops_per_s": peak, "fraction_of_peak": gflops / peak,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def random_batch(cfg: FowmConfig, gen: torch.Generator) -> Any:
+    """A replay Batch of random data with the config's shapes (B rows, H steps, no PER sink)."""
+    from fowm_core.replay import Batch
+
+    m, B, H = cfg.model, cfg.learner.batch_size, cfg.horizon
+    obs: dict[str, torch.Tensor] = {}
+    next_obs: dict[str, torch.Tensor] = {}
+    if m.uses_state:
+        obs["state"] = torch.rand(B, m.state_dim, generator=gen)
+        next_obs["state"] = torch.rand(H, B, m.state_dim, generator=gen)
+    if m.uses_rgb:
+        img = (3 * m.frame_stack, m.img_size, m.img_size)
+        obs["rgb"] = torch.randint(0, 256, (B, *img), generator=gen, dtype=torch.uint8)
+        next_obs["rgb"] = torch.randint(0, 256, (H, B, *img), generator=gen, dtype=torch.uint8)
+    return Batch(
+        obs=obs, next_obs=next_obs,
+        action=torch.rand(H, B, m.action_dim, generator=gen) * 2 - 1,
+        reward=torch.rand(H, B, generator=gen), mask=torch.ones(H, B), done=torch.zeros(H, B),
+        weights=torch.ones(B), indices=torch.arange(B), source=torch.zeros(B, dtype=torch.int64),
+    )
+
+
+def bench_update(cfg: FowmConfig, repeats: int = 5) -> dict[str, Any]:
+    """Median seconds per full learner update: forward, backward, clip, both Adam steps, EMA."""
+    try:
+        from fowm_core.learner import Learner
+    except ImportError as err:
+        msg = f"bench update needs fowm_core.learner.Learner, which is not importable here: {err}"
+        raise ConfigError(msg) from err
+    gen = torch.Generator().manual_seed(0)
+    learner = Learner(_random_model(cfg).train(), cfg, gen)
+    batch = random_batch(cfg, gen)
+    seconds = median_seconds(lambda: learner.update(batch), repeats)
+    flops = update_flops(cfg)
+    return {
+        "bench": "update", "preset": cfg.preset, "obs": cfg.model.modality.value,
+        "batch_size": cfg.learner.batch_size, "horizon": cfg.horizon, "update_s": seconds,
+        "flops": flops, "gflops_per_s": flops / seconds / 1e9, "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fowm bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    plan = sub.add_parser("plan", help="seconds per MPC decision (batch 1, warm-started)")
+    plan.add_argument("--preset", default="paper", choices=["paper", "cpu"])
+    plan.add_argument("--lam", type=float, default=None,
+                      help="uncertainty_cost λ (the preset's if unset)")
+    plan.add_argument("--obs", default=None, choices=[m.value for m in Modality])
+    plan.add_argument("--repeats", type=int, default=7)
+    plan.add_argument("--compile", action="store_true",
+                      help="torch.compile the elementwise blocks (inductor C++; reports compile_s)")
+    plan.add_argument("--plain", action="store_true",
+                      help="score with the model's own methods (the unfused reference path)")
+    update = sub.add_parser("update", help="seconds per learner update")
+    update.add_argument("--preset", default="paper", choices=["paper", "cpu"])
+    update.add_argument("--obs", default="rgb", choices=[m.value for m in Modality])
+    update.add_argument("--repeats", type=int, default=5)
+    peak = sub.add_parser("peak", help="fp32 matmul GFLOP/s of this machine")
+    peak.add_argument("--size", type=int, default=2048)
+    peak.add_argument("--repeats", type=int, default=9)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = _parser().parse_args(argv)
+    if args.what == "peak":
+        return bench_peak(args.size, args.repeats)
+    if args.what == "plan":
+        cfg = bench_config(args.preset, args.obs, args.lam)
+        return bench_plan(cfg, args.repeats, fast=not args.plain, compile=args.compile)
+    # 'rgb' means the paper's pixel setting: rgb + the 4-d proprio state (modality 'all').
+    modality = Modality.ALL.value if args.obs == Modality.RGB.value else args.obs
+    return bench_update(bench_config(args.preset, modality), args.repeats)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print one JSON line for ``fowm bench plan|update|peak``."""
+    print(json.dumps(run(argv)), flush=True)
+    return 0

@@ -1,13 +1,15 @@
-"""MPPI planning with FOWM's uncertainty penalty (spec §4, §13.5), with the reference code's semantics.
+"""MPPI planning with FOWM's uncertainty penalty (spec §4, §13.5), the reference code's semantics.
 
 Symbols: z latent, a action, H horizon, N = num_samples Gaussian candidates, Nπ = ⌊mixture_coef·N⌋
 policy candidates, K Q heads, λ = uncertainty_cost, γ = discount. The value of a candidate is
 
-    Ĝ = Σ_t γ^t [R(z_t, a_t) − λ·std_k Q_k(z_t, a_t)] + γ^H [Q_min2(z_H, a_H) − λ·std_k Q_k(z_H, a_H)]
+    Ĝ = Σ_t γ^t [R(z_t, a_t) − λ·u(z_t, a_t)] + γ^H [Q_min2(z_H, a_H) − λ·u(z_H, a_H)],
+    u = std_k Q_k
 
-with a_H = π(z_H; σ = min_std), all K *online* heads, unbiased std, penalty before each dynamics step
-(spec §4, Eq. 4). ``reference_value`` is that formula written with the model's own methods; the
-planner scores through ``FusedModel`` (same math, stacked layout) unless ``fast=False``.
+with a_H = π(z_H; σ = min_std), all K *online* heads, unbiased std, the penalty taken before each
+dynamics step (spec §4, Eq. 4). ``reference_value`` is that formula written with the model's own
+methods; the planner scores through ``FusedModel`` (same math, stacked layout) unless
+``fast=False``.
 
 Random draws follow the reference order, all from one generator: π rollout noise per step, then per
 iteration the Gaussian samples, the terminal π noise and the head pair; then the elite pick and the
@@ -55,14 +57,15 @@ class PiRollout:
 
 
 def head_std(q: torch.Tensor) -> torch.Tensor:
-    """u(z, a): std over the K heads, unbiased as torch's default in the reference (K, N, 1) → (N, 1)."""
+    """u(z, a): std over the K heads, unbiased (torch's default, as in the reference).
+    (K, N, 1) → (N, 1)."""
     return q.std(dim=0)
 
 
 def reference_value(model: WorldModel, z: torch.Tensor, actions: torch.Tensor, cfg: FowmConfig,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Ĝ for candidates (N, 1) from z (N, L) and actions (H, N, A), written with the model's methods
-    exactly as the reference's ``estimate_value`` (spec §4). The ground truth the fast path is tested on."""
+    exactly as the reference's ``estimate_value`` (spec §4): the fast path is tested against it."""
     lam, gamma = cfg.planner.uncertainty_cost, cfg.discount
     value, discount = torch.zeros(z.shape[0], 1), 1.0
     for a in actions:
@@ -81,21 +84,37 @@ def reference_value(model: WorldModel, z: torch.Tensor, actions: torch.Tensor, c
 
 
 class Planner:
-    """``plan(obs, t0=, eval_mode=)`` → PlanResult; ``reset()`` between episodes (clears warm start)."""
+    """``plan(obs, t0=, eval_mode=)`` → PlanResult; ``reset()`` between episodes.
+
+    fast: score through FusedModel (default) or through the model's own methods.
+    compile_elementwise: torch.compile the fused LayerNorm/activation blocks (eager fallback).
+    """
 
     def __init__(self, model: WorldModel, cfg: FowmConfig, generator: torch.Generator | None = None,
                  *, fast: bool = True, compile_elementwise: bool = False) -> None:
         if model.cfg != cfg.model:
-            msg = (f"planner config model section {cfg.model} differs from the model's {model.cfg}; "
-                   "build the WorldModel from the same FowmConfig")
+            msg = (f"planner config model section {cfg.model} differs from the model's "
+                   f"{model.cfg}; build the WorldModel from the same FowmConfig")
             raise ConfigError(msg)
         self.model, self.cfg, self.generator = model, cfg, generator
         self.fast = fast
         self.fused = FusedModel(model, compile_elementwise) if fast else None
         self._prev_mean: torch.Tensor | None = None
+        # The last iteration's elites (H, E, A) and scores (E, 1), kept for inspection and tests.
+        self.last_elites: torch.Tensor | None = None
+        self.last_score: torch.Tensor | None = None
 
     def reset(self) -> None:
+        """Forget the warm start (call at every episode start)."""
         self._prev_mean = None
+
+    def initial_mean(self, t0: bool) -> torch.Tensor:
+        """μ before the first iteration (H, A): zeros, or with a warm start (not t0) the previous
+        decision's smoothed mean shifted one step earlier, its last slot 0 (spec §4 step 3)."""
+        mean = torch.zeros(self.cfg.horizon, self.cfg.model.action_dim)
+        if not t0 and self._prev_mean is not None:
+            mean[:-1] = self._prev_mean[1:]
+        return mean
 
     @torch.inference_mode()
     def plan(self, obs: ObsIn, *, t0: bool, eval_mode: bool) -> PlanResult:
@@ -114,10 +133,7 @@ class Planner:
         if self.fused is not None:
             self.fused.refresh()
         rollout = self.pi_rollout(z)
-        mean = torch.zeros(H, A)
-        std = torch.full((H, A), p.max_std)
-        if not t0 and self._prev_mean is not None:
-            mean[:-1] = self._prev_mean[1:]                # warm start: shift by one, last slot 0
+        mean, std = self.initial_mean(t0), torch.full((H, A), p.max_std)
         z_part = self._z_part(z)
         for _ in range(p.iterations):
             noise = torch.randn(H, p.num_samples, A, generator=self.generator)
@@ -138,7 +154,7 @@ class Planner:
         zt = z.expand(n_pi, z.shape[-1])
         partial = torch.zeros(n_pi, 1) if self.fused is not None else None
         lam, discount = p.uncertainty_cost, 1.0
-        for t in range(H):
+        for t in range(H if n_pi > 0 else 0):
             actions[t] = self.model.pi(zt, p.min_std, generator=self.generator)
             if self.fused is None:
                 zt = self.model.next(zt, actions[t])
@@ -189,7 +205,7 @@ class Planner:
 
     def _elites(self, value: torch.Tensor, actions: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top num_elites by Ĝ and their normalised scores exp(temperature·(Ĝ − max)) (spec §4.3-4)."""
+        """Top num_elites by Ĝ and normalised scores exp(temperature·(Ĝ − max)) (spec §4.3-4)."""
         p = self.cfg.planner
         idx = torch.topk(value.squeeze(1), p.num_elites, dim=0).indices
         elite_value, elites = value[idx], actions[:, idx]
@@ -200,6 +216,7 @@ class Planner:
     def _output(self, z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                 elite_value: torch.Tensor, elites: torch.Tensor, score: torch.Tensor,
                 eval_mode: bool, start: float) -> PlanResult:
+        self.last_elites, self.last_score = elites, score
         pick = int(torch.multinomial(score.squeeze(1), 1, generator=self.generator))
         action = elites[0, pick].clone()
         self._prev_mean = mean
@@ -215,11 +232,12 @@ class Planner:
         )
 
     def _uncertainty(self, z: torch.Tensor, action: torch.Tensor) -> float:
-        q = self.fused.q(z, action[None]) if self.fused is not None else self.model.q(z, action[None])
+        model = self.fused if self.fused is not None else self.model
+        q = model.q(z, action[None])
         return float(head_std(q))
 
     def _policy_action(self, z: torch.Tensor, eval_mode: bool, start: float) -> PlanResult:
-        """cfg.planner.mpc False: a = π(z) with σ = min_std while collecting, 0 at eval (spec §4)."""
+        """mpc False: a = π(z) with σ = min_std while collecting, 0 at eval (spec §4)."""
         p, H = self.cfg.planner, self.cfg.horizon
         sigma = 0.0 if eval_mode else p.min_std
         action = self.model.pi(z, sigma, generator=self.generator)[0].clamp(-1.0, 1.0)

@@ -1,13 +1,13 @@
 """Inference fast path for planning: the WorldModel's weights re-laid out as stacks (spec §4, §9).
 
-Every head that reads the same (z, a) — dynamics, reward and the K Q heads — runs its first layer as one
-batched matmul over B = 2 + K stacked blocks, its second layer as one ``bmm``, and reward plus Q
+Every head that reads the same (z, a) — dynamics, reward and the K Q heads — runs its first layer as
+one batched matmul over B = 2 + K stacked blocks, its second layer as one ``bmm``, and reward plus Q
 third layers as one more ``bmm``. Block order: [dynamics, reward, q_0 .. q_{K-1}].
 
 The math is exactly the model's (same layers, same order of LayerNorm, affine and activation); only
-the layout and the number of kernel launches change. Nothing here is trained through: the stacks are
-copies, rebuilt by ``refresh()`` whenever a model parameter changes (optimiser steps and
-``load_state_dict`` bump the tensors' version counters). ``WorldModel``'s methods stay the reference.
+the layout and the number of kernel launches change. Nothing here is trained through: the stacks
+are copies, rebuilt by ``refresh()`` whenever a model parameter changes (optimiser steps and
+``load_state_dict`` bump the tensors' version counters). WorldModel's methods stay the reference.
 
 Symbols: z (N, L), a (N, A), M = mlp_dim, K = num_q, B = 2 + K.
 """
@@ -100,7 +100,7 @@ class FusedModel:
         return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
 
     def refresh(self) -> bool:
-        """Rebuild the stacks if any model parameter changed since the last build; True if rebuilt."""
+        """Rebuild the stacks if a model parameter changed since the last build; True if rebuilt."""
         fingerprint = self._param_fingerprint()
         if fingerprint == self._fingerprint:
             return False
@@ -121,7 +121,7 @@ class FusedModel:
         self.b1 = torch.cat([dyn[0].bias[None], rew[0].bias[None], qs.b1.view(K, M)])[:, None]
         self.ln1_w = torch.cat([dyn[1].weight[None], rew[1].weight[None], qs.ln_weight])[:, None]
         self.ln1_b = torch.cat([dyn[1].bias[None], rew[1].bias[None], qs.ln_bias])[:, None]
-        # Layer 2: (B, M, M) and its LayerNorm (dynamics and reward only; Q heads go straight to ELU).
+        # Layer 2: (B, M, M) and its LayerNorm (dynamics and reward only; Q heads go to ELU).
         self.w2 = torch.cat([dyn[3].weight.T[None], rew[3].weight.T[None], qs.w2]).contiguous()
         self.b2 = torch.cat([dyn[3].bias[None, None], rew[3].bias[None, None], qs.b2])
         self.ln2_w = torch.stack([dyn[4].weight, rew[4].weight])[:, None]
@@ -169,7 +169,7 @@ class FusedModel:
     def step(self, z: torch.Tensor, a: torch.Tensor, *, with_q: bool,
              z_part: torch.Tensor | None = None) -> StepOut:
         """Dynamics, reward and (if with_q) all K Q heads at (z, a) in one pass of stacked layers.
-        z_part: ``z_part(z0)`` when every row shares z0, so only the action columns are multiplied."""
+        z_part: ``z_part(z0)`` when every row shares z0: only the action columns are multiplied."""
         nb = self.w1z.shape[0] if with_q else 2
         n = a.shape[0]
         if z_part is None:

@@ -22,6 +22,10 @@ REPO_ROOT = HERE.parents[2]          # ros2_ws/src/fowm -> repository root
 NODES = {
     "xarm_node": "fowm.xarm_node",
     "camera_node": "fowm.camera_node",
+    "sim_node": "fowm.sim_node",
+    "planner_node": "fowm.planner_node",
+    "episode_manager": "fowm.episode_manager",
+    "stack": "fowm.stack",
 }
 
 

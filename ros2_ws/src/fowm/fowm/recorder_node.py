@@ -10,9 +10,13 @@ offline datasets and logged online episodes are one format and go through one re
 - Episodes are cut at /fowm/episode events: a bag opens at "start" and closes at the next "start"
   or ``grace_s`` after "end", and keeps the header-stamped messages inside the end event's
   [first_stamp_ns, final_stamp_ns] (actions: < final_stamp_ns, the last observation has no answer
-  in the episode). So observations published before the reset, or an answer to the final
-  observation, never enter the episode. The grace period exists because one executor cycle may
-  serve the "end" event before the final observation (subscriptions are served in creation order).
+  in the episode). Unstamped messages (rewards) between the start and the close all belong to the
+  episode: the episode manager publishes rewards only while an episode runs. So observations
+  published before the reset, or an answer to the final observation, never enter the episode.
+  The grace period exists because one executor cycle may serve the "end" event before the final
+  observation and reward (subscriptions are served in creation order).
+- A recorder that starts after an episode's "start" event keeps the last ``prebuffer_s`` seconds
+  of messages and rebuilds that episode when its "end" event comes (the cut is by stamps).
 - The latest /fowm/weights messages (the planner's {"live": true} one and the learner's
   announcement; transient-local) open every bag, so each bag says which weights acted.
 - Written under a hidden temp directory by a writer thread, then renamed into ``bag_dir``: a
@@ -31,6 +35,7 @@ import shutil
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +69,9 @@ class RecorderParams:
     grace_s: float = field(default=0.5, metadata=_p(
         "seconds after an end event in which late messages of the episode are still taken",
         0.0, 60.0))
+    prebuffer_s: float = field(default=10.0, metadata=_p(
+        "seconds of messages kept while no episode is open, for an episode whose start event "
+        "was missed (recorder started late)", 0.0, 3600.0))
     depth: int = field(default=200, metadata=_p(
         "reliable subscription depth per topic (messages queued while the executor is busy)",
         1, 100000))
@@ -74,7 +82,6 @@ class _Episode:
     start: dict[str, Any]
     messages: list[tuple[str, int, bytes]] = field(default_factory=list)   # (topic, log ns, raw)
     end: dict[str, Any] | None = None
-    end_log_ns: int = 0
     end_wall_s: float = 0.0
 
 
@@ -99,8 +106,6 @@ def cut_episode(ep: _Episode) -> list[tuple[str, int, bytes]]:
             stamp = header_stamp_ns(raw)
             if stamp < first or stamp > final or (topic == topics.ACTION and stamp >= final):
                 continue
-        elif topic != topics.WEIGHTS and log_ns > ep.end_log_ns:
-            continue                        # rewards/events after "end" are the next episode's
         out.append((topic, log_ns, raw))
     return out
 
@@ -150,6 +155,7 @@ class RecorderNode(Node):
         self.written: list[Path] = []
         self.dropped: list[str] = []          # why an episode was not written
         self._episode: _Episode | None = None
+        self._prebuffer: deque[tuple[str, int, bytes]] = deque()
         self._latched: dict[bool, bytes] = {}  # newest weights message per kind (live or not)
         self._last_log_ns = 0
         self._pending = 0                      # episodes handed to the writer, not yet on disk
@@ -194,6 +200,11 @@ class RecorderNode(Node):
                 self._latched[_is_live(raw)] = raw
             if self._episode is not None:
                 self._episode.messages.append((topic, log_ns, raw))
+            else:
+                self._prebuffer.append((topic, log_ns, raw))
+                horizon = log_ns - int(self.params.prebuffer_s * 1e9)
+                while self._prebuffer and self._prebuffer[0][1] < horizon:
+                    self._prebuffer.popleft()
 
     def _on_event(self, raw: bytes, log_ns: int) -> None:
         try:
@@ -205,12 +216,31 @@ class RecorderNode(Node):
         if event["event"] == "start":
             if current is not None:
                 self._close(current)
-            self._episode = _Episode(event, [(topics.EPISODE, log_ns, raw)])
-            for live in sorted(self._latched):            # which weights act in this episode
-                self._episode.messages.append((topics.WEIGHTS, log_ns, self._latched[live]))
-        elif current is not None and current.end is None:
-            current.messages.append((topics.EPISODE, log_ns, raw))
-            current.end, current.end_log_ns, current.end_wall_s = event, log_ns, time.monotonic()
+            self._open(event, raw, log_ns, [])
+            return
+        if current is None or current.end is not None:
+            # Its start was missed (we started late): rebuild the episode from the pre-buffer;
+            # the end event's stamps cut it exactly all the same.
+            start = {**event, "event": "start", "synthesized_by": self.get_name()}
+            start_raw = bytes(convert.TYPESTORE.serialize_cdr(
+                convert.event_msg(start), topics.MSG_TYPES[topics.EPISODE]))
+            early = list(self._prebuffer)
+            self._open(start, start_raw, early[0][1] - 1 if early else log_ns, early)
+            current = self._episode
+            self.get_logger().warning(
+                f"episode {event.get('episode')}: its start event was not received; rebuilt "
+                f"from the last {self.params.prebuffer_s:g} s of messages")
+        assert current is not None
+        current.messages.append((topics.EPISODE, log_ns, raw))
+        current.end, current.end_wall_s = event, time.monotonic()
+
+    def _open(self, start: dict[str, Any], raw: bytes, log_ns: int,
+              early: list[tuple[str, int, bytes]]) -> None:
+        self._prebuffer.clear()
+        self._episode = _Episode(start, [(topics.EPISODE, log_ns, raw)])
+        for live in sorted(self._latched):            # which weights act in this episode
+            self._episode.messages.append((topics.WEIGHTS, log_ns, self._latched[live]))
+        self._episode.messages += early
 
     def _check_grace(self) -> None:
         with self._lock:

@@ -118,9 +118,9 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         overrides.setdefault("fowm_episode_manager", {})["num_episodes"] = episodes
     rclpy.init(args=["--ros-args", "--params-file", str(config_path)])
     factories = stack_factories(str(checkpoint), lockstep, overrides)
-    if bag_dir is not None:                      # record every episode and learn from it
+    if bag_dir is not None:          # record every episode and learn; built first: hear every event
         from fowm.learner_node import loop_factories
-        factories += loop_factories(bag_dir, checkpoint, overrides)
+        factories = loop_factories(bag_dir, checkpoint, overrides) + factories
 
     def finished(nodes: list[Node]) -> bool:
         if episodes is None or len(nodes) < len(factories):

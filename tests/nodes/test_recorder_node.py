@@ -161,3 +161,12 @@ def test_bags_of_the_live_sim_stack_read_back_into_the_transitions_it_ran(
         weights = [json.loads(TS.deserialize_cdr(raw, "std_msgs/msg/String").data)
                    for c, _, raw in reader.messages() if c.topic == topics.WEIGHTS]
     assert any(w.get("live") for w in weights)          # which weights acted is in the bag
+
+
+def test_the_shipped_topic_list_and_qos_overrides_match_the_contract() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    listed = (repo / "config" / "bag_topics.txt").read_text().split()
+    assert tuple(listed) == topics.RECORDED
+    overrides = yaml.safe_load((repo / "config" / "qos_overrides.yaml").read_text())
+    assert overrides[topics.WEIGHTS]["durability"] == "transient_local"
+    assert all(t in topics.MSG_TYPES for t in overrides)

@@ -1,0 +1,82 @@
+"""fowm.timing: the monotonic-deadline control loop (no ROS involved)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from fowm.timing import FixedRateLoop, Tick, TriggeredLoop
+
+
+def _wait(cond: object, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_ticks_follow_absolute_deadlines() -> None:
+    ticks: list[Tick] = []
+    loop = FixedRateLoop(0.02, ticks.append)
+    loop.start()
+    assert _wait(lambda: len(ticks) >= 10)
+    loop.stop()
+    # Scheduled times are whole periods after the first (no drift; a late wake-up on a loaded
+    # machine may skip a slot, never shift the grid).
+    for tick in ticks:
+        slots = (tick.scheduled_s - ticks[0].scheduled_s) / 0.02
+        assert slots == pytest.approx(round(slots), abs=1e-6)
+        assert tick.started_s >= tick.scheduled_s
+    assert loop.stats.summary()["ticks"] >= 10
+
+
+def test_an_overrun_skips_slots_and_counts_a_miss() -> None:
+    calls: list[int] = []
+
+    def work(tick: Tick) -> None:
+        calls.append(tick.index)
+        if tick.index == 2:
+            time.sleep(0.1)                # five periods of work
+
+    loop = FixedRateLoop(0.02, work)
+    loop.start()
+    assert _wait(lambda: len(calls) >= 6)
+    loop.stop()
+    summary = loop.stats.summary()
+    assert summary["deadline_misses"] >= 1
+    assert summary["skipped_slots"] >= 3   # no burst of late ticks to catch up
+
+
+def test_triggered_loop_runs_on_each_trigger_and_on_idle() -> None:
+    trigger = threading.Event()
+    calls: list[Tick] = []
+    loop = TriggeredLoop(trigger, calls.append, idle_s=0.05)
+    loop.on_exit = lambda: calls.append(Tick(-1, 0.0, 0.0))
+    loop.start()
+    trigger.set()
+    assert _wait(lambda: len(calls) >= 3)   # the trigger, then idle ticks
+    loop.stop()
+    assert calls[-1].index == -1            # on_exit ran on the loop thread at the end
+
+
+def test_loop_stops_quietly_when_its_owner_is_gone() -> None:
+    alive = threading.Event()
+    alive.set()
+
+    def work(tick: Tick) -> None:
+        if tick.index == 3:
+            alive.clear()
+            raise RuntimeError("publisher's context is invalid")
+
+    loop = FixedRateLoop(0.01, work)
+    loop.alive = alive.is_set
+    loop.start()
+    assert _wait(lambda: not loop.is_running)
+
+
+def test_bad_period_is_refused() -> None:
+    with pytest.raises(ValueError, match="period_s"):
+        FixedRateLoop(0.0, lambda tick: None)

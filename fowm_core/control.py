@@ -84,6 +84,7 @@ class EpisodeTracker:
     success: bool = False
     active: bool = False
     _last_obs_stamp: int | None = None
+    _first_obs_stamp: int | None = None
     _min_stamp: int = 0
     _actions: dict[int, np.ndarray] = field(default_factory=dict)
 
@@ -97,7 +98,7 @@ class EpisodeTracker:
         late messages of the previous episode are never counted in this one."""
         self.episode, self.seed, self._min_stamp = episode, seed, min_stamp_ns
         self.steps, self.ret, self.success, self.active = 0, 0.0, False, True
-        self._last_obs_stamp = None
+        self._last_obs_stamp = self._first_obs_stamp = None
         for stamp in [s for s in self._actions if s < min_stamp_ns]:
             del self._actions[stamp]
         return self._event("start")
@@ -120,6 +121,7 @@ class EpisodeTracker:
             return None
         prev, self._last_obs_stamp = self._last_obs_stamp, stamp_ns
         if prev is None:
+            self._first_obs_stamp = stamp_ns
             return None                       # first observation of the episode
         action = self._action_for(prev)
         if action is None:
@@ -151,9 +153,15 @@ class EpisodeTracker:
         return self._event("end")
 
     def _event(self, kind: str) -> dict[str, Any]:
-        return {"event": kind, "episode": self.episode, "task": self.task, "seed": self.seed,
-                "success": self.success, "terminal": False, "steps": self.steps,
-                "return": self.ret}
+        event = {"event": kind, "episode": self.episode, "task": self.task, "seed": self.seed,
+                 "success": self.success, "terminal": False, "steps": self.steps,
+                 "return": self.ret}
+        if kind == "end":
+            # The episode's first and last observation stamps (bags.py layout): a recorder cuts
+            # the bag to them, the reader ends the episode at final_stamp_ns.
+            event["first_stamp_ns"] = self._first_obs_stamp
+            event["final_stamp_ns"] = self._last_obs_stamp
+        return event
 
 
 def event_json(event: dict[str, Any]) -> str:

@@ -47,7 +47,8 @@ def test_tracker_pairs_actions_with_observation_stamps() -> None:
     assert tr.is_done and not tr.success         # success is the state at the last step
     end = tr.finish()
     assert end == {"event": "end", "episode": 4, "task": "reach", "seed": 7, "success": False,
-                   "terminal": False, "steps": 3, "return": pytest.approx(-4.5)}
+                   "terminal": False, "steps": 3, "return": pytest.approx(-4.5),
+                   "first_stamp_ns": 100, "final_stamp_ns": 500}
 
 
 def test_tracker_real_time_uses_latest_action_or_zero() -> None:

@@ -77,7 +77,7 @@ def test_sim_episodes_have_fixed_length_seeded_resets_and_shared_rewards(
     assert [e["episode"] for e in events] == [0, 0, 1, 1]
     end = events[1]
     assert set(end) == {"event", "episode", "task", "seed", "success", "terminal", "steps",
-                        "return"}
+                        "return", "first_stamp_ns", "final_stamp_ns"}
     assert end["steps"] == 4 and end["terminal"] is False and end["task"] == "lift"
     # The same episode stepped directly: same rewards (the shared function, same state).
     env = make_env("lift", "all")

@@ -26,6 +26,8 @@ NODES = {
     "planner_node": "fowm.planner_node",
     "episode_manager": "fowm.episode_manager",
     "stack": "fowm.stack",
+    "recorder_node": "fowm.recorder_node",
+    "learner_node": "fowm.learner_node",
 }
 
 

@@ -31,6 +31,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from fowm import qos
 from fowm.episode_manager import EVENTS_QOS
+from fowm.hot_swap import PlannerWeights
 from fowm.params import declare_from_dataclass
 from fowm.timing import FixedRateLoop, Tick, TriggeredLoop
 from fowm_core import topics
@@ -136,6 +137,7 @@ class PlannerNode(Node):
         for index, (name, (msg_type, topic)) in enumerate(self.streams.items()):
             self.create_subscription(msg_type, topic, self._stream_callback(index, name),
                                      qos.SENSOR_SUB)
+        self.weights = PlannerWeights(self)          # hot-swap: validated off this thread
         if self.params.lockstep:
             self.loop = TriggeredLoop(self._new_obs, self.tick, idle_s=0.25, name="fowm_planner")
         else:
@@ -215,6 +217,7 @@ class PlannerNode(Node):
     # -- control thread -------------------------------------------------------------------------
     def tick(self, tick: Tick) -> None:
         """One control step; never raises (a failure holds the robot and is reported)."""
+        self.weights.between_ticks()                # between two ticks: swap if weights are ready
         with self._lock:
             obs = self._latest
         self.counters.ticks += 1
@@ -356,6 +359,7 @@ class PlannerNode(Node):
 
     def destroy_node(self) -> None:
         self.loop.stop()
+        self.weights.close()
         super().destroy_node()
 
 

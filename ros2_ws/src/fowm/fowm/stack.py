@@ -111,10 +111,6 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
     if not config_path.is_file():
         msg = f"config {config_path} does not exist; pass e.g. --config config/sim.yaml"
         raise ConfigError(msg)
-    if bag_dir is not None:
-        msg = (f"bag_dir={bag_dir}: this stack has no in-process recorder yet; record with "
-               "`ros2 bag record` or fowm's recorder in a second process")
-        raise ConfigError(msg)
     # 640×480 images between participants need Fast DDS's large-data transport (§1.7).
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     overrides = dict(overrides or {})
@@ -122,11 +118,15 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         overrides.setdefault("fowm_episode_manager", {})["num_episodes"] = episodes
     rclpy.init(args=["--ros-args", "--params-file", str(config_path)])
     factories = stack_factories(str(checkpoint), lockstep, overrides)
+    if bag_dir is not None:          # record every episode and learn; built first: hear every event
+        from fowm.learner_node import loop_factories
+        factories = loop_factories(bag_dir, checkpoint, overrides) + factories
 
     def finished(nodes: list[Node]) -> bool:
         if episodes is None or len(nodes) < len(factories):
             return False
-        return sum(e["event"] == "end" for e in nodes[-1].events) >= episodes
+        manager = next(n for n in nodes if n.get_name() == "fowm_episode_manager")
+        return sum(e["event"] == "end" for e in manager.events) >= episodes
 
     nodes = spin_nodes(factories, duration_s, finished)
     result = StackResult()
@@ -145,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="planner checkpoint (.safetensors)")
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes")
-    parser.add_argument("--bag-dir", default=None, help="record a rosbag2 here")
+    parser.add_argument("--bag-dir", default=None,
+                        help="record one rosbag2 per episode here and finetune on them live")
+    parser.add_argument("--dataset", default=None,
+                        help="offline dataset for the learner's offline half (with --bag-dir)")
     clock = parser.add_mutually_exclusive_group()
     clock.add_argument("--lockstep", dest="lockstep", action="store_true", default=None,
                        help="sim owns /clock and waits for each answer (reproducible)")
@@ -154,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run_stack(args.config, args.checkpoint, args.duration, args.bag_dir,
-                           lockstep=args.lockstep, episodes=args.episodes)
+                           lockstep=args.lockstep, episodes=args.episodes,
+                           overrides={"fowm_learner": {"dataset_dir": args.dataset}}
+                           if args.dataset else None)
     except FowmError as err:
         print(f"fowm run: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,239 @@
+"""`fowm demo`: the whole FOWM loop on the sim twin, in one command (README's main command).
+
+  1. offline dataset: scripted-policy episodes as rosbag2 (workflows.collect)
+  2. pretraining on it (workflows.run_pretrain), or --checkpoint to start from one
+  3. success BEFORE: evaluation episodes without noise (workflows.run_eval)
+  4. the ROS stack in real time (twin, planner, episode manager) without the learner for a few
+     episodes: the planner's deadline misses with the planner alone
+  5. the ROS stack with the recorder and the learner for N online episodes: every episode becomes
+     a bag, the learner finetunes on it (len·utd balanced updates, spec §6), announces a
+     checkpoint, the planner validates and hot-swaps it between ticks
+  6. success AFTER on the same evaluation seeds, with the learner's last checkpoint
+  7. prints success before/after, swaps, tick misses with and without the learner; writes
+     demo.json and demo.png under --out
+
+The ROS part is fowm.stack's node composition (one process, one executor) plus
+fowm.learner_node.loop_factories, so it is what `fowm run --bag-dir` runs. rclpy is imported
+only here, inside functions: the rest of fowm_core never needs ROS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fowm_core import results, workflows
+from fowm_core.errors import FowmError
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_SEED = 10_000_000            # disjoint from collection (workflows) and online seeds
+ONLINE_SEED = 1_000_000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fowm demo", description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="lift", choices=["reach", "push", "lift"])
+    p.add_argument("--out", default="runs/demo", help="results folder")
+    p.add_argument("--offline-episodes", type=int, default=200)
+    p.add_argument("--offline-steps", type=int, default=3000, help="pretraining updates")
+    p.add_argument("--checkpoint", default=None,
+                   help="start from this pretrained checkpoint (skips pretraining)")
+    p.add_argument("--online-episodes", type=int, default=30)
+    p.add_argument("--baseline-episodes", type=int, default=2,
+                   help="episodes of the stack without the learner (tick-miss baseline)")
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--episode-length", type=int, default=25)
+    p.add_argument("--rate-hz", type=float, default=6.25,
+                   help="control rate of twin and planner (the twin's agent step is 0.16 s of "
+                        "sim time whatever the rate): lower it on a slow machine so a plan fits")
+    p.add_argument("--config", default=str(REPO / "config" / "sim.yaml"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (pretrain, eval)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    workflows.set_threads(args.threads)
+    out = Path(args.out)
+    start = time.monotonic()
+    data = out / "data"
+    _say(f"[1/6] offline dataset: {args.offline_episodes} scripted {args.task} episodes → {data}")
+    workflows.collect(args.task, args.offline_episodes, data, seed=args.seed)
+    ckpt = Path(args.checkpoint) if args.checkpoint else _pretrain(args, data, out)
+    _say("[3/6] success before online finetuning")
+    before = workflows.run_eval(workflows.load(ckpt, seed=args.seed), args.eval_episodes,
+                                EVAL_SEED)
+    _say(f"      success {before.success_rate:.2f} over {args.eval_episodes} episodes")
+    _say(f"[4/6] ROS stack without the learner: {args.baseline_episodes} episodes (baseline)")
+    baseline = run_online(args, ckpt, data, out / "baseline_bags", args.baseline_episodes,
+                          learn=False)
+    _say(f"[5/6] ROS stack with recorder + learner: {args.online_episodes} online episodes")
+    online = run_online(args, ckpt, data, out / "bags", args.online_episodes, learn=True)
+    final = Path(online["final_checkpoint"])
+    _say(f"[6/6] success after finetuning ({final.name})")
+    workflows.set_threads(args.threads)
+    after = workflows.run_eval(workflows.load(final, seed=args.seed), args.eval_episodes,
+                               EVAL_SEED)
+    summary = _summary(args, ckpt, before, after, baseline, online, time.monotonic() - start)
+    results.write_json(out / "demo.json", summary)
+    _plot(out / "demo.png", summary)
+    _print_summary(summary, out)
+    return 0
+
+
+def _pretrain(args: argparse.Namespace, data: Path, out: Path) -> Path:
+    cfg = workflows.preset_for("cpu", args.task, "state").with_overrides(
+        {"schedule": {"offline_steps": args.offline_steps}})
+    _say(f"[2/6] pretraining: {args.offline_steps} offline updates (cpu preset)")
+    return Path(workflows.run_pretrain(cfg, data, out / "pretrain", seed=args.seed)["checkpoint"])
+
+
+def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Path,
+               episodes: int, *, learn: bool) -> dict[str, Any]:
+    """The real-time stack for ``episodes`` episodes; with ``learn`` also recorder + learner,
+    and it waits until the learner has trained on every recorded episode."""
+    import rclpy
+
+    sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "fowm"))
+    from fowm.learner_node import loop_factories
+    from fowm.stack import spin_nodes, stack_factories
+
+    period = 1.0 / args.rate_hz
+    overrides = {
+        "fowm_sim": {"task": args.task, "obs_mode": "state", "rate_hz": args.rate_hz,
+                     "episode_length": args.episode_length, "command_timeout_s": 2.5 * period},
+        "fowm_planner": {"eval_mode": False,          # exploration noise while collecting
+                         "rate_hz": args.rate_hz, "max_obs_age_s": 3.0 * period},
+        "fowm_episode_manager": {"task": args.task, "episode_length": args.episode_length,
+                                 "num_episodes": episodes, "base_seed": ONLINE_SEED,
+                                 "service_timeout_s": 60.0},
+        "fowm_learner": {"dataset_dir": str(dataset), "seed": args.seed},
+    }
+    rclpy.init(args=["--ros-args", "--params-file", str(args.config)])
+    factories = stack_factories(str(ckpt), lockstep=False, overrides=overrides)
+    if learn:
+        factories = loop_factories(bag_dir, ckpt, overrides) + factories
+    progress: dict[str, Any] = {"ends": 0, "nodes": {}}
+
+    def finished(nodes: list[Any]) -> bool:
+        if len(nodes) < len(factories):
+            return False
+        by_name = progress["nodes"] = progress["nodes"] or {n.get_name(): n for n in nodes}
+        ends = [e for e in by_name["fowm_episode_manager"].events if e["event"] == "end"]
+        if len(ends) > progress["ends"]:
+            progress["ends"] = len(ends)
+            e = ends[-1]
+            _say(f"      episode {len(ends)}/{episodes}: success={e['success']} "
+                 f"return={e['return']:.2f}")
+        if len(ends) < episodes:
+            return False
+        if not learn:
+            return True
+        ll = by_name["fowm_learner"].learner
+        return (ll is not None and len(ll.ledger.entries) >= episodes
+                and ll.owed_updates == 0) or by_name["fowm_learner"].error is not None
+
+    spin_nodes(factories, 120.0 + 30.0 * episodes, finished)
+    if not progress["nodes"]:
+        msg = "the ROS stack stopped before all its nodes were up; see the log above"
+        raise FowmError(msg)
+    return _collect_stats(progress["nodes"], ckpt, learn)
+
+
+def _collect_stats(nodes: dict[str, Any], ckpt: Path, learn: bool) -> dict[str, Any]:
+    planner = nodes["fowm_planner"]
+    ends = [e for e in nodes["fowm_episode_manager"].events if e["event"] == "end"]
+    out: dict[str, Any] = {
+        "episodes": len(ends), "success": [bool(e["success"]) for e in ends],
+        "returns": [float(e["return"]) for e in ends],
+        "planner_timing": planner.loop.stats.summary(),
+        "planner_holds": dict(planner.counters.holds_by_reason),
+        "swaps": planner.weights.swapper.stats.swaps,
+        "refused": planner.weights.swapper.stats.refused,
+        "live_weights": {"path": planner.weights.live.path, "step": planner.weights.live.step},
+        "final_checkpoint": str(ckpt),
+    }
+    if learn:
+        learner, recorder = nodes["fowm_learner"], nodes["fowm_recorder"]
+        ll = learner.learner
+        out.update(bags=[p.name for p in recorder.written], recorder_dropped=recorder.dropped,
+                   announced=learner.announced, learner_error=learner.error)
+        if ll is not None:
+            out.update(ingested=len(ll.ledger.ingested), refused_bags=len(ll.ledger.failed),
+                       updates=ll.updates, learner_step=ll.agent.learner.step)
+            if ll.last_checkpoint is not None:
+                out["final_checkpoint"] = str(ll.last_checkpoint.path)
+    return out
+
+
+def _summary(args: argparse.Namespace, ckpt: Path, before: Any, after: Any,
+             baseline: dict[str, Any], online: dict[str, Any], seconds: float) -> dict[str, Any]:
+    return {
+        "task": args.task, "pretrained": str(ckpt), "seconds": round(seconds, 1),
+        "success_before": before.success_rate, "success_after": after.success_rate,
+        "eval_episodes": args.eval_episodes, "eval_before": before.to_dict(),
+        "eval_after": after.to_dict(), "swaps": online["swaps"],
+        "tick_misses_without_learner": baseline["planner_timing"].get("deadline_misses", 0),
+        "ticks_without_learner": baseline["planner_timing"].get("ticks", 0),
+        "tick_misses_with_learner": online["planner_timing"].get("deadline_misses", 0),
+        "ticks_with_learner": online["planner_timing"].get("ticks", 0),
+        "baseline": baseline, "online": online,
+    }
+
+
+def _plot(path: Path, s: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(["before", "after"], [s["success_before"], s["success_after"]],
+             color=["#999999", "#2b7bba"])
+    left.set_ylim(0, 1)
+    left.set_ylabel("success rate")
+    left.set_title(f"{s['task']}: eval over {s['eval_episodes']} episodes")
+    online = np.asarray(s["online"]["success"], float)
+    if len(online):
+        x = np.arange(1, len(online) + 1)
+        window = max(1, min(5, len(online)))
+        mean = np.convolve(online, np.ones(window) / window, mode="valid")
+        right.plot(x, online, "o", alpha=0.4, label="episode success")
+        right.plot(x[window - 1:], mean, "-", label=f"running mean ({window})")
+    right.set_ylim(-0.05, 1.05)
+    right.set_xlabel("online episode (live finetuning)")
+    right.set_title(f"{s['swaps']} hot-swaps, {s['tick_misses_with_learner']} missed ticks")
+    right.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _print_summary(s: dict[str, Any], out: Path) -> None:
+    _say("")
+    _say(f"FOWM demo ({s['task']}), {s['seconds'] / 60:.1f} min")
+    _say(f"  success before online finetuning: {s['success_before']:.2f}")
+    _say(f"  success after  online finetuning: {s['success_after']:.2f} "
+         f"({s['online']['episodes']} online episodes)")
+    _say(f"  hot-swaps: {s['swaps']} (refused: {len(s['online']['refused'])})")
+    _say(f"  planner deadline misses: {s['tick_misses_without_learner']}/"
+         f"{s['ticks_without_learner']} ticks without the learner, "
+         f"{s['tick_misses_with_learner']}/{s['ticks_with_learner']} with it")
+    _say(f"  results: {out / 'demo.json'}, plot: {out / 'demo.png'}")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,8 +2,8 @@
 
     pretrain   : offline gradient steps on the offline buffer only
     run_episode: one episode with the planner (exploration noise while collecting, none in eval)
-    evaluate   : N episodes in eval mode; an episode succeeds if the task reports success at any step
-                 (the reference's evaluate())
+    evaluate   : N episodes in eval mode; an episode succeeds if the task reports success at
+                 any step (the reference's evaluate())
     finetune   : repeat { one planner episode → online buffer; len(episode)·utd balanced updates }
 """
 
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fowm_core import replay
 from fowm_core.config import FowmConfig
 from fowm_core.episode import Episode
 from fowm_core.learner import Learner
 from fowm_core.model import WorldModel
 from fowm_core.planner import Planner
-from fowm_core import replay
 from fowm_core.replay import BalancedSampler
 
 

@@ -199,8 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Sub-commands with their own argument parsers: everything after the name is theirs (argparse's
+# REMAINDER does not pass on arguments that start with "--").
+PASSTHROUGH = {"bench": "bench_args", "run": "stack_args", "demo": "demo_args"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv and argv[0] in PASSTHROUGH:
+        args = parser.parse_args(argv[:1])
+        setattr(args, PASSTHROUGH[argv[0]], argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except FowmError as err:

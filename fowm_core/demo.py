@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sim time whatever the rate): lower it on a slow machine so a plan fits")
     p.add_argument("--config", default=str(REPO / "config" / "sim.yaml"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (pretrain, eval)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for pretrain and eval (2 threads on a busy 2-core machine
+                   "spin-wait and run far slower than 1)")
     return p
 
 

@@ -189,7 +189,7 @@ def bench_plan(cfg: FowmConfig, repeats: int = 7, *, fast: bool = True, compile:
     return {
         "bench": "plan", "preset": cfg.preset, "lam": cfg.planner.uncertainty_cost,
         "modality": cfg.model.modality.value, "fast": fast, "compiled": compile,
-        "compile_s": round(planner.fused.compile_s, 2) if planner.fused else 0.0,
+        "compile_s": round(planner.compile_s, 2), "compile_error": planner.compile_error,
         "setup_s": round(setup_s, 2), "iterations": cfg.planner.iterations,
         "samples": cfg.planner.num_samples, "pi_samples": cfg.planner.num_pi_trajs,
         "plan_s": plan_s, "plan_s_min": min(times), "repeats": repeats,

@@ -19,6 +19,7 @@ exploration noise.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,9 +101,31 @@ class Planner:
         self.fast = fast
         self.fused = FusedModel(model, compile_elementwise) if fast else None
         self._prev_mean: torch.Tensor | None = None
+        self.compile_s, self.compile_error = 0.0, ""
         # The last iteration's elites (H, E, A) and scores (E, 1), kept for inspection and tests.
         self.last_elites: torch.Tensor | None = None
         self.last_score: torch.Tensor | None = None
+        if self.fused is not None and self.fused.compiled:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile every kernel shape with one throwaway decision (timed as compile_s); if the
+        compiler is unusable, fall back to eager and say why (the result is the same math)."""
+        assert self.fused is not None
+        start, generator = time.perf_counter(), self.generator
+        self.generator = torch.Generator().manual_seed(0)
+        try:
+            self.plan_latent(torch.zeros(1, self.cfg.model.latent_dim), t0=True, eval_mode=True)
+        except (RuntimeError, OSError) as err:   # dynamo/inductor errors derive from RuntimeError
+            self.compile_error = f"{type(err).__name__}: {err}"[:500]
+            warnings.warn(f"torch.compile failed, planning in eager mode: {self.compile_error}",
+                          RuntimeWarning, stacklevel=3)
+            self.fused.use_eager()
+        finally:
+            self.generator = generator
+            self.reset()
+            self.last_elites = self.last_score = None
+        self.compile_s = time.perf_counter() - start
 
     def reset(self) -> None:
         """Forget the warm start (call at every episode start)."""

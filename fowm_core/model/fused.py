@@ -4,17 +4,19 @@ Every head that reads the same (z, a) — dynamics, reward and the K Q heads —
 one batched matmul over B = 2 + K stacked blocks, its second layer as one ``bmm``, and reward plus Q
 third layers as one more ``bmm``. Block order: [dynamics, reward, q_0 .. q_{K-1}].
 
-The math is exactly the model's (same layers, same order of LayerNorm, affine and activation); only
-the layout and the number of kernel launches change. Nothing here is trained through: the stacks
-are copies, rebuilt by ``refresh()`` whenever a model parameter changes (optimiser steps and
-``load_state_dict`` bump the tensors' version counters). WorldModel's methods stay the reference.
+The math is the model's (same layers, same order of LayerNorm, affine and activation); only the
+layout and the number of kernel launches change. With ``compile_elementwise`` the bias, LayerNorm,
+affine and activation of a layer run as one inductor kernel, and Mish and Tanh go through exact
+one-exp identities (``mish_exp``, ``tanh_exp``; within 2e-6 of torch's kernels). Nothing here is
+trained through: the stacks are copies, rebuilt by ``refresh()`` whenever a model parameter changes
+(optimiser steps and ``load_state_dict`` bump the tensors' version counters). WorldModel's
+methods stay the reference.
 
 Symbols: z (N, L), a (N, A), M = mlp_dim, K = num_q, B = 2 + K.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +28,19 @@ from fowm_core.model.world_model import WorldModel
 DYN, REW, Q0 = 0, 1, 2
 
 
+def mish_exp(x: torch.Tensor) -> torch.Tensor:
+    """Mish via one exp: tanh(softplus(x)) = n / (n + 2) with n = eˣ(eˣ + 2), an exact identity.
+    Past x = 20 the ratio is 1 in float32, and there the identity's eˣ² would overflow."""
+    e = torch.exp(x)
+    n = e * (e + 2.0)
+    return torch.where(x > 20.0, x, x * n / (n + 2.0))
+
+
+def tanh_exp(x: torch.Tensor) -> torch.Tensor:
+    """tanh via one exp: 1 − 2 / (e²ˣ + 1), exact; saturates cleanly (e²ˣ = inf gives 1)."""
+    return 1.0 - 2.0 / (torch.exp(2.0 * x) + 1.0)
+
+
 def hidden1(h: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
             n_mish: int) -> torch.Tensor:
     """First hidden layer of every block from its bias-free matmul h (B, N, M): add the bias (or the
@@ -33,10 +48,10 @@ def hidden1(h: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     (dynamics, reward), Tanh for the rest (Q heads). bias, w, b: (B, 1, M)."""
     out = F.layer_norm(h + bias, h.shape[-1:]) * w + b
     if n_mish == 0:
-        return torch.tanh(out)
+        return tanh_exp(out)
     if n_mish == out.shape[0]:
-        return F.mish(out)
-    return torch.cat([F.mish(out[:n_mish]), torch.tanh(out[n_mish:])])
+        return mish_exp(out)
+    return torch.cat([mish_exp(out[:n_mish]), tanh_exp(out[n_mish:])])
 
 
 def hidden2(h: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
@@ -46,7 +61,7 @@ def hidden2(h: torch.Tensor, bias: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     h = h + bias
     if n_mish == 0:
         return F.elu(h)
-    head = F.mish(F.layer_norm(h[:n_mish], h.shape[-1:]) * w + b)
+    head = mish_exp(F.layer_norm(h[:n_mish], h.shape[-1:]) * w + b)
     if n_mish == h.shape[0]:
         return head
     return torch.cat([head, F.elu(h[n_mish:])])
@@ -84,15 +99,16 @@ class StepOut:
 class FusedModel:
     """Stacked copies of a WorldModel's dynamics, reward and Q weights for no-grad planning."""
 
-    def __init__(self, model: WorldModel, compile_elementwise: bool = False) -> None:
+    def __init__(self, model: WorldModel, compile_elementwise: bool = False,
+                 dynamic: bool = False) -> None:
         self.model = model
         self.cfg = model.cfg
         self._fingerprint: tuple[tuple[int, int], ...] = ()
-        self.compile_s = 0.0
         self._act1: Callable[..., torch.Tensor] = hidden1_eager
         self._act2: Callable[..., torch.Tensor] = hidden2_eager
+        self.compiled = False
         if compile_elementwise:
-            self._compile()
+            self._compile(dynamic)
         self.refresh()
 
     # -- weights ----------------------------------------------------------------------------
@@ -135,23 +151,17 @@ class FusedModel:
         for name in ("b1", "ln1_w", "ln1_b", "b2", "ln2_w", "ln2_b"):
             setattr(self, name, getattr(self, name).detach().contiguous())
 
-    def _compile(self) -> None:
-        """Inductor (C++ backend) fuses LayerNorm, affine and the activation into one loop per row;
-        the eager versions stay as the fallback. dynamic=True: one kernel for every batch size."""
-        start = time.perf_counter()
-        self._act1 = torch.compile(hidden1, dynamic=True, fullgraph=True)
-        self._act2 = torch.compile(hidden2, dynamic=True, fullgraph=True)
-        self._warm_compiled()
-        self.compile_s = time.perf_counter() - start
+    def _compile(self, dynamic: bool) -> None:
+        """Inductor (C++ backend) fuses bias, LayerNorm, affine and the activation into one loop
+        per row. Kernels compile lazily on the first call of each shape (the planner warms them
+        up); ``use_eager`` is the fallback. dynamic=False specialises each batch size (measured
+        faster here); the planner uses a handful of shapes."""
+        self._act1 = torch.compile(hidden1, dynamic=dynamic, fullgraph=True)
+        self._act2 = torch.compile(hidden2, dynamic=dynamic, fullgraph=True)
+        self.compiled = True
 
-    def _warm_compiled(self) -> None:
-        m = self.cfg.mlp_dim
-        with torch.inference_mode():
-            for blocks, n_mish in ((2 + self.cfg.num_q, 2), (2, 2), (self.cfg.num_q, 0), (2, 0)):
-                h = torch.randn(blocks, 3, m)
-                w = torch.ones(blocks, 1, m)
-                self._act1(h, w, w, w, n_mish)
-                self._act2(h, w, w[:n_mish], w[:n_mish], n_mish)
+    def use_eager(self) -> None:
+        self._act1, self._act2, self.compiled = hidden1_eager, hidden2_eager, False
 
     # -- blocks -----------------------------------------------------------------------------
     def z_part(self, z: torch.Tensor, blocks: int | None = None) -> torch.Tensor:

@@ -10,7 +10,15 @@ import torch
 
 from fowm_core.config import FowmConfig, Modality, ModelConfig, PlannerConfig
 from fowm_core.model import WorldModel
-from fowm_core.model.fused import FusedModel
+from fowm_core.model.fused import (
+    FusedModel,
+    hidden1,
+    hidden1_eager,
+    hidden2,
+    hidden2_eager,
+    mish_exp,
+    tanh_exp,
+)
 from fowm_core.planner import Planner, reference_value, weighted_moments
 
 torch.set_num_threads(1)
@@ -323,3 +331,18 @@ def _latents(model: WorldModel, z: torch.Tensor, actions: torch.Tensor) -> list[
         out.append(z)
         z = model.next(z, a)
     return out
+
+
+def test_compiled_elementwise_bodies_match_eager() -> None:
+    """The one-exp Mish/Tanh identities (what inductor compiles) agree with torch's ops."""
+    x = torch.linspace(-90, 90, 20001)
+    torch.testing.assert_close(mish_exp(x), torch.nn.functional.mish(x), atol=3e-6, rtol=1e-6)
+    torch.testing.assert_close(tanh_exp(x), torch.tanh(x), atol=3e-7, rtol=1e-6)
+    assert torch.isnan(mish_exp(torch.tensor([float("nan")]))).all()
+    h, bias = torch.randn(7, 5, 16) * 3, torch.randn(7, 1, 16)
+    w, b = torch.rand(7, 1, 16) + 0.5, torch.randn(7, 1, 16)
+    torch.testing.assert_close(hidden1(h, bias, w, b, 2), hidden1_eager(h.clone(), bias, w, b, 2),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden2(h, bias, w[:2], b[:2], 2),
+                               hidden2_eager(h.clone(), bias, w[:2], b[:2], 2),
+                               atol=1e-5, rtol=1e-5)

@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 torch thread each)")
     p.add_argument("--work", type=Path, default=Path("runs/experiment"))
     p.add_argument("--out", type=Path, default=Path("docs/results/sim_cpu.json"))
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing; write the JSON and plots from the finished runs")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bench", help="plan | update | peak speed, one JSON line each",

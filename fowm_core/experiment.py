@@ -110,30 +110,41 @@ def collect_results(args: argparse.Namespace, jobs: list[Job], wall_s: float) ->
     out: dict[str, Any] = {
         "preset": args.preset, "obs": args.obs, "seeds": args.seeds,
         "eval_episodes": args.eval_episodes, "online_episodes": args.eval_at,
-        "threads_per_job": 1, "parallel_jobs": args.jobs, "wall_clock_s": round(wall_s, 1),
+        "threads_per_job": 1, "parallel_jobs": args.jobs,
+        # Wall-clock of this invocation (None when it only reported); per-run seconds are below.
+        "wall_clock_s": None if args.report_only else round(wall_s, 1),
         "commands": [j.command for j in jobs], "tasks": {},
     }
     for task in tasks:
         entry: dict[str, Any] = {"dataset": _read(args.work / "data" / task / "dataset.json")}
         for lam in args.lams:
-            per_seed, seconds = [], []
+            per_seed, seconds, missing = [], [], []
             for seed in args.seeds:
                 run = args.work / task / f"seed{seed}"
-                metrics = _read(run / f"lam{lam:g}" / "metrics.json")
+                finished = run / f"lam{lam:g}" / "metrics.json"
+                if not finished.exists():      # an interrupted study reports what it has
+                    missing.append(seed)
+                    continue
+                metrics = _read(finished)
                 pre = _read(run / "pretrain" / "metrics.json")
                 per_seed.append([metrics["eval"][str(n)]["success_rate"] for n in args.eval_at])
                 seconds.append(pre.get("seconds", 0) + metrics.get("seconds", 0))
             entry[f"lam={lam:g}"] = {
                 "online_episodes": args.eval_at,
+                "seeds": [s for s in args.seeds if s not in missing],
+                "seeds_not_finished": missing,
                 "success_per_seed": per_seed,
-                "success_mean": [sum(c) / len(c) for c in zip(*per_seed, strict=True)],
+                "success_mean": ([sum(c) / len(c) for c in zip(*per_seed, strict=True)]
+                                 if per_seed else None),
                 "seconds_per_seed": seconds,
             }
         out["tasks"][task] = entry
+        curves = {k: {"episodes": v["online_episodes"], "success": v["success_per_seed"]}
+                  for k, v in entry.items() if k.startswith("lam=") and v["success_per_seed"]}
+        if not curves:
+            continue
         results.plot_success_curves(
-            args.out.parent / f"sim_{args.preset}_{task}.png",
-            {k: {"episodes": v["online_episodes"], "success": v["success_per_seed"]}
-             for k, v in entry.items() if k.startswith("lam=")},
+            args.out.parent / f"sim_{args.preset}_{task}.png", curves,
             f"{task} ({args.preset} preset, {args.obs}): λ=1 vs λ=0")
     return out
 
@@ -145,7 +156,8 @@ def _read(path: Path) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     jobs = plan_jobs(args)
-    run_jobs(jobs, max(1, args.jobs), args.work / "logs")
+    if not args.report_only:
+        run_jobs(jobs, max(1, args.jobs), args.work / "logs")
     summary = collect_results(args, jobs, time.perf_counter() - start)
     results.write_json(args.out, summary)
     print(json.dumps({t: {k: v["success_mean"] for k, v in e.items() if k.startswith("lam=")}

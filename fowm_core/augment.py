@@ -43,13 +43,31 @@ def random_crop(images: torch.Tensor, pad: int,
 
     out[n, :, i, j] = images[n, :, clamp(i + y_n − pad), clamp(j + x_n − pad)]: the crop at
     (y_n, x_n) of the replicate-padded image. channels_last is what the conv encoder runs fastest
-    on (oneDNN's NHWC kernels), and the gather produces it for free.
+    on (oneDNN's NHWC kernels), and the crop's copy produces it for free.
     """
     _check_square(images)
-    n, _, size, _ = images.shape
+    n = images.shape[0]
     if pad <= 0 or n == 0:
         return images
-    shift = draw_shifts(n, pad, generator).to(images.device).view(n, 2)
+    shift = draw_shifts(n, pad, generator).view(n, 2)
+    if images.device.type == "cpu":
+        return _crop_copies(images, pad, shift.tolist())
+    return _crop_gather(images, pad, shift.to(images.device))
+
+
+def _crop_copies(images: torch.Tensor, pad: int, shifts: list[list[int]]) -> torch.Tensor:
+    """CPU: one strided copy per image out of the padded batch (4x faster here than the gather)."""
+    n, channels, size, _ = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate").permute(0, 2, 3, 1)
+    out = torch.empty((n, size, size, channels), dtype=images.dtype)
+    for k, (x, y) in enumerate(shifts):
+        out[k].copy_(padded[k, y:y + size, x:x + size])
+    return out.permute(0, 3, 1, 2)
+
+
+def _crop_gather(images: torch.Tensor, pad: int, shift: torch.Tensor) -> torch.Tensor:
+    """Any device: one index gather of clamped rows and columns (no host sync)."""
+    n, _, size, _ = images.shape
     offsets = torch.arange(size, device=images.device) - pad
     cols = (offsets + shift[:, :1]).clamp_(0, size - 1)                # (N, S) from x
     rows = (offsets + shift[:, 1:]).clamp_(0, size - 1)                # (N, S) from y
@@ -86,12 +104,14 @@ def random_shift_bilinear(images: torch.Tensor, pad: int,
     return F.grid_sample(padded, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def augment_obs(obs: dict[str, torch.Tensor], pad: int,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def augment_obs(obs: dict[str, torch.Tensor], pad: int, generator: torch.Generator | None = None,
+                *, bilinear: bool = False) -> dict[str, torch.Tensor]:
     """Crop the 'rgb' entry (any leading dims, e.g. (H, B, C, S, S)), keeping its dtype; other keys
-    pass through. The result is channels_last per image, so flattening the leading dims is a view."""
+    pass through. The result is channels_last per image, so flattening the leading dims is a view.
+    ``bilinear`` uses the reference's formulation instead (float output)."""
     if "rgb" not in obs or pad <= 0:
         return obs
     rgb = obs["rgb"]
     flat = rgb.reshape(-1, *rgb.shape[-3:])
-    return {**obs, "rgb": random_crop(flat, pad, generator).view(rgb.shape)}
+    shift = random_shift_bilinear if bilinear else random_crop
+    return {**obs, "rgb": shift(flat, pad, generator).view(rgb.shape)}

@@ -12,12 +12,22 @@ the fp32 matmul peak measured in the same run (how much of the machine the run g
 Usage (one JSON line per variant, then an optional profile table):
     python benchmarks/update_profile.py --obs all --repeats 7 [--threads 2] [--profile]
     python benchmarks/update_profile.py --obs state
+
+On a loaded machine run it with OMP_WAIT_POLICY=PASSIVE in the environment (set before torch
+loads): with libgomp's default spin-waiting, 2-thread updates measured here 3x slower than with
+passive waits while other processes ran, because every OpenMP barrier spins through the other
+thread's lost time slices. Unloaded, the default is the faster one. The JSON records the policy.
+
+Before/after across trees: run it with PYTHONPATH pointing at each tree in turn (``--only fast``;
+an older Learner without ``fast`` runs as it is), alternating processes, on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -67,7 +77,11 @@ def make_learners(cfg: FowmConfig, variants: dict[str, bool]) -> dict[str, Learn
     for name, fast in variants.items():
         twin = WorldModel(cfg.model)
         twin.load_state_dict(state)
-        learners[name] = Learner(twin, cfg, torch.Generator().manual_seed(0), fast=fast)
+        gen = torch.Generator().manual_seed(0)
+        if "fast" in inspect.signature(Learner).parameters:
+            learners[name] = Learner(twin, cfg, gen, fast=fast)
+        else:       # a tree from before the fast path (e.g. main at the branch point): as is
+            learners[name] = Learner(twin, cfg, gen)
     return learners
 
 
@@ -128,6 +142,7 @@ def run(obs: str, repeats: int, variants: dict[str, bool], show_profile: bool) -
             "peak_gflops_per_s": [round(peak_before, 1), round(peak_after, 1)],
             "phases_s": phase_breakdown(learners[name], batches[0]),
             "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         }))
     if show_profile:
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -142,15 +157,15 @@ def main() -> None:
     parser.add_argument("--obs", choices=("all", "state", "rgb"), default="all")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=("fast", "reference"), default=None,
-                        help="time one variant only")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated variants to time (fast, reference)")
     parser.add_argument("--profile", action="store_true",
                         help="print a torch.profiler table of one update of the first variant")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = {"fast": True, "reference": False}
     if args.only:
-        variants = {args.only: variants[args.only]}
+        variants = {name: variants[name] for name in args.only.split(",")}
     run(args.obs, args.repeats, variants, args.profile)
 
 

@@ -46,6 +46,34 @@ from fowm_core.replay import Batch, ReplayBuffer, offline_buffer
 PHASES = ("prepare", "targets", "forward", "backward", "model_step", "pi_step", "ema")
 
 
+def executed_update_flops(cfg: FowmConfig) -> int:
+    """Matmul/conv FLOPs (2 per multiply-add) that one fast-path update executes.
+
+    Unlike ``bench.update_flops`` (backward = 2x forward everywhere, 2-head target Q counted as
+    the reference's computation of all heads would be), this counts what runs: no input gradient
+    for the first layer fed by data (conv1, the state encoder's first Linear, π's first Linear on
+    detached latents), 2 target heads per min-2, and both no-grad next-observation encodes.
+    """
+    from fowm_core.bench import _head_macs, encoder_macs
+
+    m, h = cfg.model, _head_macs(cfg)
+    rows, batch, k = cfg.horizon * cfg.learner.batch_size, cfg.learner.batch_size, m.num_q
+    enc = encoder_macs(cfg)
+    first = 0                                  # MACs of the data-fed first layers of one image
+    if m.uses_rgb:
+        size = (m.img_size - 7) // 2 + 1
+        first += size * size * m.num_channels * 3 * m.frame_stack * 49
+    if m.uses_state:
+        first += m.state_dim * m.enc_dim
+    with_grad = h["dyn"] + h["rew"] + k * h["q"] + h["v"]
+    macs = 2 * rows * enc                                        # online + target next encodes
+    macs += batch * (3 * enc - first)                            # o_0: forward, both gradients
+    macs += rows * 3 * with_grad                                 # rollout and heads, fwd + bwd
+    macs += rows * (h["v"] + 2 * h["q"])                         # TD target V, V target min-2
+    macs += rows * (2 * h["q"] + h["v"] + 3 * h["pi"] - m.latent_dim * m.mlp_dim)   # π step
+    return 2 * macs
+
+
 def random_buffer(cfg: FowmConfig, episodes: int = 20, steps: int = 50, seed: int = 0
                   ) -> ReplayBuffer:
     """An offline buffer of random episodes with the config's observation keys (rgb uint8)."""
@@ -128,7 +156,7 @@ def run(obs: str, repeats: int, variants: dict[str, bool], show_profile: bool) -
     peak_before = bench_peak(1024, 5)["peak_gflops_per_s"]
     times = interleaved({name: step(name) for name in learners}, repeats)
     peak_after = bench_peak(1024, 5)["peak_gflops_per_s"]
-    flops = update_flops(cfg)
+    flops, executed = update_flops(cfg), executed_update_flops(cfg)
     for name, (ts, cpu) in times.items():
         median = statistics.median(ts)
         print(json.dumps({
@@ -139,6 +167,8 @@ def run(obs: str, repeats: int, variants: dict[str, bool], show_profile: bool) -
             "cpu_median_s": round(statistics.median(cpu), 4), "cpu_min_s": round(min(cpu), 4),
             "gflop": round(flops / 1e9, 1),
             "gflops_per_s": round(flops / median / 1e9, 1),
+            "gflop_executed": round(executed / 1e9, 1),
+            "gflops_executed_per_s": round(executed / median / 1e9, 1),
             "peak_gflops_per_s": [round(peak_before, 1), round(peak_after, 1)],
             "phases_s": phase_breakdown(learners[name], batches[0]),
             "torch_threads": torch.get_num_threads(),

@@ -156,21 +156,34 @@ def test_fast_losses_and_gradients_equal_the_reference_on_the_same_prepared_batc
             torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_fast_updates_track_the_reference_updates() -> None:
-    """Three full updates each (both optimiser steps, EMA, priorities): same metrics and weights up
-    to the bilinear shift's rounding and Adam's normalisation of near-zero gradients."""
+def test_fast_updates_equal_the_reference_updates_without_the_shift() -> None:
+    """Three full updates each (both optimiser steps, EMA every 2nd, priorities) with augmentation
+    off, so both paths see the same pixels: equal to float rounding."""
     fast, ref = twin_learners()
+    fast._pad = ref._pad = 0
     for k in range(3):
         got, want = fast.update(rgb_batch(10 + k)), ref.update(rgb_batch(10 + k))
         assert got.keys() == want.keys()
         for key in got:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-7, err_msg=key)
+    assert torch.equal(fast.generator.get_state(), ref.generator.get_state())
+    for (name, p), q in zip(fast.model.named_parameters(), ref.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
+    for p, q in zip(fast.target.parameters(), ref.target.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_fast_updates_track_the_reference_updates_with_the_shift() -> None:
+    """With the shift on, the reference's bilinear rounding (≤ 4e-3 of 255) is the only
+    difference: metrics agree closely; a weight can differ by Adam's ±lr on a near-zero gradient."""
+    fast, ref = twin_learners()
+    for k in range(3):
+        got, want = fast.update(rgb_batch(10 + k)), ref.update(rgb_batch(10 + k))
+        for key in got:
             np.testing.assert_allclose(got[key], want[key], rtol=2e-3, atol=1e-4, err_msg=key)
     assert torch.equal(fast.generator.get_state(), ref.generator.get_state())
     for (name, p), q in zip(fast.model.named_parameters(), ref.model.parameters(), strict=True):
-        # One Adam step moves a weight by at most ~lr; allow a few steps' worth of drift.
         torch.testing.assert_close(p, q, rtol=0, atol=3 * fast.cfg.learner.lr, msg=name)
-    for p, q in zip(fast.target.parameters(), ref.target.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-4)
 
 
 def test_optimiser_kind_survives_a_checkpoint_round_trip_between_paths() -> None:

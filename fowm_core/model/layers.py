@@ -77,12 +77,7 @@ class QEnsemble(nn.Module):
 
     def hidden(self, h1: torch.Tensor) -> torch.Tensor:
         """From first-layer pre-activations (N, K·M) to the K outputs (K, N, 1)."""
-        n = h1.shape[0]
-        k, m = self.num_heads, self.mlp_dim
-        h = F.layer_norm(h1.view(n, k, m), (m,)) * self.ln_weight + self.ln_bias
-        h = torch.tanh(h).transpose(0, 1)                      # (K, N, M)
-        h = F.elu(torch.baddbmm(self.b2, h, self.w2))          # (K, N, M)
-        return torch.baddbmm(self.b3, h, self.w3)              # (K, N, 1)
+        return _heads_from_h1(h1, self.ln_weight, self.ln_bias, self.w2, self.b2, self.w3, self.b3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) → (K, ..., 1)."""
@@ -91,18 +86,31 @@ class QEnsemble(nn.Module):
         return self.hidden(h1).view(self.num_heads, *lead, 1)
 
     def forward_heads(self, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
-        """Only the selected heads: x (..., in) → (len(heads), ..., 1). The min-of-2 targets need
-        2 of the K heads; computing just those is the same math at 2/K of the cost."""
-        lead = x.shape[:-1]
-        k, m = len(heads), self.mlp_dim
-        w1 = self.w1.view(self.in_dim, self.num_heads, m)[:, heads].reshape(self.in_dim, k * m)
-        b1 = self.b1.view(self.num_heads, m)[heads].reshape(k * m)
-        n = x[..., 0].numel()
-        h = torch.addmm(b1, x.reshape(-1, self.in_dim), w1).view(n, k, m)
-        h = F.layer_norm(h, (m,)) * self.ln_weight[heads] + self.ln_bias[heads]
-        h = torch.tanh(h).transpose(0, 1)
-        h = F.elu(torch.baddbmm(self.b2[heads], h, self.w2[heads]))
-        return torch.baddbmm(self.b3[heads], h, self.w3[heads]).view(k, *lead, 1)
+        """Only the heads listed in ``heads`` (J,), in that order: x (..., in) → (J, ..., 1).
+
+        The same per-head math as ``forward`` on a slice of the stacked weights, so a caller that
+        needs 2 of K heads (the min-2 targets, spec §2.4) pays for 2.
+        """
+        lead, k, m = x.shape[:-1], self.num_heads, self.mlp_dim
+        heads = heads.to(self.w1.device)
+        w1 = self.w1.view(self.in_dim, k, m).index_select(1, heads).reshape(self.in_dim, -1)
+        b1 = self.b1.view(k, m).index_select(0, heads).reshape(-1)
+        h1 = torch.addmm(b1, x.reshape(-1, self.in_dim), w1)
+        out = _heads_from_h1(h1, *(p.index_select(0, heads) for p in (
+            self.ln_weight, self.ln_bias, self.w2, self.b2, self.w3, self.b3)))
+        return out.view(len(heads), *lead, 1)
+
+
+def _heads_from_h1(h1: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+                   w2: torch.Tensor, b2: torch.Tensor, w3: torch.Tensor,
+                   b3: torch.Tensor) -> torch.Tensor:
+    """LN → affine → Tanh → (bmm) ELU → (bmm) for J stacked heads: h1 (N, J·M) → (J, N, 1)."""
+    n = h1.shape[0]
+    j, m = ln_weight.shape
+    h = F.layer_norm(h1.view(n, j, m), (m,)) * ln_weight + ln_bias
+    h = torch.tanh(h).transpose(0, 1)                       # (J, N, M)
+    h = F.elu(torch.baddbmm(b2, h, w2))                     # (J, N, M)
+    return torch.baddbmm(b3, h, w3)                         # (J, N, 1)
 
 
 def conv_out_size(img_size: int, kernels: tuple[int, ...] = (7, 5, 3, 3), stride: int = 2) -> int:
@@ -115,14 +123,19 @@ def conv_out_size(img_size: int, kernels: tuple[int, ...] = (7, 5, 3, 3), stride
 
 def rgb_encoder(in_channels: int, num_channels: int, img_size: int,
                 latent_dim: int) -> nn.Sequential:
-    """uint8 image → /255 → 4 valid convs (k7/5/3/3, stride 2, ReLU) → Linear → LN → Sigmoid."""
+    """uint8 image → /255 → 4 valid convs (k7/5/3/3, stride 2, ReLU) → Linear → LN → Sigmoid.
+
+    The ReLUs work in place on the conv outputs (which nothing else reads; conv backward needs only
+    its input): the same values without a second activation-sized buffer, which for the learner's
+    H·B next observations is 250 MB per encode at 84x84. Channels_last input stays channels_last.
+    """
     c = num_channels
     flat = c * conv_out_size(img_size) ** 2
     return nn.Sequential(
-        nn.Conv2d(in_channels, c, 7, stride=2), nn.ReLU(),
-        nn.Conv2d(c, c, 5, stride=2), nn.ReLU(),
-        nn.Conv2d(c, c, 3, stride=2), nn.ReLU(),
-        nn.Conv2d(c, c, 3, stride=2), nn.ReLU(),
+        nn.Conv2d(in_channels, c, 7, stride=2), nn.ReLU(inplace=True),
+        nn.Conv2d(c, c, 5, stride=2), nn.ReLU(inplace=True),
+        nn.Conv2d(c, c, 3, stride=2), nn.ReLU(inplace=True),
+        nn.Conv2d(c, c, 3, stride=2), nn.ReLU(inplace=True),
         nn.Flatten(), nn.Linear(flat, latent_dim), BoundedLatent(latent_dim),
     )
 

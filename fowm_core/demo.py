@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(REPO / "config" / "sim.yaml"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads for pretrain and eval (2 threads on a busy 2-core machine
-                   "spin-wait and run far slower than 1)")
+                   help="torch threads for pretrain and eval (2 threads on a busy 2-core "
+                        "machine spin-wait and run far slower than 1)")
     return p
 
 

@@ -15,8 +15,10 @@ costs no tick. The old planner is kept for rollback (``previous``). Pure Python 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,6 +183,7 @@ class HotSwapper:
     _busy = False
 
     def _main(self) -> None:
+        _lower_thread_priority()
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._queued is not None or self._stop)
@@ -204,3 +207,10 @@ class HotSwapper:
                 self._ready = cand
                 self._busy = False
                 self._wake.notify_all()
+
+
+def _lower_thread_priority(niceness: int = 10) -> None:
+    """Validation is background work: on Linux a thread has its own nice value, so raising this
+    thread's keeps the control thread first in line for the CPU (no-op elsewhere)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)

@@ -255,6 +255,7 @@ class Learner:
             pi_grad_norm = torch.nn.utils.clip_grad_norm_(self.model.pi_parameters(),
                                                           lc.grad_clip_norm)
             self.pi_optim.step()
+        self.model.weights_version += 1      # tells weight caches (the planner's) to rebuild
         with record_function("fowm.ema"):
             if self.step % lc.update_freq == 0:
                 self.ema()

@@ -112,8 +112,9 @@ class FusedModel:
         self.refresh()
 
     # -- weights ----------------------------------------------------------------------------
-    def _param_fingerprint(self) -> tuple[tuple[int, int], ...]:
-        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+    def _param_fingerprint(self) -> tuple:
+        return (getattr(self.model, "weights_version", 0),
+                *((p.data_ptr(), p._version) for p in self.model.parameters()))
 
     def refresh(self) -> bool:
         """Rebuild the stacks if a model parameter changed since the last build; True if rebuilt."""

@@ -41,6 +41,10 @@ class WorldModel(nn.Module):
         self._pi = layers.mlp(latent, mlp_dim, act)
         self._qs = layers.QEnsemble(cfg.num_q, latent + act, mlp_dim)
         self._v = layers.value_mlp(latent, mlp_dim)
+        # Bumped by whoever changes the weights in place (the learner after each optimiser step):
+        # fused optimisers do not advance tensors' autograd version counters, so caches of the
+        # weights (the planner's stacked copy) cannot rely on those alone.
+        self.weights_version = 0
         self.apply(layers.orthogonal_init)
         self._qs.reset_parameters()
         # Spec §2.5: reward's last layer starts at zero (the Q heads' are zeroed in QEnsemble).

@@ -346,3 +346,31 @@ def test_compiled_elementwise_bodies_match_eager() -> None:
     torch.testing.assert_close(hidden2(h, bias, w[:2], b[:2], 2),
                                hidden2_eager(h.clone(), bias, w[:2], b[:2], 2),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_planner_sees_every_learner_update() -> None:
+    """The planner's stacked weight copy must follow the learner's in-place optimiser steps,
+    including fused Adam, which does not advance tensors' version counters."""
+    import numpy as np
+
+    from fowm_core import config
+    from fowm_core.episode import Episode
+    from fowm_core.learner import Learner
+    from fowm_core.replay import offline_buffer
+
+    cfg = config.cpu(task="reach", modality="state", state_dim=3).with_overrides({
+        "model": {"latent_dim": 8, "mlp_dim": 16, "enc_dim": 16},
+        "planner": {"iterations": 1, "num_samples": 8, "num_elites": 2},
+        "learner": {"batch_size": 8}})
+    model = WorldModel(cfg.model)
+    planner = Planner(model, cfg, torch.Generator().manual_seed(0))
+    rng = np.random.default_rng(0)
+    episodes = [Episode({"state": rng.normal(size=(6, 3)).astype(np.float32)},
+                        rng.uniform(-1, 1, (5, 3)), rng.normal(size=5)) for _ in range(4)]
+    buffer = offline_buffer(episodes, cfg)
+    planner.plan({"state": np.zeros(3, np.float32)}, t0=True, eval_mode=True)
+    learner = Learner(model, cfg, torch.Generator().manual_seed(1))
+    learner.update(buffer.sample(8, rng))
+    assert planner.fused is not None
+    assert planner.fused.refresh(), "the planner kept stale weights after a learner update"
+    torch.testing.assert_close(planner.fused.w2[2:], model._qs.w2.detach())

@@ -167,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ends:
         rate = sum(e["success"] for e in ends) / len(ends)
         print(f"{len(ends)} episodes, success rate {rate:.2f}")
+    timing = result.planner_timing or {}
+    if timing:
+        print(f"planner: {timing.get('deadline_misses', 0)} of {timing.get('ticks', 0)} ticks "
+              f"missed at {timing.get('rate_hz', 0):.2f} Hz, plan latency median "
+              f"{timing.get('latency_ms_median', 0):.0f} ms, p95 "
+              f"{timing.get('latency_ms_p95', 0):.0f} ms; holds {result.planner_holds}")
     return 0
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -113,7 +111,7 @@ def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Pat
     import rclpy
 
     sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "fowm"))
-    from fowm.learner_node import loop_factories
+    from fowm.learner_node import loop_factories, spawn_learner_process, stop_process
     from fowm.stack import spin_nodes, stack_factories
 
     period = 1.0 / args.rate_hz
@@ -135,7 +133,8 @@ def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Pat
         # process, as on a robot: in-process, its Python work competes with the control thread for
         # the GIL and the planner missed ~1 % of its ticks (10 of 786 in one run).
         factories = loop_factories(bag_dir, ckpt, overrides)[:1] + factories
-        learner_proc = _start_learner(bag_dir, ckpt, dataset, args.seed)
+        learner_proc = spawn_learner_process(
+            bag_dir, ckpt, {"dataset_dir": dataset, "seed": args.seed})
     progress: dict[str, Any] = {"ends": 0, "nodes": {}}
 
     def finished(nodes: list[Any]) -> bool:
@@ -159,37 +158,12 @@ def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Pat
         spin_nodes(factories, 120.0 + 30.0 * episodes, finished)
     finally:
         if learner_proc is not None:
-            _stop(learner_proc)
+            stop_process(learner_proc)
     if not progress["nodes"]:
         msg = "the ROS stack stopped before all its nodes were up; see the log above"
         raise FowmError(msg)
     return _collect_stats(progress["nodes"], ckpt, bag_dir if learn else None,
                           learner_proc.returncode if learner_proc else None)
-
-
-def _start_learner(bag_dir: Path, ckpt: Path, dataset: Path, seed: int) -> subprocess.Popen:
-    params = {"bag_dir": bag_dir, "checkpoint": ckpt, "dataset_dir": dataset, "seed": seed,
-              "torch_threads": 1}
-    argv = [sys.executable, "-c", "from fowm.learner_node import main; main()", "--ros-args"]
-    for name, value in params.items():
-        argv += ["-p", f"{name}:={value}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "ros2_ws" / "src" / "fowm"),
-                                          os.environ.get("PYTHONPATH", "")])}
-    # Below the control loop in the OS scheduler too: training may take any idle cycle, never the
-    # planner's (Linux nice; a no-op where unsupported).
-    return subprocess.Popen(argv, env=env, preexec_fn=lambda: os.nice(10))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT first (rclpy shuts down cleanly and frees its /dev/shm segments), SIGKILL last."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _learner_progress(bag_dir: Path) -> dict[str, Any]:

@@ -20,6 +20,10 @@ hidden so it is never taken for a bag); a restarted learner resumes from them.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,3 +177,36 @@ def loop_factories(bag_dir: str | Path, checkpoint: str | Path,
         return lambda: cls(parameter_overrides=params)
 
     return [make(RecorderNode, "fowm_recorder"), make(LearnerNode, "fowm_learner")]
+
+
+def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
+                          params: dict[str, Any] | None = None,
+                          params_file: str | Path | None = None) -> subprocess.Popen:
+    """Start ``fowm_learner`` in its own process, below the control loop in the OS scheduler.
+
+    In the planner's process the learner's Python work competes with the control thread for the
+    GIL (the planner missed ~1 % of its ticks that way); in its own process at nice 10 it takes
+    only idle cycles (0 misses in the demo's measurement)."""
+    values = {"bag_dir": bag_dir, "checkpoint": checkpoint, "torch_threads": 1, **(params or {})}
+    argv = [sys.executable, "-c", "from fowm.learner_node import main; main()", "--ros-args"]
+    if params_file is not None:
+        argv += ["--params-file", str(params_file)]
+    for name, value in values.items():
+        argv += ["-p", f"{name}:={value}"]
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                         if p)}
+    return subprocess.Popen(argv, env=env, preexec_fn=lambda: os.nice(10))
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:
+    """SIGINT first (rclpy shuts down cleanly and frees its /dev/shm segments), SIGKILL last."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

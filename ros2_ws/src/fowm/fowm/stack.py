@@ -118,9 +118,13 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         overrides.setdefault("fowm_episode_manager", {})["num_episodes"] = episodes
     rclpy.init(args=["--ros-args", "--params-file", str(config_path)])
     factories = stack_factories(str(checkpoint), lockstep, overrides)
+    learner = None
     if bag_dir is not None:          # record every episode and learn; built first: hear every event
-        from fowm.learner_node import loop_factories
-        factories = loop_factories(bag_dir, checkpoint, overrides) + factories
+        from fowm.learner_node import loop_factories, spawn_learner_process
+        # The recorder only copies bytes and stays here; the learner gets its own process.
+        factories = loop_factories(bag_dir, checkpoint, overrides)[:1] + factories
+        learner = spawn_learner_process(bag_dir, checkpoint,
+                                        (overrides or {}).get("fowm_learner"), config_path)
 
     def finished(nodes: list[Node]) -> bool:
         if episodes is None or len(nodes) < len(factories):
@@ -128,7 +132,12 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         manager = next(n for n in nodes if n.get_name() == "fowm_episode_manager")
         return sum(e["event"] == "end" for e in manager.events) >= episodes
 
-    nodes = spin_nodes(factories, duration_s, finished)
+    try:
+        nodes = spin_nodes(factories, duration_s, finished)
+    finally:
+        if learner is not None:
+            from fowm.learner_node import stop_process
+            stop_process(learner)
     result = StackResult()
     for node in nodes:
         if hasattr(node, "events"):

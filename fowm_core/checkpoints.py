@@ -88,8 +88,8 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, torch.Tensor],
         msg = f"checkpoint meta for {path} is not plain JSON ({err}); pass numbers, strings, lists"
         raise CheckpointError(msg) from err
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, data)
-    _atomic_write(sidecar_path(path), text.encode())      # last: it vouches for the tensor file
+    atomic_write(path, data)
+    atomic_write(sidecar_path(path), text.encode())      # last: it vouches for the tensor file
     return CheckpointInfo(path, sidecar_path(path), digest, len(data), len(plain), dict(meta))
 
 
@@ -101,7 +101,8 @@ def _plain_tensor(name: str, value: Any) -> torch.Tensor:
     return value.detach().to("cpu", copy=True).contiguous()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """temp file in the same directory → fsync → rename → fsync the directory."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

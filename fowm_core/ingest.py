@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -110,21 +108,7 @@ class BagLedger:
 def atomic_write_text(path: Path, text: str) -> None:
     """temp file in the same directory → fsync → rename → fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    checkpoints.atomic_write(path, text.encode())
 
 
 @dataclass
@@ -333,7 +317,7 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def remove_partial_writes(ckpt_dir: Path) -> list[Path]:
-    """Delete temp files a killed writer left (checkpoints._atomic_write names them .*.tmp)."""
+    """Delete temp files a killed writer left (checkpoints.atomic_write names them .*.tmp)."""
     removed = []
     for tmp in Path(ckpt_dir).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
@@ -159,17 +158,10 @@ class CameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    from fowm.stack import spin_nodes
+
     rclpy.init(args=args)
-    node = None
-    try:
-        node = CameraNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_nodes([CameraNode])
 
 
 if __name__ == "__main__":

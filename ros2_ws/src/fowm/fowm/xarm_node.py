@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
@@ -279,17 +278,10 @@ class XArmNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    from fowm.stack import spin_nodes
+
     rclpy.init(args=args)
-    node = None
-    try:
-        node = XArmNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin_nodes([XArmNode])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ config.json, metrics.json and plots), so jobs can run in separate processes and 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -181,7 +180,3 @@ def preset_for(preset: str, task: str, obs: str) -> FowmConfig:
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, default=str)

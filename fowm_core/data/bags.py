@@ -18,6 +18,7 @@ observation of EXACTLY its stamp: no nearest-time guessing for the obs→action 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -25,7 +26,7 @@ import logging
 import os
 import shutil
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,26 @@ def _qos(depth: int, durability: QosDurability) -> Qos:
 OFFERED_QOS: dict[str, list[Qos]] = {topics.WEIGHTS: [_qos(1, QosDurability.TRANSIENT_LOCAL)]}
 
 
+@contextlib.contextmanager
+def atomic_bag_writer(path: Path) -> Iterator[Writer]:
+    """A rosbag2 (MCAP, metadata v9) Writer under a hidden temp directory, renamed to ``path`` when
+    the block ends without error: a reader never sees a half bag, and the storage file keeps the
+    bag's own name (rosbags names it after the bag directory)."""
+    if path.exists():
+        msg = f"bag {path} exists already; bags are write-once: pick a new name or delete it"
+        raise BagError(msg)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with Writer(tmp / path.name, version=BAG_VERSION,
+                    storage_plugin=StoragePlugin.MCAP) as writer:
+            yield writer
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_episode_bag(path: str | Path, log_: EpisodeLog, *, camera: bool = True,
                       action_latency_ns: int = 1_000_000) -> Path:
     """Write one episode bag at ``path`` (a new directory), atomically via a temp directory.
@@ -83,9 +104,6 @@ def write_episode_bag(path: str | Path, log_: EpisodeLog, *, camera: bool = True
     ``action_latency_ns`` after their observation, rewards with the next observation.
     """
     path = Path(path)
-    if path.exists():
-        msg = f"bag {path} exists already; bags are write-once: pick a new name or delete it"
-        raise BagError(msg)
     stamps = [s.stamp_ns for s in log_.steps]
     if not 0 < action_latency_ns < min(np.diff(stamps), default=2**62):
         msg = f"action_latency_ns={action_latency_ns} must be > 0 and below the step period"
@@ -93,21 +111,14 @@ def write_episode_bag(path: str | Path, log_: EpisodeLog, *, camera: bool = True
     if camera and any(s.rgb is None for s in log_.steps):
         msg = "write_episode_bag(camera=True) needs an rgb image at every step; pass camera=False"
         raise BagError(msg)
-    # Written under a hidden temp directory, then renamed: a reader never sees a half bag, and
-    # the storage file keeps the bag's own name (rosbags names it after the bag directory).
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        with Writer(tmp / path.name, version=BAG_VERSION,
-                    storage_plugin=StoragePlugin.MCAP) as writer:
+        with atomic_bag_writer(path) as writer:
             _write_messages(writer, log_, camera, action_latency_ns)
-        os.replace(tmp / path.name, path)
+    except BagError:
+        raise
     except (OSError, FowmError, ValueError, WriterError) as err:
         msg = f"cannot write bag {path}: {err}"
         raise BagError(msg) from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

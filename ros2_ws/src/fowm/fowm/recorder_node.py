@@ -29,9 +29,7 @@ offline datasets and logged online episodes are one format and go through one re
 
 from __future__ import annotations
 
-import os
 import queue
-import shutil
 import struct
 import threading
 import time
@@ -44,7 +42,6 @@ import rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from rosbags.rosbag2 import StoragePlugin, Writer
 from std_msgs.msg import String
 
 from fowm.params import declare_from_dataclass
@@ -112,27 +109,16 @@ def cut_episode(ep: _Episode) -> list[tuple[str, int, bytes]]:
 
 def write_bag(path: Path, messages: list[tuple[str, int, bytes]], custom: dict[str, str]) -> Path:
     """Write raw CDR messages as a rosbag2 MCAP bag via a hidden temp dir + rename."""
-    if path.exists():
-        msg = f"bag {path} exists already; bags are write-once"
-        raise FowmError(msg)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        with Writer(tmp / path.name, version=bags.BAG_VERSION,
-                    storage_plugin=StoragePlugin.MCAP) as writer:
-            for key, value in custom.items():
-                writer.set_custom_data(key, value)
-            conns: dict[str, Any] = {}
-            for topic, log_ns, raw in messages:
-                if topic not in conns:
-                    conns[topic] = writer.add_connection(
-                        topic, topics.MSG_TYPES[topic], typestore=convert.TYPESTORE,
-                        offered_qos_profiles=bags.OFFERED_QOS.get(topic, []))
-                writer.write(conns[topic], log_ns, raw)
-        os.replace(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with bags.atomic_bag_writer(path) as writer:
+        for key, value in custom.items():
+            writer.set_custom_data(key, value)
+        conns: dict[str, Any] = {}
+        for topic, log_ns, raw in messages:
+            if topic not in conns:
+                conns[topic] = writer.add_connection(
+                    topic, topics.MSG_TYPES[topic], typestore=convert.TYPESTORE,
+                    offered_qos_profiles=bags.OFFERED_QOS.get(topic, []))
+            writer.write(conns[topic], log_ns, raw)
     return path
 
 

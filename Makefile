@@ -7,12 +7,13 @@ export MUJOCO_GL ?= egl
 
 .PHONY: setup sysdeps test lint demo bench clean
 
-# Debian/Ubuntu libraries that the wheels expect: libusb (pyrealsense2), EGL/Mesa (headless MuJoCo).
+# Debian/Ubuntu libraries that the wheels expect: libusb (pyrealsense2), EGL/Mesa (headless MuJoCo),
+# and a C compiler for the planner's fused row kernels (fowm_core/model/native.py).
 sysdeps:
 	@if ! ldconfig -p | grep -q 'libusb-1.0.so.0' || ! ldconfig -p | grep -q 'libEGL.so.1' \
-	    || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then \
+	    || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || ! command -v gcc >/dev/null; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null; fi
+	    libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri gcc libc6-dev >/dev/null; fi
 
 $(BIN)/.installed: pyproject.toml ros2_ws/src/fowm/setup.py
 	$(MAKE) sysdeps

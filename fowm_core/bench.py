@@ -170,14 +170,15 @@ def _random_model(cfg: FowmConfig, seed: int = 0) -> Any:
 
 
 def bench_plan(cfg: FowmConfig, repeats: int = 7, *, fast: bool = True, compile: bool = False,
-               peak_size: int = 2048) -> dict[str, Any]:
+               native: bool = True, peak_size: int = 2048) -> dict[str, Any]:
     """Median seconds per decision, batch 1, warm-started like a control loop (t0 only first)."""
     from fowm_core.planner import Planner
 
     gen = torch.Generator().manual_seed(0)
     model = _random_model(cfg)
     start = time.perf_counter()
-    planner = Planner(model, cfg, gen, fast=fast, compile_elementwise=compile)
+    planner = Planner(model, cfg, gen, fast=fast, compile_elementwise=compile,
+                      native_kernels=native)
     setup_s = time.perf_counter() - start
     obs = random_obs(cfg, gen)
     planner.plan(obs, t0=True, eval_mode=False)
@@ -189,6 +190,7 @@ def bench_plan(cfg: FowmConfig, repeats: int = 7, *, fast: bool = True, compile:
     return {
         "bench": "plan", "preset": cfg.preset, "lam": cfg.planner.uncertainty_cost,
         "modality": cfg.model.modality.value, "fast": fast, "compiled": compile,
+        "native_kernels": bool(planner.fused is not None and planner.fused.native is not None),
         "compile_s": round(planner.compile_s, 2), "compile_error": planner.compile_error,
         "setup_s": round(setup_s, 2), "iterations": cfg.planner.iterations,
         "samples": cfg.planner.num_samples, "pi_samples": cfg.planner.num_pi_trajs,
@@ -256,6 +258,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--repeats", type=int, default=7)
     plan.add_argument("--compile", action="store_true",
                       help="torch.compile the elementwise blocks (inductor C++; reports compile_s)")
+    plan.add_argument("--no-native", dest="native", action="store_false",
+                      help="torch elementwise ops instead of the C row kernels (model/native.py)")
     plan.add_argument("--plain", action="store_true",
                       help="score with the model's own methods (the unfused reference path)")
     update = sub.add_parser("update", help="seconds per learner update")
@@ -274,7 +278,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return bench_peak(args.size, args.repeats)
     if args.what == "plan":
         cfg = bench_config(args.preset, args.obs, args.lam)
-        return bench_plan(cfg, args.repeats, fast=not args.plain, compile=args.compile)
+        return bench_plan(cfg, args.repeats, fast=not args.plain, compile=args.compile,
+                          native=args.native)
     # 'rgb' means the paper's pixel setting: rgb + the 4-d proprio state (modality 'all').
     modality = Modality.ALL.value if args.obs == Modality.RGB.value else args.obs
     return bench_update(bench_config(args.preset, modality), args.repeats)

@@ -92,14 +92,16 @@ class Planner:
     """
 
     def __init__(self, model: WorldModel, cfg: FowmConfig, generator: torch.Generator | None = None,
-                 *, fast: bool = True, compile_elementwise: bool = False) -> None:
+                 *, fast: bool = True, compile_elementwise: bool = False,
+                 native_kernels: bool = True) -> None:
         if model.cfg != cfg.model:
             msg = (f"planner config model section {cfg.model} differs from the model's "
                    f"{model.cfg}; build the WorldModel from the same FowmConfig")
             raise ConfigError(msg)
         self.model, self.cfg, self.generator = model, cfg, generator
         self.fast = fast
-        self.fused = FusedModel(model, compile_elementwise) if fast else None
+        self.fused = (FusedModel(model, compile_elementwise, native_kernels=native_kernels)
+                      if fast else None)
         self._prev_mean: torch.Tensor | None = None
         self.compile_s, self.compile_error = 0.0, ""
         # The last iteration's elites (H, E, A) and scores (E, 1), kept for inspection and tests.
@@ -178,10 +180,11 @@ class Planner:
         partial = torch.zeros(n_pi, 1) if self.fused is not None else None
         lam, discount = p.uncertainty_cost, 1.0
         for t in range(H if n_pi > 0 else 0):
-            actions[t] = self.model.pi(zt, p.min_std, generator=self.generator)
             if self.fused is None:
+                actions[t] = self.model.pi(zt, p.min_std, generator=self.generator)
                 zt = self.model.next(zt, actions[t])
                 continue
+            actions[t] = self.fused.pi(zt, p.min_std, generator=self.generator)
             out = self.fused.step(zt, actions[t], with_q=lam > 0)
             partial += discount * out.r
             if out.q is not None:
@@ -213,7 +216,7 @@ class Planner:
         drawn heads are evaluated (the reference's Q(..., 'min') does the same)."""
         assert self.fused is not None
         p = self.cfg.planner
-        a = self.model.pi(z, p.min_std, generator=self.generator)
+        a = self.fused.pi(z, p.min_std, generator=self.generator)
         heads = random_head_pair(self.cfg.model.num_q, self.generator)
         if p.uncertainty_cost == 0:
             q = self.fused.q(z, a, heads)

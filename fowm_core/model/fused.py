@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from fowm_core.model import native
+from fowm_core.model.math import truncated_noise_sample
 from fowm_core.model.world_model import WorldModel
 
 DYN, REW, Q0 = 0, 1, 2
@@ -100,13 +102,15 @@ class FusedModel:
     """Stacked copies of a WorldModel's dynamics, reward and Q weights for no-grad planning."""
 
     def __init__(self, model: WorldModel, compile_elementwise: bool = False,
-                 dynamic: bool = False) -> None:
+                 dynamic: bool = False, native_kernels: bool = True) -> None:
         self.model = model
         self.cfg = model.cfg
         self._fingerprint: tuple[tuple[int, int], ...] = ()
         self._act1: Callable[..., torch.Tensor] = hidden1_eager
         self._act2: Callable[..., torch.Tensor] = hidden2_eager
         self.compiled = False
+        # The C row kernels (native.py) when they build here; else the torch path below.
+        self.native = native.load() if native_kernels and not compile_elementwise else None
         if compile_elementwise:
             self._compile(dynamic)
         self.refresh()
@@ -149,7 +153,12 @@ class FusedModel:
         self.lnz_w, self.lnz_b = bound.weight.clone(), bound.bias.clone()
         self.w3rq = torch.cat([rew[6].weight.T[None], qs.w3]).contiguous()
         self.b3rq = torch.cat([rew[6].bias.view(1, 1, 1), qs.b3])
-        for name in ("b1", "ln1_w", "ln1_b", "b2", "ln2_w", "ln2_b"):
+        # π: Linear → LN → Mish → Linear → LN → Mish → Linear, kept as (1, ·, ·) stacks.
+        pi = m._pi
+        self.pi_w = [pi[i].weight.T.contiguous() for i in (0, 3, 6)]
+        self.pi_b = [pi[i].bias.detach().clone() for i in (0, 3, 6)]
+        self.pi_ln = [(pi[i].weight.detach().clone(), pi[i].bias.detach().clone()) for i in (1, 4)]
+        for name in ("b1", "ln1_w", "ln1_b", "b2", "ln2_w", "ln2_b", "w3rq", "b3rq"):
             setattr(self, name, getattr(self, name).detach().contiguous())
 
     def _compile(self, dynamic: bool) -> None:
@@ -190,12 +199,44 @@ class FusedModel:
         else:
             h1 = torch.bmm(a.expand(nb, n, a.shape[-1]), self.w1a[:nb])
             bias1 = z_part[:nb]
+        if self.native is not None:
+            return self._step_native(h1, bias1, nb, with_q)
         stack = (self.ln1_w[:nb], self.ln1_b[:nb], self.w2[:nb], self.b2[:nb])
         h = self._hidden(h1, stack, bias1, 2)
         z_next = torch.addmm(self.b3d, h[DYN], self.w3d)
         z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.lnz_w, self.lnz_b))
         rq = torch.baddbmm(self.b3rq[: nb - 1], h[REW:nb], self.w3rq[: nb - 1])
         return StepOut(z_next, rq[0], rq[1:] if with_q else None)
+
+    def _step_native(self, h1: torch.Tensor, bias1: torch.Tensor, nb: int,
+                     with_q: bool) -> StepOut:
+        """``step`` through the C row kernels: fused epilogues, and the 1-wide reward/Q last
+        layers as dot products in the same pass (a (B, N, M) @ (B, M, 1) bmm is slow in MKL)."""
+        lib = self.native
+        native.ln_act_(lib, h1, bias1, self.ln1_w[:nb], self.ln1_b[:nb], 2)
+        h2 = torch.bmm(h1, self.w2[:nb])
+        h_dyn = native.ln_act_(lib, h2[:1], self.b2[:1], self.ln2_w[:1], self.ln2_b[:1], 1)[0]
+        z_next = torch.addmm(self.b3d, h_dyn, self.w3d)
+        z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.lnz_w, self.lnz_b))
+        rq = native.head_out(lib, h2[1:nb], self.b2[1:nb], self.ln2_w[1:], self.ln2_b[1:], 1,
+                             self.w3rq[: nb - 1], self.b3rq[: nb - 1])
+        return StepOut(z_next, rq[0], rq[1:] if with_q else None)
+
+    def pi_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """tanh(π(z)) through the row kernels (the model's own π without them)."""
+        if self.native is None:
+            return self.model.pi_mean(z)
+        h = z
+        for layer in range(2):
+            g, c = self.pi_ln[layer]
+            h = native.ln_act_(self.native, (h @ self.pi_w[layer])[None], self.pi_b[layer][None],
+                               g[None], c[None], 1)[0]
+        return torch.tanh(torch.addmm(self.pi_b[2], h, self.pi_w[2]))
+
+    def pi(self, z: torch.Tensor, std: float = 0.0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+        """The policy prior with the model's truncated noise (same draws as ``WorldModel.pi``)."""
+        return truncated_noise_sample(self.pi_mean(z), std, generator=generator)
 
     def _q_stack(self, heads: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """Layer stacks of the Q blocks: all K as views, or a gathered copy of the chosen heads."""
@@ -211,5 +252,9 @@ class FusedModel:
         w1, b1, g1, c1, w2, b2, w3, b3 = self._q_stack(heads)
         x = torch.cat([z, a], dim=-1)
         h1 = torch.bmm(x.expand(w1.shape[0], *x.shape), w1)
+        if self.native is not None:
+            native.ln_act_(self.native, h1, b1, g1, c1, 0)
+            h2 = torch.bmm(h1, w2)
+            return native.head_out(self.native, h2, b2, b2, b2, 0, w3, b3)
         h = self._hidden(h1, (g1, c1, w2, b2), b1, 0)
         return torch.baddbmm(b3, h, w3)

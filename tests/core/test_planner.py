@@ -245,7 +245,8 @@ def test_pi_rollouts_are_drawn_once_per_decision_and_reused() -> None:
     model = random_model(cfg)
     planner = Planner(model, cfg, gen(0))
     calls: list[int] = []
-    original_pi = model.pi
+    assert planner.fused is not None
+    original_pi = planner.fused.pi   # the fast path's π (the model's when there are no kernels)
 
     def counting_pi(z: torch.Tensor, std: float = 0.0, generator=None) -> torch.Tensor:
         calls.append(z.shape[0])
@@ -258,7 +259,7 @@ def test_pi_rollouts_are_drawn_once_per_decision_and_reused() -> None:
         seen.append(actions[:, cfg.planner.num_samples:].clone())
         return original_elites(value, actions)
 
-    model.pi = counting_pi
+    planner.fused.pi = counting_pi
     planner._elites = capturing_elites
     planner.plan({"state": torch.rand(3)}, t0=True, eval_mode=True)
     n, n_pi, H = cfg.planner.num_samples, cfg.planner.num_pi_trajs, cfg.horizon

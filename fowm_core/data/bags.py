@@ -437,7 +437,9 @@ def _read_cached(bag: Path, cache_root: Path, read_kwargs: dict[str, Any]) -> Ep
         msg = f"bag {bag} cannot be hashed: {err}"
         raise BagError(msg) from err
     opts = {k: (v.__dict__ if isinstance(v, SyncParams) else v) for k, v in read_kwargs.items()}
-    key = hashlib.sha256(json.dumps([CODEC, digest, opts], sort_keys=True, default=str)
+    # The state layout is part of the key: cached vectors built by an older build_state must miss.
+    layout = [convert.STATE_KEYS, convert.RELATIVE_PARTS]
+    key = hashlib.sha256(json.dumps([CODEC, digest, opts, layout], sort_keys=True, default=str)
                          .encode()).hexdigest()[:32]
     file = cache_root / f"{key}.npz"
     if file.is_file():

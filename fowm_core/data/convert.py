@@ -32,12 +32,23 @@ STATE_KEYS: dict[str, tuple[str, ...]] = {
     "push": ("eef", "gripper", "obj", "goal"),
     "lift": ("eef", "gripper", "obj"),
 }
+# After the positions, "state" mode appends the vectors between them, as the reference simxarm's
+# state observations do (its lift state holds eef − obj, its push state eef − obj and obj − goal).
+# Without them a small MLP must learn "the object moves only when the gripper is at it" from
+# absolute coordinates that differ in the second decimal; our first cpu-preset lift models did not,
+# and planned to close the gripper and rise in the air with the cube left on the table.
+RELATIVE_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "reach": (("goal", "eef"),),
+    "push": (("obj", "eef"), ("goal", "obj")),
+    "lift": (("obj", "eef"),),
+}
 PROPRIO_KEYS = ("eef", "gripper")
 _KEY_DIMS = {"eef": 3, "gripper": 1, "obj": 3, "goal": 3}
 
 
 # -- the state vector ----------------------------------------------------------------------------
 def state_keys(task: str, obs_mode: str) -> tuple[str, ...]:
+    """The logged streams the state vector is built from (the planner node pairs these)."""
     if task not in STATE_KEYS:
         msg = f"unknown task {task!r}; expected one of {', '.join(STATE_KEYS)}"
         raise FowmError(msg)
@@ -48,17 +59,24 @@ def state_keys(task: str, obs_mode: str) -> tuple[str, ...]:
     return STATE_KEYS[task] if mode == "state" else PROPRIO_KEYS
 
 
+def relative_parts(task: str, obs_mode: str) -> tuple[tuple[str, str], ...]:
+    """(a, b) pairs whose difference a − b follows the positions in ``build_state``'s vector."""
+    return RELATIVE_PARTS[task] if state_keys(task, obs_mode) == STATE_KEYS[task] else ()
+
+
 def state_dim(task: str, obs_mode: str) -> int:
-    """Length of ``build_state``'s vector: 4 in rgb/all mode; reach 7, push 10, lift 7 in state."""
-    return sum(_KEY_DIMS[k] for k in state_keys(task, obs_mode))
+    """Length of ``build_state``'s vector: 4 in rgb/all mode; reach 10, push 16, lift 10 in state."""
+    return (sum(_KEY_DIMS[k] for k in state_keys(task, obs_mode))
+            + 3 * len(relative_parts(task, obs_mode)))
 
 
 def build_state(task: str, obs_mode: str, eef: Sequence[float], gripper: float,
                 obj: Sequence[float] | None = None,
                 goal: Sequence[float] | None = None) -> np.ndarray:
-    """The float32 state vector: concatenation of ``state_keys(task, obs_mode)``."""
+    """The float32 state vector: the ``state_keys(task, obs_mode)`` parts, then (state mode) the
+    differences of ``relative_parts``."""
     parts = {"eef": eef, "gripper": [gripper], "obj": obj, "goal": goal}
-    out = []
+    out = {}
     for key in state_keys(task, obs_mode):
         value = parts[key]
         if value is None:
@@ -69,8 +87,9 @@ def build_state(task: str, obs_mode: str, eef: Sequence[float], gripper: float,
         if arr.shape != (_KEY_DIMS[key],):
             msg = f"state part {key} has shape {arr.shape}, expected ({_KEY_DIMS[key]},)"
             raise FowmError(msg)
-        out.append(arr)
-    return np.concatenate(out)
+        out[key] = arr
+    relative = [out[a] - out[b] for a, b in relative_parts(task, obs_mode)]
+    return np.concatenate([*out.values(), *relative])
 
 
 # -- stamps and headers --------------------------------------------------------------------------

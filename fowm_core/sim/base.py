@@ -21,7 +21,7 @@ import mujoco
 import numpy as np
 
 from fowm_core.config import Modality
-from fowm_core.data import rewards
+from fowm_core.data import convert, rewards
 from fowm_core.errors import EnvError
 from fowm_core.sim import tasks
 from fowm_core.sim.render import CameraRenderer
@@ -260,18 +260,13 @@ def _modality(obs_mode: Modality | str) -> Modality:
 
 
 def state_dim(task: str, obs_mode: Modality | str = Modality.STATE) -> int:
-    """Length of obs["state"]: 4 in "all" mode, else 4 + the task's object/goal positions."""
+    """Length of obs["state"]: 4 in "all" mode, else 4 + the task's object/goal positions and
+    the vectors between them (``convert.build_state``)."""
     if _modality(obs_mode) == Modality.ALL:
         return PROPRIO_DIM
-    return PROPRIO_DIM + {"reach": 3, "push": 6, "lift": 3}[tasks.get_spec(task).name]
+    return convert.state_dim(tasks.get_spec(task).name, "state")
 
 
 def _state_vector(task: str, state: rewards.TaskState) -> np.ndarray:
-    parts = [state.eef, [state.gripper]]
-    if task == "reach":
-        parts.append(state.goal)
-    elif task == "push":
-        parts += [state.obj, state.goal]
-    else:
-        parts.append(state.obj)
-    return np.concatenate(parts).astype(np.float32)
+    # The bag reader's definition, so the twin and the logs cannot drift apart.
+    return convert.build_state(task, "state", state.eef, state.gripper, state.obj, state.goal)

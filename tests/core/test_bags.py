@@ -220,6 +220,16 @@ def test_dataset_cache_is_reused_and_exact(tmp_path: Path) -> None:
     assert len(list((root / ".fowm_cache").glob("*.npz"))) == 6
 
 
+def test_dataset_cache_misses_when_the_state_layout_changes(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "data"
+    write_episode_bag(root / "ep0", _log("push", steps=3, size=None, seed=0), camera=False)
+    before = read_dataset(root, obs_mode="state").episodes[0].obs["state"]
+    monkeypatch.setitem(convert.RELATIVE_PARTS, "push", (("obj", "eef"),))
+    after = read_dataset(root, obs_mode="state").episodes[0].obs["state"]
+    assert before.shape[1] == 16
+    assert after.shape[1] == 13, "a vector cached under the old layout was served"
+
+
 def test_bag_is_rosbag2_v9_mcap_and_readable_by_anyreader(tmp_path: Path) -> None:
     log = _log("lift", steps=2)
     log.weights.append((S0 + 5, {"path": "ckpt/step_10.safetensors", "step": 10}))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from fowm_core.data import rewards
+from fowm_core.data import convert, rewards
 from fowm_core.errors import ConfigError, EnvError
 from fowm_core.sim import JOINT_NAMES, TASKS, XarmEnv, make_env, state_dim
 from fowm_core.sim import tasks as sim_tasks
@@ -32,8 +32,15 @@ def test_spaces_and_observations(task):
     assert env.action_space.shape == (ACTION_DIMS[task],)
     assert obs["state"].dtype == np.float32
     assert obs["state"].shape == (state_dim(task),) == env.observation_space["state"].shape
-    assert state_dim(task) == {"reach": 7, "push": 10, "lift": 7}[task]
-    np.testing.assert_allclose(obs["state"][:3], info["task_state"].eef, atol=1e-6)
+    assert state_dim(task) == {"reach": 10, "push": 16, "lift": 10}[task]
+    ts = info["task_state"]
+    np.testing.assert_allclose(obs["state"][:3], ts.eef, atol=1e-6)
+    # The relative vectors follow the positions (the reference's state obs carry them too).
+    pairs = {"reach": [("goal", "eef")], "push": [("obj", "eef"), ("goal", "obj")],
+             "lift": [("obj", "eef")]}[task]
+    relative = [getattr(ts, a) - getattr(ts, b) for a, b in pairs]
+    np.testing.assert_allclose(obs["state"][-3 * len(relative):], np.concatenate(relative),
+                               atol=1e-6)
     assert info["joint_pos"].shape == (8,) and info["joint_names"] == JOINT_NAMES
     assert JOINT_NAMES[-1] == "drive_joint"
 
@@ -240,7 +247,8 @@ def test_collect_episodes_records_what_rewards_need():
                               ep.info["goal"])
     assert ep.success == rewards.success("push", final)
     policy = ScriptedPolicy("push", 0.0)
-    np.testing.assert_array_equal(policy.act({"state": np.concatenate(
-        [ep.info["eef"][0], [ep.info["gripper"][0]], ep.info["obj"][0], ep.info["goal"]])}),
+    np.testing.assert_allclose(policy.act({"state": convert.build_state(
+        "push", "state", ep.info["eef"][0], ep.info["gripper"][0], ep.info["obj"][0],
+        ep.info["goal"])}),
         policy.act(rewards.TaskState(ep.info["eef"][0], ep.info["gripper"][0],
-                                     ep.info["obj"][0], ep.info["goal"])))
+                                     ep.info["obj"][0], ep.info["goal"])), atol=1e-5)

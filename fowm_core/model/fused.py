@@ -111,6 +111,7 @@ class FusedModel:
         self.compiled = False
         # The C row kernels (native.py) when they build here; else the torch path below.
         self.native = native.load() if native_kernels and not compile_elementwise else None
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         if compile_elementwise:
             self._compile(dynamic)
         self.refresh()
@@ -192,6 +193,10 @@ class FusedModel:
         z_part: ``z_part(z0)`` when every row shares z0: only the action columns are multiplied."""
         nb = self.w1z.shape[0] if with_q else 2
         n = a.shape[0]
+        if self.native is not None:
+            if z_part is None:
+                return self._step_native(torch.cat([z, a], dim=-1), self.w1, self.b1, nb, with_q)
+            return self._step_native(a.contiguous(), self.w1a, z_part, nb, with_q)
         if z_part is None:
             x = torch.cat([z, a], dim=-1)
             h1 = torch.bmm(x.expand(nb, *x.shape), self.w1[:nb])
@@ -199,8 +204,6 @@ class FusedModel:
         else:
             h1 = torch.bmm(a.expand(nb, n, a.shape[-1]), self.w1a[:nb])
             bias1 = z_part[:nb]
-        if self.native is not None:
-            return self._step_native(h1, bias1, nb, with_q)
         stack = (self.ln1_w[:nb], self.ln1_b[:nb], self.w2[:nb], self.b2[:nb])
         h = self._hidden(h1, stack, bias1, 2)
         z_next = torch.addmm(self.b3d, h[DYN], self.w3d)
@@ -208,18 +211,56 @@ class FusedModel:
         rq = torch.baddbmm(self.b3rq[: nb - 1], h[REW:nb], self.w3rq[: nb - 1])
         return StepOut(z_next, rq[0], rq[1:] if with_q else None)
 
-    def _step_native(self, h1: torch.Tensor, bias1: torch.Tensor, nb: int,
+    # -- the C-kernel path (native.py): one block at a time --------------------------------------
+    # Each block runs matmul → fused epilogue → matmul → fused epilogue on two scratch buffers of
+    # N × M floats (1 MiB at the paper sizes) that stay in cache, instead of bmm'ing all B blocks
+    # through 7 MiB tensors: measured ~25 % faster per imagined step here. The buffers make a
+    # FusedModel single-threaded: one planner, one thread (as the planner node uses it).
+    def _scratch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._buffers is None or self._buffers[0].shape[0] < n:
+            m = self.cfg.mlp_dim
+            self._buffers = (torch.empty(n, m), torch.empty(n, m))
+        return self._buffers[0][:n], self._buffers[1][:n]
+
+    def _block(self, x: torch.Tensor, w1: torch.Tensor, bias1: torch.Tensor, b: int,
+               mish1: bool) -> torch.Tensor:
+        """Block b's first layer and its LayerNorm + activation, then the second matmul (its
+        bias and activation are left to the caller's epilogue). Returns the scratch buffer."""
+        lib, (h1, h2) = self.native, self._scratch(x.shape[0])
+        n, m = h1.shape
+        torch.mm(x, w1[b], out=h1)
+        lib.fowm_ln_act(h1.data_ptr(), 1, n, m, bias1[b].data_ptr(), self.ln1_w[b].data_ptr(),
+                        self.ln1_b[b].data_ptr(), int(mish1), self._threads())
+        torch.mm(h1, self.w2[b], out=h2)
+        return h2
+
+    def _head(self, h2: torch.Tensor, b: int, out: torch.Tensor) -> None:
+        """Reward (b = REW: LN → Mish) or Q (ELU) second-layer epilogue and 1-wide last layer."""
+        n, m = h2.shape
+        rew = b == REW
+        self.native.fowm_head_out(
+            h2.data_ptr(), 1, n, m, self.b2[b].data_ptr(), self.ln2_w[REW].data_ptr(),
+            self.ln2_b[REW].data_ptr(), int(rew), self.w3rq[b - 1].data_ptr(),
+            self.b3rq[b - 1].data_ptr(), out.data_ptr(), self._threads())
+
+    @staticmethod
+    def _threads() -> int:
+        return torch.get_num_threads()
+
+    def _step_native(self, x: torch.Tensor, w1: torch.Tensor, bias1: torch.Tensor, nb: int,
                      with_q: bool) -> StepOut:
-        """``step`` through the C row kernels: fused epilogues, and the 1-wide reward/Q last
-        layers as dot products in the same pass (a (B, N, M) @ (B, M, 1) bmm is slow in MKL)."""
-        lib = self.native
-        native.ln_act_(lib, h1, bias1, self.ln1_w[:nb], self.ln1_b[:nb], 2)
-        h2 = torch.bmm(h1, self.w2[:nb])
-        h_dyn = native.ln_act_(lib, h2[:1], self.b2[:1], self.ln2_w[:1], self.ln2_b[:1], 1)[0]
-        z_next = torch.addmm(self.b3d, h_dyn, self.w3d)
+        """``step`` through the C row kernels. x is (z, a) with w1 = ``w1`` and the biases ``b1``,
+        or the actions alone with w1 = ``w1a`` and the shared z-part as the biases."""
+        n = x.shape[0]
+        h2 = self._block(x, w1, bias1, DYN, True)
+        self.native.fowm_ln_act(h2.data_ptr(), 1, n, h2.shape[1], self.b2[DYN].data_ptr(),
+                                self.ln2_w[DYN].data_ptr(), self.ln2_b[DYN].data_ptr(), 1,
+                                self._threads())
+        z_next = torch.addmm(self.b3d, h2, self.w3d)
         z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.lnz_w, self.lnz_b))
-        rq = native.head_out(lib, h2[1:nb], self.b2[1:nb], self.ln2_w[1:], self.ln2_b[1:], 1,
-                             self.w3rq[: nb - 1], self.b3rq[: nb - 1])
+        rq = torch.empty(nb - 1, n, 1)
+        for b in range(REW, nb):
+            self._head(self._block(x, w1, bias1, b, b == REW), b, rq[b - 1])
         return StepOut(z_next, rq[0], rq[1:] if with_q else None)
 
     def pi_mean(self, z: torch.Tensor) -> torch.Tensor:
@@ -249,12 +290,14 @@ class FusedModel:
     def q(self, z: torch.Tensor, a: torch.Tensor,
           heads: torch.Tensor | None = None) -> torch.Tensor:
         """Q heads at (z, a): all K (K, N, 1), or only ``heads`` (LongTensor of head indices)."""
-        w1, b1, g1, c1, w2, b2, w3, b3 = self._q_stack(heads)
         x = torch.cat([z, a], dim=-1)
-        h1 = torch.bmm(x.expand(w1.shape[0], *x.shape), w1)
         if self.native is not None:
-            native.ln_act_(self.native, h1, b1, g1, c1, 0)
-            h2 = torch.bmm(h1, w2)
-            return native.head_out(self.native, h2, b2, b2, b2, 0, w3, b3)
+            chosen = range(self.cfg.num_q) if heads is None else heads.tolist()
+            out = torch.empty(len(chosen), x.shape[0], 1)
+            for i, k in enumerate(chosen):
+                self._head(self._block(x, self.w1, self.b1, Q0 + k, False), Q0 + k, out[i])
+            return out
+        w1, b1, g1, c1, w2, b2, w3, b3 = self._q_stack(heads)
+        h1 = torch.bmm(x.expand(w1.shape[0], *x.shape), w1)
         h = self._hidden(h1, (g1, c1, w2, b2), b1, 0)
         return torch.baddbmm(b3, h, w3)

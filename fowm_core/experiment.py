@@ -116,7 +116,8 @@ def collect_results(args: argparse.Namespace, jobs: list[Job], wall_s: float) ->
         "commands": [j.command for j in jobs], "tasks": {},
     }
     for task in tasks:
-        entry: dict[str, Any] = {"dataset": _read(args.work / "data" / task / "dataset.json")}
+        dataset = args.work / "data" / task / "dataset.json"     # absent until collected
+        entry: dict[str, Any] = {"dataset": _read(dataset) if dataset.exists() else None}
         for lam in args.lams:
             per_seed, seconds, missing = [], [], []
             for seed in args.seeds:
@@ -149,6 +150,29 @@ def collect_results(args: argparse.Namespace, jobs: list[Job], wall_s: float) ->
     return out
 
 
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The README's results table: mean success over the finished seeds at every count, with the
+    per-seed values underneath, and the median wall-clock of one seed (pretrain + finetune)."""
+    counts = summary["online_episodes"]
+    head = ("| task | λ | seeds done | " + " | ".join(str(n) for n in counts)
+            + " | per seed (in seed order) | minutes per seed |")
+    rows = [head, "|" + "---|" * (len(counts) + 5)]
+    for task, entry in summary["tasks"].items():
+        for key, run in entry.items():
+            if not key.startswith("lam="):
+                continue
+            done, total = len(run["seeds"]), len(run["seeds"]) + len(run["seeds_not_finished"])
+            mean = run["success_mean"] or [None] * len(counts)
+            cells = ["—" if m is None else f"{100 * m:.0f} %" for m in mean]
+            per_seed = " / ".join(",".join(f"{100 * v:.0f}" for v in seed)
+                                  for seed in run["success_per_seed"]) or "—"
+            secs = sorted(run["seconds_per_seed"])
+            minutes = f"{secs[len(secs) // 2] / 60:.0f}" if secs else "—"
+            rows.append(f"| {task} | {key[4:]} | {done} of {total} | " + " | ".join(cells)
+                        + f" | {per_seed} | {minutes} |")
+    return "\n".join(rows)
+
+
 def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
@@ -162,3 +186,4 @@ def main(args: argparse.Namespace) -> None:
     results.write_json(args.out, summary)
     print(json.dumps({t: {k: v["success_mean"] for k, v in e.items() if k.startswith("lam=")}
                       for t, e in summary["tasks"].items()}))
+    print(markdown_table(summary))

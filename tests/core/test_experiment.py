@@ -1,0 +1,86 @@
+"""`fowm experiment`: the job graph, resuming, failures, and the results JSON and README table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fowm_core import cli, experiment
+
+
+def study_args(tmp_path: Path, *extra: str):
+    return cli.build_parser().parse_args([
+        "experiment", "--tasks", "reach,lift", "--seeds", "0,1", "--lams", "1,0",
+        "--eval-at", "0,10", "--eval-episodes", "20", "--work", str(tmp_path / "work"),
+        "--out", str(tmp_path / "out" / "sim_cpu.json"), *extra])
+
+
+def test_job_graph_one_pretrain_per_seed_shared_by_both_lambdas(tmp_path: Path) -> None:
+    jobs = {j.name: j for j in experiment.plan_jobs(study_args(tmp_path, "--offline-steps", "77"))}
+    assert len(jobs) == 2 * (1 + 2 * (1 + 2))      # per task: collect, per seed: pretrain + 2 λ
+    pre = jobs["pretrain/lift/1"]
+    assert pre.after == ["collect/lift"]
+    assert pre.argv[pre.argv.index("--steps") + 1] == "77"
+    assert pre.argv[pre.argv.index("--threads") + 1] == "1"
+    ckpts = set()
+    for lam in ("1", "0"):
+        ft = jobs[f"finetune/lift/1/{lam}"]
+        assert ft.after == ["pretrain/lift/1"]
+        assert ft.argv[ft.argv.index("--lam") + 1] == lam
+        ckpts.add(ft.argv[ft.argv.index("--checkpoint") + 1])
+    assert ckpts == {str(tmp_path / "work/lift/seed1/pretrain/checkpoints/offline.safetensors")}
+    assert all(j.command.startswith("fowm ") for j in jobs.values())
+
+
+def peak_job(name: str, done: Path, after: list[str] | None = None, size: str = "16"):
+    return experiment.Job(name, ["bench", "peak", "--size", size, "--repeats", "1"], done,
+                          after=after or [])
+
+
+def test_run_jobs_orders_skips_finished_and_reports_failures(tmp_path: Path, capsys) -> None:
+    finished = tmp_path / "finished.json"
+    finished.write_text("{}")
+    jobs = [peak_job("b", tmp_path / "b.json", after=["a"]), peak_job("a", tmp_path / "a.json"),
+            peak_job("skip", finished)]
+    experiment.run_jobs(jobs, parallel=2, log_dir=tmp_path / "logs")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    order = [ln.split("] ", 1)[1].split(":")[0].split(" in ")[0] for ln in lines]
+    assert order == ["start a", "done a", "start b", "done b"]
+    assert not (tmp_path / "logs" / "skip.log").exists()
+    assert '"peak_gflops_per_s"' in (tmp_path / "logs" / "a.log").read_text()
+    bad = [experiment.Job("bad", ["bench", "peak", "--size", "nope"], tmp_path / "x.json")]
+    with pytest.raises(RuntimeError, match=r"job bad failed .*bad\.log"):
+        experiment.run_jobs(bad, parallel=1, log_dir=tmp_path / "logs")
+
+
+def write_run(work: Path, task: str, seed: int, lam: str, success: list[float]) -> None:
+    run = work / task / f"seed{seed}"
+    (run / "pretrain").mkdir(parents=True, exist_ok=True)
+    (run / "pretrain" / "metrics.json").write_text(json.dumps({"seconds": 60.0}))
+    (run / f"lam{lam}").mkdir(parents=True, exist_ok=True)
+    evals = {str(n): {"success_rate": s} for n, s in zip((0, 10), success, strict=True)}
+    (run / f"lam{lam}" / "metrics.json").write_text(json.dumps({"eval": evals, "seconds": 120.0}))
+
+
+def test_report_holds_every_seed_and_the_table_says_what_is_missing(tmp_path: Path) -> None:
+    args = study_args(tmp_path, "--report-only")
+    work = args.work
+    write_run(work, "reach", 0, "1", [1.0, 1.0])
+    write_run(work, "reach", 1, "1", [0.5, 0.9])
+    write_run(work, "reach", 0, "0", [0.4, 0.6])
+    summary = experiment.collect_results(args, experiment.plan_jobs(args), wall_s=1.0)
+    lam1 = summary["tasks"]["reach"]["lam=1"]
+    assert lam1["success_per_seed"] == [[1.0, 1.0], [0.5, 0.9]]
+    assert lam1["success_mean"] == [0.75, 0.95]
+    assert lam1["seconds_per_seed"] == [180.0, 180.0]
+    assert summary["tasks"]["reach"]["lam=0"]["seeds_not_finished"] == [1]
+    assert summary["tasks"]["lift"]["lam=1"]["success_mean"] is None
+    assert any("finetune" in c and "--lam 0" in c for c in summary["commands"])
+    table = experiment.markdown_table(summary).splitlines()
+    assert table[0].startswith("| task | λ | seeds done | 0 | 10 |")
+    assert "| reach | 1 | 2 of 2 | 75 % | 95 % | 100,100 / 50,90 | 3 |" in table
+    assert "| reach | 0 | 1 of 2 | 40 % | 60 % | 40,60 | 3 |" in table
+    assert "| lift | 1 | 0 of 2 | — | — | — | — |" in table
+    assert (tmp_path / "out" / "sim_cpu_reach.png").exists()

@@ -288,7 +288,8 @@ def cpu(task: str = "lift", modality: Modality | str = Modality.STATE,
     """A preset sized for a 2-core CPU: same algorithm, narrower networks and a lighter search.
 
     Every rule of the algorithm is kept (5 Q heads, penalty at every step, balanced batches, PER);
-    only sizes shrink. Costs per decision and per update are in README (``fowm bench``).
+    only sizes shrink. Costs per decision and per update are in README (``fowm bench``). 8,000
+    offline updates: on lift, 4,000 gave 10 % offline success and 8,000 gave 55 % (seed 0).
     """
     return FowmConfig(
         preset="cpu",
@@ -298,7 +299,7 @@ def cpu(task: str = "lift", modality: Modality | str = Modality.STATE,
                           latent_dim=32, mlp_dim=128, enc_dim=128),
         planner=PlannerConfig(iterations=3, num_samples=128, num_elites=16),
         learner=LearnerConfig(batch_size=128),
-        schedule=ScheduleConfig(offline_steps=4_000, online_episodes=100),
+        schedule=ScheduleConfig(offline_steps=8_000, online_episodes=100),
     )
 
 

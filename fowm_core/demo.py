@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,9 @@ def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Pat
     from fowm.learner_node import loop_factories, spawn_learner_process, stop_process
     from fowm.stack import spin_nodes, stack_factories
 
+    # Each demo run's online phase is self-contained: bags and learner state left by an earlier
+    # run (possibly of another model) would be ingested or resumed.
+    shutil.rmtree(bag_dir, ignore_errors=True)
     period = 1.0 / args.rate_hz
     overrides = {
         "fowm_sim": {"task": args.task, "obs_mode": "state", "rate_hz": args.rate_hz,

@@ -192,12 +192,25 @@ class LiveLearner:
     def _start_checkpoint(self) -> tuple[Path, bool]:
         latest = latest_checkpoint(self.ckpt_dir)
         if latest is not None:
+            self._check_resumable(latest)
             return latest, True
         if self.cfg.checkpoint is None:
             msg = (f"no checkpoint to start from: {self.ckpt_dir} has none and no pretrained "
                    "checkpoint was given; pass the offline checkpoint (fowm pretrain)")
             raise ConfigError(msg)
         return Path(self.cfg.checkpoint), False
+
+    def _check_resumable(self, latest: Path) -> None:
+        """A work dir left by a run of another model (other sizes or observation layout) must not
+        be resumed silently: its buffers and weights would fail later, mid-run."""
+        if self.cfg.checkpoint is None:
+            return
+        ours, theirs = (_model_spec(Path(self.cfg.checkpoint)), _model_spec(latest))
+        if ours != theirs:
+            differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            msg = (f"{latest} (to resume from) belongs to another model than {self.cfg.checkpoint}: "
+                   f"{', '.join(differ)} differ; use a fresh work dir or delete {self.ckpt_dir}")
+            raise ConfigError(msg)
 
     def _read_kwargs(self) -> dict[str, Any]:
         mcfg = self.agent.cfg.model
@@ -301,6 +314,16 @@ class LiveLearner:
             if path != keep:
                 checkpoints.sidecar_path(path).unlink(missing_ok=True)   # sidecar first
                 path.unlink(missing_ok=True)
+
+
+def _model_spec(path: Path) -> dict[str, Any]:
+    """What must match to continue training one checkpoint from another: the model section of its
+    config and its observation/action spec (read from the JSON sidecar only)."""
+    meta = json.loads(checkpoints.sidecar_path(path).read_text()).get("meta", {})
+    spec = {f"model.{k}": v for k, v in meta.get("config", {}).get("model", {}).items()}
+    spec.update(observation_spec=meta.get("observation_spec"), action_spec=meta.get("action_spec"),
+                task=meta.get("task"))
+    return spec
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

@@ -159,6 +159,22 @@ run_forever(learner, lambda: False, lambda info: print("ckpt", info.step, flush=
 """
 
 
+def test_a_work_dir_of_another_model_is_refused_not_resumed(
+        data: dict[str, Path], tmp_path: Path) -> None:
+    bag_dir, work = tmp_path / "bags", tmp_path / "work"
+    shutil.copytree(_bags(data["online"])[0], bag_dir / "ep0")
+    first = _learner(data, bag_dir, work)
+    first.poll()
+    while first.owed_updates:
+        first.train_one()
+    # Same work dir, another pretrained model (a reach model: other state size and action size).
+    other = tiny_checkpoint(tmp_path / "reach.safetensors", task="reach")
+    cfg = LiveLearnerConfig(bag_dir=bag_dir, work_dir=work, checkpoint=other,
+                            dataset_dir=data["dataset"])
+    with pytest.raises(FowmError, match=r"belongs to another model .*differ; use a fresh work dir"):
+        LiveLearner(cfg)
+
+
 def test_a_learner_killed_mid_training_restarts_from_a_whole_checkpoint(
         data: dict[str, Path], tmp_path: Path) -> None:
     bag_dir, work = tmp_path / "bags", tmp_path / "work"

@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs", default="state", choices=["state", "rgb", "all"])
     p.add_argument("--dataset-episodes", type=int, default=800)
     p.add_argument("--offline-steps", type=int, default=None)
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML overrides for pretraining (model sizes, ...); finetuning and "
+                        "evaluation take the checkpoint's config")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--eval-at", type=_ints, default=[0, 10, 20, 50, 100])
     p.add_argument("--eval-episodes", type=int, default=20)

@@ -53,6 +53,8 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                    "--out", str(run / "pretrain")]
             if args.offline_steps is not None:
                 pre += ["--steps", str(args.offline_steps)]
+            if getattr(args, "config", None) is not None:      # e.g. other model sizes
+                pre += ["--config", str(args.config)]
             jobs.append(Job(f"pretrain/{task}/{seed}", pre, run / "pretrain" / "metrics.json",
                             after=[f"collect/{task}"]))
             for lam in args.lams:
@@ -145,7 +147,7 @@ def collect_results(args: argparse.Namespace, jobs: list[Job], wall_s: float) ->
         if not curves:
             continue
         results.plot_success_curves(
-            args.out.parent / f"sim_{args.preset}_{task}.png", curves,
+            args.out.parent / f"{args.out.stem}_{task}.png", curves,
             f"{task} ({args.preset} preset, {args.obs}): λ=1 vs λ=0")
     return out
 

@@ -18,12 +18,14 @@ def study_args(tmp_path: Path, *extra: str):
 
 
 def test_job_graph_one_pretrain_per_seed_shared_by_both_lambdas(tmp_path: Path) -> None:
-    jobs = {j.name: j for j in experiment.plan_jobs(study_args(tmp_path, "--offline-steps", "77"))}
+    jobs = {j.name: j for j in experiment.plan_jobs(
+        study_args(tmp_path, "--offline-steps", "77", "--config", "wide.yaml"))}
     assert len(jobs) == 2 * (1 + 2 * (1 + 2))      # per task: collect, per seed: pretrain + 2 λ
     pre = jobs["pretrain/lift/1"]
     assert pre.after == ["collect/lift"]
     assert pre.argv[pre.argv.index("--steps") + 1] == "77"
     assert pre.argv[pre.argv.index("--threads") + 1] == "1"
+    assert pre.argv[pre.argv.index("--config") + 1] == "wide.yaml"
     ckpts = set()
     for lam in ("1", "0"):
         ft = jobs[f"finetune/lift/1/{lam}"]

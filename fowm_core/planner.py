@@ -288,6 +288,12 @@ class Planner:
                 raise ConfigError(msg)
             x = torch.as_tensor(obs[key])
             x = x.float() if key == "state" else x
+            if key == "state" and x.shape[-1] != self.cfg.model.state_dim:
+                msg = (f"observation 'state' has {x.shape[-1]} values but the model takes "
+                       f"{self.cfg.model.state_dim}: the checkpoint was trained on another state "
+                       f"layout (task, obs mode, or a fowm before the state vector gained its "
+                       f"relative parts); pretrain again on this layout")
+                raise ConfigError(msg)
             out[key] = x.unsqueeze(0) if x.ndim == ndim else x
         return out
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fowm_core.config import FowmConfig, Modality, ModelConfig, PlannerConfig
+from fowm_core.errors import ConfigError
 from fowm_core.model import WorldModel
 from fowm_core.model.fused import (
     FusedModel,
@@ -295,6 +296,13 @@ def test_weighted_moments_clamps_std() -> None:
     assert torch.all(std == 0.5)
     _, std = weighted_moments(spread * 0.2, score, 0.05, 0.5)
     torch.testing.assert_close(std, torch.full((2, A), 0.2), atol=1e-6, rtol=1e-6)
+
+
+def test_a_state_of_another_layout_is_refused_with_the_sizes() -> None:
+    cfg = tiny_cfg()
+    planner = Planner(random_model(cfg), cfg, gen(0))
+    with pytest.raises(ConfigError, match="'state' has 4 values but the model takes 3"):
+        planner.plan({"state": np.zeros(4, np.float32)}, t0=True, eval_mode=True)
 
 
 def test_policy_only_mode() -> None:

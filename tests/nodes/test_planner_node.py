@@ -19,11 +19,13 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
-from stack_helpers import Recorder, stamp_ns, tiny_checkpoint
+from stack_helpers import Recorder, stamp_ns, tiny_checkpoint, tiny_config
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from fowm_core import topics
+from fowm_core.checkpoints import save_agent
+from fowm_core.model import WorldModel
 from fowm_core.errors import ConfigError
 
 JOINTS = [f"joint{i}" for i in range(1, 8)] + [topics.GRIPPER_JOINT]
@@ -226,6 +228,16 @@ def test_bad_parameters_stop_the_node_with_a_clear_message(
     values = {"checkpoint": str(checkpoint), **params}
     with pytest.raises(ConfigError, match=match):
         PlannerNode(parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+
+
+def test_a_checkpoint_of_another_state_layout_is_refused_at_start(ros: None, tmp_path: Path
+                                                                   ) -> None:
+    """A state-mode model whose state size is not what build_state makes for its task (e.g. one
+    trained before the state vector gained its relative parts) must not start planning."""
+    cfg = tiny_config("lift", "state")         # state_dim 4; lift in state mode builds 10
+    save_agent(tmp_path / "old.safetensors", WorldModel(cfg.model), cfg, step=0, metrics={})
+    with pytest.raises(ConfigError, match="takes a 4-value state, but lift in state mode builds 10"):
+        _planner(tmp_path / "old.safetensors")
 
 
 def test_missing_checkpoint_file_is_refused(ros: None, tmp_path: Path) -> None:

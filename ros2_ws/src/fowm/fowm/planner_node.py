@@ -161,6 +161,14 @@ class PlannerNode(Node):
         except (OSError, CheckpointError) as err:
             msg = f"cannot plan with checkpoint {path}: {err}"
             raise CheckpointError(msg) from err
+        if cfg.model.uses_state:
+            wanted = convert.state_dim(cfg.task, cfg.model.modality.value)
+            if cfg.model.state_dim != wanted:
+                msg = (f"checkpoint {path} takes a {cfg.model.state_dim}-value state, but "
+                       f"{cfg.task} in {cfg.model.modality.value} mode builds {wanted} values "
+                       f"(convert.build_state); it was trained on another state layout: "
+                       f"pretrain again")
+                raise ConfigError(msg)
         overrides = {k: v for k, v in (("iterations", self.params.iterations),
                                        ("num_samples", self.params.num_samples)) if v}
         if overrides:

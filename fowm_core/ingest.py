@@ -208,8 +208,9 @@ class LiveLearner:
         ours, theirs = (_model_spec(Path(self.cfg.checkpoint)), _model_spec(latest))
         if ours != theirs:
             differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-            msg = (f"{latest} (to resume from) belongs to another model than {self.cfg.checkpoint}: "
-                   f"{', '.join(differ)} differ; use a fresh work dir or delete {self.ckpt_dir}")
+            msg = (f"{latest} (to resume from) belongs to another model than "
+                   f"{self.cfg.checkpoint}: {', '.join(differ)} differ; use a fresh work dir or "
+                   f"delete {self.ckpt_dir}")
             raise ConfigError(msg)
 
     def _read_kwargs(self) -> dict[str, Any]:

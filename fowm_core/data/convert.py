@@ -65,7 +65,8 @@ def relative_parts(task: str, obs_mode: str) -> tuple[tuple[str, str], ...]:
 
 
 def state_dim(task: str, obs_mode: str) -> int:
-    """Length of ``build_state``'s vector: 4 in rgb/all mode; reach 10, push 16, lift 10 in state."""
+    """Length of ``build_state``'s vector: 4 in rgb/all mode; in state mode reach 10, push 16,
+    lift 10."""
     return (sum(_KEY_DIMS[k] for k in state_keys(task, obs_mode))
             + 3 * len(relative_parts(task, obs_mode)))
 

@@ -1,4 +1,5 @@
-"""The planner's fused row kernels (``fused_rows.c``), built with the system C compiler on first use.
+"""The planner's fused row kernels (``fused_rows.c``), built with the system C compiler on first
+use.
 
 Why C: after stacking, a planning decision is ~75 GFLOP of matmul (MKL runs it near peak) and
 ~130 M activations of LayerNorm + Mish/tanh/ELU. torch runs those as separate passes with slow
@@ -91,7 +92,8 @@ def load() -> ctypes.CDLL | None:
         lib, why = None, "loaded"
         if os.environ.get("FOWM_NATIVE", "1") == "0":
             why = "disabled by FOWM_NATIVE=0"
-        elif (compiler := os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")) is None:
+        elif (compiler := os.environ.get("CC") or shutil.which("cc")
+              or shutil.which("gcc")) is None:
             why = "no C compiler (set CC, or install gcc)"
         else:
             try:

@@ -6,12 +6,12 @@ import threading
 
 import pytest
 import torch
+from test_planner import A, L, gen, random_model, tiny_cfg
 from torch.nn import functional as F
 
 from fowm_core.model import native
 from fowm_core.model.fused import FusedModel
 from fowm_core.planner import Planner
-from test_planner import A, L, gen, random_model, tiny_cfg
 
 torch.set_num_threads(1)
 

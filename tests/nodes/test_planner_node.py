@@ -25,8 +25,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from fowm_core import topics
 from fowm_core.checkpoints import save_agent
-from fowm_core.model import WorldModel
 from fowm_core.errors import ConfigError
+from fowm_core.model import WorldModel
 
 JOINTS = [f"joint{i}" for i in range(1, 8)] + [topics.GRIPPER_JOINT]
 
@@ -236,7 +236,7 @@ def test_a_checkpoint_of_another_state_layout_is_refused_at_start(ros: None, tmp
     trained before the state vector gained its relative parts) must not start planning."""
     cfg = tiny_config("lift", "state")         # state_dim 4; lift in state mode builds 10
     save_agent(tmp_path / "old.safetensors", WorldModel(cfg.model), cfg, step=0, metrics={})
-    with pytest.raises(ConfigError, match="takes a 4-value state, but lift in state mode builds 10"):
+    with pytest.raises(ConfigError, match="4-value state, but lift in state mode builds 10"):
         _planner(tmp_path / "old.safetensors")
 
 

@@ -82,6 +82,11 @@ class PlannerConfig:
     temperature: float = 0.5
     momentum: float = 0.1
     uncertainty_cost: float = 1.0
+    # How the fast path lays out its work, not what it computes: False runs the stacked blocks one
+    # at a time through cache-resident buffers (fastest when the planner has its cores); True runs
+    # one bmm per layer over all blocks, with ~7x fewer OpenMP barriers, which stays fast when other
+    # busy processes share the cores (README, benchmarks/planner_layout.py).
+    stacked_blocks: bool = False
 
     def __post_init__(self) -> None:
         _check(self.iterations >= 1, "planner.iterations", self.iterations, ">= 1")

@@ -100,7 +100,8 @@ class Planner:
             raise ConfigError(msg)
         self.model, self.cfg, self.generator = model, cfg, generator
         self.fast = fast
-        self.fused = (FusedModel(model, compile_elementwise, native_kernels=native_kernels)
+        self.fused = (FusedModel(model, compile_elementwise, native_kernels=native_kernels,
+                                 per_block=not cfg.planner.stacked_blocks)
                       if fast else None)
         self._prev_mean: torch.Tensor | None = None
         self.compile_s, self.compile_error = 0.0, ""

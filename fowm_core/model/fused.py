@@ -102,7 +102,8 @@ class FusedModel:
     """Stacked copies of a WorldModel's dynamics, reward and Q weights for no-grad planning."""
 
     def __init__(self, model: WorldModel, compile_elementwise: bool = False,
-                 dynamic: bool = False, native_kernels: bool = True) -> None:
+                 dynamic: bool = False, native_kernels: bool = True,
+                 per_block: bool = True) -> None:
         self.model = model
         self.cfg = model.cfg
         self._fingerprint: tuple[tuple[int, int], ...] = ()
@@ -112,6 +113,7 @@ class FusedModel:
         # The C row kernels (native.py) when they build here; else the torch path below.
         self.native = native.load() if native_kernels and not compile_elementwise else None
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.per_block = per_block
         if compile_elementwise:
             self._compile(dynamic)
         self.refresh()
@@ -194,9 +196,10 @@ class FusedModel:
         nb = self.w1z.shape[0] if with_q else 2
         n = a.shape[0]
         if self.native is not None:
+            step = self._step_native if self.per_block else self._step_stacked_native
             if z_part is None:
-                return self._step_native(torch.cat([z, a], dim=-1), self.w1, self.b1, nb, with_q)
-            return self._step_native(a.contiguous(), self.w1a, z_part, nb, with_q)
+                return step(torch.cat([z, a], dim=-1), self.w1, self.b1, nb, with_q)
+            return step(a.contiguous(), self.w1a, z_part, nb, with_q)
         if z_part is None:
             x = torch.cat([z, a], dim=-1)
             h1 = torch.bmm(x.expand(nb, *x.shape), self.w1[:nb])
@@ -263,6 +266,20 @@ class FusedModel:
             self._head(self._block(x, w1, bias1, b, b == REW), b, rq[b - 1])
         return StepOut(z_next, rq[0], rq[1:] if with_q else None)
 
+    def _step_stacked_native(self, x: torch.Tensor, w1: torch.Tensor, bias1: torch.Tensor,
+                             nb: int, with_q: bool) -> StepOut:
+        """``step`` with one bmm per layer over the nb stacked blocks and the row kernels."""
+        lib = self.native
+        h1 = torch.bmm(x.expand(nb, *x.shape), w1[:nb])
+        native.ln_act_(lib, h1, bias1[:nb], self.ln1_w[:nb], self.ln1_b[:nb], 2)
+        h2 = torch.bmm(h1, self.w2[:nb])
+        h_dyn = native.ln_act_(lib, h2[:1], self.b2[:1], self.ln2_w[:1], self.ln2_b[:1], 1)[0]
+        z_next = torch.addmm(self.b3d, h_dyn, self.w3d)
+        z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.lnz_w, self.lnz_b))
+        rq = native.head_out(lib, h2[1:nb], self.b2[1:nb], self.ln2_w[1:], self.ln2_b[1:], 1,
+                             self.w3rq[: nb - 1], self.b3rq[: nb - 1])
+        return StepOut(z_next, rq[0], rq[1:] if with_q else None)
+
     def pi_mean(self, z: torch.Tensor) -> torch.Tensor:
         """tanh(π(z)) through the row kernels (the model's own π without them)."""
         if self.native is None:
@@ -291,6 +308,11 @@ class FusedModel:
           heads: torch.Tensor | None = None) -> torch.Tensor:
         """Q heads at (z, a): all K (K, N, 1), or only ``heads`` (LongTensor of head indices)."""
         x = torch.cat([z, a], dim=-1)
+        if self.native is not None and not self.per_block:
+            w1, b1, g1, c1, w2, b2, w3, b3 = self._q_stack(heads)
+            h1 = native.ln_act_(self.native, torch.bmm(x.expand(w1.shape[0], *x.shape), w1),
+                                b1, g1, c1, 0)
+            return native.head_out(self.native, torch.bmm(h1, w2), b2, b2, b2, 0, w3, b3)
         if self.native is not None:
             chosen = range(self.cfg.num_q) if heads is None else heads.tolist()
             out = torch.empty(len(chosen), x.shape[0], 1)

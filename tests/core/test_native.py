@@ -70,10 +70,12 @@ def test_bad_layouts_are_refused_with_the_expected_shape(lib) -> None:
         native.ln_act_(lib, x.double(), torch.zeros(2, 8), torch.ones(2, 8), torch.zeros(2, 8), 1)
 
 
-def test_fused_model_native_equals_torch_path(lib) -> None:
+@pytest.mark.parametrize("per_block", [True, False])
+def test_fused_model_native_equals_torch_path(lib, per_block: bool) -> None:
     cfg = tiny_cfg()
     model = random_model(cfg, seed=4)
-    with_c, without = FusedModel(model), FusedModel(model, native_kernels=False)
+    with_c = FusedModel(model, per_block=per_block)
+    without = FusedModel(model, native_kernels=False)
     assert with_c.native is not None and without.native is None
     z, a = torch.rand(11, L), torch.rand(11, A) * 2 - 1
     with torch.no_grad():
@@ -92,13 +94,17 @@ def test_fused_model_native_equals_torch_path(lib) -> None:
                                    atol=1e-5, rtol=1e-5)
 
 
-def test_planner_values_agree_with_and_without_kernels(lib) -> None:
-    cfg = tiny_cfg()
+@pytest.mark.parametrize("stacked", [False, True])
+def test_planner_values_agree_with_and_without_kernels(lib, stacked: bool) -> None:
+    """Both layouts of the kernel path (one block at a time, one bmm over all blocks) against the
+    torch path: the same values for the same candidates."""
+    cfg = tiny_cfg().with_overrides({"planner": {"stacked_blocks": stacked}})
     model = random_model(cfg, seed=5)
     values = []
     for use_c in (True, False):
         planner = Planner(model, cfg, gen(3), native_kernels=use_c)
         assert (planner.fused.native is not None) == use_c
+        assert planner.fused.per_block is not stacked
         z = torch.rand(1, L, generator=gen(4))
         gauss = torch.rand(cfg.horizon, cfg.planner.num_samples, A, generator=gen(6)) * 2 - 1
         with torch.no_grad():

@@ -76,6 +76,9 @@ class PlannerNodeParams:
         "MPPI Gaussian samples; 0 keeps the checkpoint's planner config", 0, 100000))
     torch_threads: int = field(default=0, metadata=_p(
         "torch intra-op threads; 0 leaves torch's default", 0, 256))
+    stacked_blocks: bool = field(default=False, metadata=_p(
+        "one matmul per layer over all stacked heads instead of one head at a time: slower on "
+        "idle cores, far faster when other busy processes share them (fewer OpenMP barriers)"))
 
 
 @dataclass
@@ -170,7 +173,8 @@ class PlannerNode(Node):
                        f"pretrain again")
                 raise ConfigError(msg)
         overrides = {k: v for k, v in (("iterations", self.params.iterations),
-                                       ("num_samples", self.params.num_samples)) if v}
+                                       ("num_samples", self.params.num_samples),
+                                       ("stacked_blocks", self.params.stacked_blocks)) if v}
         if overrides:
             elites = min(cfg.planner.num_elites, overrides.get("num_samples", 10**9))
             cfg = cfg.with_overrides({"planner": {**overrides, "num_elites": elites}})

@@ -1,16 +1,21 @@
 """Inference fast path for planning: the WorldModel's weights re-laid out as stacks (spec §4, §9).
 
-Every head that reads the same (z, a) — dynamics, reward and the K Q heads — runs its first layer as
-one batched matmul over B = 2 + K stacked blocks, its second layer as one ``bmm``, and reward plus Q
-third layers as one more ``bmm``. Block order: [dynamics, reward, q_0 .. q_{K-1}].
+Every head that reads the same (z, a) — dynamics, reward and the K Q heads — is one of B = 2 + K
+stacked blocks (order: [dynamics, reward, q_0 .. q_{K-1}]). Three ways to run them, same math:
 
-The math is the model's (same layers, same order of LayerNorm, affine and activation); only the
-layout and the number of kernel launches change. With ``compile_elementwise`` the bias, LayerNorm,
-affine and activation of a layer run as one inductor kernel, and Mish and Tanh go through exact
-one-exp identities (``mish_exp``, ``tanh_exp``; within 2e-6 of torch's kernels). Nothing here is
-trained through: the stacks are copies, rebuilt by ``refresh()`` whenever a model parameter changes
-(optimiser steps and ``load_state_dict`` bump the tensors' version counters). WorldModel's
-methods stay the reference.
+- C row kernels (``native.py``, the default when a C compiler is present): every block in turn runs
+  matmul → fused epilogue → matmul → fused epilogue (the reward/Q 1-wide last layer a dot product
+  inside it) on two reused scratch buffers that stay in cache; with ``per_block=False``
+  (``planner.stacked_blocks``) one ``bmm`` per layer over all blocks with the same kernels, which
+  has far fewer OpenMP barriers and so suffers much less when other processes share the cores.
+- torch: one ``bmm`` per layer over all blocks and torch's elementwise ops (in place).
+- ``compile_elementwise``: the torch path with bias, LayerNorm, affine and activation as one
+  inductor kernel, Mish and Tanh through exact one-exp identities (``mish_exp``, ``tanh_exp``).
+
+All agree with the model's layers within 2e-6 (tests). Nothing here is trained through: the stacks
+are copies, rebuilt by ``refresh()`` whenever a model parameter changes (optimiser steps and
+``load_state_dict`` bump the tensors' version counters; the learner bumps ``weights_version``).
+WorldModel's methods stay the reference.
 
 Symbols: z (N, L), a (N, A), M = mlp_dim, K = num_q, B = 2 + K.
 """
@@ -217,7 +222,8 @@ class FusedModel:
     # -- the C-kernel path (native.py): one block at a time --------------------------------------
     # Each block runs matmul → fused epilogue → matmul → fused epilogue on two scratch buffers of
     # N × M floats (1 MiB at the paper sizes) that stay in cache, instead of bmm'ing all B blocks
-    # through 7 MiB tensors: measured ~25 % faster per imagined step here. The buffers make a
+    # through 7 MiB tensors: measured ~25 % faster per imagined step on idle cores (and far slower
+    # on shared ones: see stacked_blocks in PlannerConfig). The buffers make a
     # FusedModel single-threaded: one planner, one thread (as the planner node uses it).
     def _scratch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._buffers is None or self._buffers[0].shape[0] < n:

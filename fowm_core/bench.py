@@ -191,6 +191,7 @@ def bench_plan(cfg: FowmConfig, repeats: int = 7, *, fast: bool = True, compile:
         "bench": "plan", "preset": cfg.preset, "lam": cfg.planner.uncertainty_cost,
         "modality": cfg.model.modality.value, "fast": fast, "compiled": compile,
         "native_kernels": bool(planner.fused is not None and planner.fused.native is not None),
+        "stacked_blocks": cfg.planner.stacked_blocks,
         "compile_s": round(planner.compile_s, 2), "compile_error": planner.compile_error,
         "setup_s": round(setup_s, 2), "iterations": cfg.planner.iterations,
         "samples": cfg.planner.num_samples, "pi_samples": cfg.planner.num_pi_trajs,
@@ -258,6 +259,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--repeats", type=int, default=7)
     plan.add_argument("--compile", action="store_true",
                       help="torch.compile the elementwise blocks (inductor C++; reports compile_s)")
+    plan.add_argument("--stacked-blocks", action="store_true",
+                      help="planner.stacked_blocks: one bmm over all blocks (shared machines)")
     plan.add_argument("--no-native", dest="native", action="store_false",
                       help="torch elementwise ops instead of the C row kernels (model/native.py)")
     plan.add_argument("--plain", action="store_true",
@@ -277,7 +280,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.what == "peak":
         return bench_peak(args.size, args.repeats)
     if args.what == "plan":
-        cfg = bench_config(args.preset, args.obs, args.lam)
+        over = {"planner": {"stacked_blocks": True}} if args.stacked_blocks else None
+        cfg = bench_config(args.preset, args.obs, args.lam, over)
         return bench_plan(cfg, args.repeats, fast=not args.plain, compile=args.compile,
                           native=args.native)
     # 'rgb' means the paper's pixel setting: rgb + the 4-d proprio state (modality 'all').

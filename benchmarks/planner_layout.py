@@ -16,24 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
-from fowm_core.bench import _random_model, bench_config, bench_peak
+from fowm_core.bench import _random_model, bench_config, bench_peak, median_seconds
 from fowm_core.model import native
 from fowm_core.model.fused import FusedModel
-
-
-def median_ms(fn, repeats: int = 41) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> int:
@@ -58,7 +46,8 @@ def main() -> int:
     with torch.inference_mode():
         for _ in range(args.rounds):
             row = {"peak_gflops_per_s": bench_peak()["peak_gflops_per_s"]}
-            row.update({name: median_ms(fn) for name, fn in layouts.items()})
+            row.update({name: 1e3 * median_seconds(fn, repeats=41, warmup=3)
+                        for name, fn in layouts.items()})
             rounds.append(row)
     inputs = m.latent_dim + m.action_dim
     flops = 2 * n * 7 * (inputs * m.mlp_dim + m.mlp_dim * m.mlp_dim)

@@ -5,7 +5,9 @@ stacked blocks (order: [dynamics, reward, q_0 .. q_{K-1}]). Three ways to run th
 
 - C row kernels (``native.py``, the default when a C compiler is present): every block in turn runs
   matmul → fused epilogue → matmul → fused epilogue (the reward/Q 1-wide last layer a dot product
-  inside it) on two reused scratch buffers that stay in cache; with ``per_block=False``
+  inside it) on reused scratch buffers that stay in cache. The block loop itself runs in C, one
+  call per imagined step, with torch's own BLAS ``sgemm_`` for the matmuls (``native.py`` hands it
+  over and checks it; without it the same loop runs in Python); with ``per_block=False``
   (``planner.stacked_blocks``) one ``bmm`` per layer over all blocks with the same kernels, which
   has far fewer OpenMP barriers and so suffers much less when other processes share the cores.
 - torch: one ``bmm`` per layer over all blocks and torch's elementwise ops (in place).
@@ -22,6 +24,7 @@ Symbols: z (N, L), a (N, A), M = mlp_dim, K = num_q, B = 2 + K.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -225,17 +228,32 @@ class FusedModel:
     # through 7 MiB tensors: measured ~25 % faster per imagined step on idle cores (and far slower
     # on shared ones: see stacked_blocks in PlannerConfig). The buffers make a
     # FusedModel single-threaded: one planner, one thread (as the planner node uses it).
-    def _scratch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scratch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._buffers is None or self._buffers[0].shape[0] < n:
             m = self.cfg.mlp_dim
-            self._buffers = (torch.empty(n, m), torch.empty(n, m))
-        return self._buffers[0][:n], self._buffers[1][:n]
+            self._buffers = (torch.empty(n, m), torch.empty(n, m), torch.empty(n, m))
+        return self._buffers[0][:n], self._buffers[1][:n], self._buffers[2][:n]
+
+    def _blocks_in_c(self, x: torch.Tensor, w1: torch.Tensor, bias1: torch.Tensor,
+                     blocks: list[int], out: torch.Tensor) -> torch.Tensor:
+        """Every listed block in one C call (``fowm_blocks``: torch's sgemm and the row kernels);
+        returns the dynamics block's hidden output (valid if block DYN was listed)."""
+        h1, h2, dyn = self._scratch(x.shape[0])
+        n, k, m = x.shape[0], x.shape[1], self.cfg.mlp_dim
+        ids = (ctypes.c_long * len(blocks))(*blocks)
+        self.native.fowm_blocks(
+            x.data_ptr(), n, k, m, ids, len(blocks), w1.data_ptr(), bias1.data_ptr(),
+            self.ln1_w.data_ptr(), self.ln1_b.data_ptr(), self.w2.data_ptr(), self.b2.data_ptr(),
+            self.ln2_w.data_ptr(), self.ln2_b.data_ptr(), self.w3rq.data_ptr(),
+            self.b3rq.data_ptr(), h1.data_ptr(), h2.data_ptr(), dyn.data_ptr(), out.data_ptr(),
+            self._threads())
+        return dyn
 
     def _block(self, x: torch.Tensor, w1: torch.Tensor, bias1: torch.Tensor, b: int,
                mish1: bool) -> torch.Tensor:
         """Block b's first layer and its LayerNorm + activation, then the second matmul (its
         bias and activation are left to the caller's epilogue). Returns the scratch buffer."""
-        lib, (h1, h2) = self.native, self._scratch(x.shape[0])
+        lib, (h1, h2, _) = self.native, self._scratch(x.shape[0])
         n, m = h1.shape
         torch.mm(x, w1[b], out=h1)
         lib.fowm_ln_act(h1.data_ptr(), 1, n, m, bias1[b].data_ptr(), self.ln1_w[b].data_ptr(),
@@ -261,6 +279,13 @@ class FusedModel:
         """``step`` through the C row kernels. x is (z, a) with w1 = ``w1`` and the biases ``b1``,
         or the actions alone with w1 = ``w1a`` and the shared z-part as the biases."""
         n = x.shape[0]
+        if self.native.blocks_in_c:
+            rq = torch.empty(nb - 1, n, 1)
+            h_dyn = self._blocks_in_c(x.contiguous(), w1, bias1, list(range(nb)), rq)
+            z_next = torch.addmm(self.b3d, h_dyn, self.w3d)
+            z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.lnz_w,
+                                                self.lnz_b))
+            return StepOut(z_next, rq[0], rq[1:] if with_q else None)
         h2 = self._block(x, w1, bias1, DYN, True)
         self.native.fowm_ln_act(h2.data_ptr(), 1, n, h2.shape[1], self.b2[DYN].data_ptr(),
                                 self.ln2_w[DYN].data_ptr(), self.ln2_b[DYN].data_ptr(), 1,
@@ -322,6 +347,9 @@ class FusedModel:
         if self.native is not None:
             chosen = range(self.cfg.num_q) if heads is None else heads.tolist()
             out = torch.empty(len(chosen), x.shape[0], 1)
+            if self.native.blocks_in_c:
+                self._blocks_in_c(x, self.w1, self.b1, [Q0 + k for k in chosen], out)
+                return out
             for i, k in enumerate(chosen):
                 self._head(self._block(x, self.w1, self.b1, Q0 + k, False), Q0 + k, out[i])
             return out

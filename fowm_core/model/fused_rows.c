@@ -117,3 +117,53 @@ void fowm_head_out(const float *x, long blocks, long rows, long cols, const floa
         out[i] = acc + b3[blk];
     }
 }
+
+/* -- one imagined step's blocks in one call ------------------------------------------------------
+   The matmuls are torch's own BLAS sgemm (Fortran interface, 32-bit ints), handed over once by
+   fowm_set_sgemm; without it native.py keeps the block loop in Python. Block b of the stacks: first
+   layer x (n, k) @ w1[b] (k, m) + bias1[b] → LayerNorm → affine → Mish (b < 2) or tanh; second layer
+   @ w2[b]; then b == 0 (dynamics): + b2 → LayerNorm → affine → Mish into dyn_out (n, m); otherwise the
+   scalar head (reward b == 1: LayerNorm → Mish, Q: ELU) · w3[b - 1] + b3[b - 1] into the next (n,)
+   slot of out. */
+typedef void (*sgemm_fn)(const char *, const char *, const int *, const int *, const int *,
+                         const float *, const float *, const int *, const float *, const int *,
+                         const float *, float *, const int *);
+static sgemm_fn g_sgemm = 0;
+
+void fowm_set_sgemm(void *fn) { g_sgemm = (sgemm_fn)fn; }
+
+/* Row-major c (n, m) = a (n, k) @ b (k, m): column-major c^T = b^T a^T. */
+static void mm_rows(const float *a, const float *b, float *c, int n, int k, int m) {
+    const float one = 1.0f, zero = 0.0f;
+    g_sgemm("N", "N", &m, &n, &k, &one, b, &m, a, &k, &zero, c, &m);
+}
+
+int fowm_mm(const float *a, const float *b, float *c, long n, long k, long m) {
+    if (!g_sgemm) return -1;
+    mm_rows(a, b, c, (int)n, (int)k, (int)m);
+    return 0;
+}
+
+int fowm_blocks(const float *x, long n, long k, long m, const long *blocks, long count,
+                const float *w1, const float *bias1, const float *ln1_w, const float *ln1_b,
+                const float *w2, const float *b2, const float *ln2_w, const float *ln2_b,
+                const float *w3, const float *b3, float *h1, float *h2, float *dyn_out,
+                float *out, int threads) {
+    if (!g_sgemm) return -1;
+    long slot = 0;
+    for (long i = 0; i < count; i++) {
+        long b = blocks[i];
+        mm_rows(x, w1 + b * k * m, h1, (int)n, (int)k, (int)m);
+        fowm_ln_act(h1, 1, n, m, bias1 + b * m, ln1_w + b * m, ln1_b + b * m, b < 2, threads);
+        float *second = b == 0 ? dyn_out : h2;
+        mm_rows(h1, w2 + b * m * m, second, (int)n, (int)m, (int)m);
+        if (b == 0) {
+            fowm_ln_act(dyn_out, 1, n, m, b2, ln2_w, ln2_b, 1, threads);
+        } else {
+            fowm_head_out(h2, 1, n, m, b2 + b * m, ln2_w + m, ln2_b + m, b == 1,
+                          w3 + (b - 1) * m, b3 + (b - 1), out + slot * n, threads);
+            slot++;
+        }
+    }
+    return 0;
+}

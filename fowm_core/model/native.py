@@ -81,7 +81,34 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.fowm_ln_act.restype = None
     lib.fowm_head_out.argtypes = [p, n, n, n, p, p, p, n, p, p, p, i]
     lib.fowm_head_out.restype = None
+    lib.fowm_set_sgemm.argtypes = [p]
+    lib.fowm_set_sgemm.restype = None
+    lib.fowm_mm.argtypes = [p, p, p, n, n, n]
+    lib.fowm_mm.restype = i
+    lib.fowm_blocks.argtypes = [p, n, n, n, p, n, *([p] * 14), i]
+    lib.fowm_blocks.restype = i
+    lib.blocks_in_c = _hand_over_sgemm(lib)
     return lib
+
+
+def _hand_over_sgemm(lib: ctypes.CDLL) -> bool:
+    """Give the kernels torch's own BLAS sgemm (exported by libtorch_cpu as ``sgemm_``) so a whole
+    imagined step runs in one call; checked on a small product (a 64-bit-integer BLAS would fail
+    it). False keeps the per-block loop in Python."""
+    try:
+        torch_cpu = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        address = ctypes.cast(torch_cpu.sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return False
+    lib.fowm_set_sgemm(address)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 3, generator=gen), torch.randn(3, 4, generator=gen)
+    c = torch.zeros(5, 4)
+    if lib.fowm_mm(a.data_ptr(), b.data_ptr(), c.data_ptr(), 5, 3, 4) != 0 or not torch.allclose(
+            c, a @ b, atol=1e-5):
+        lib.fowm_set_sgemm(None)
+        return False
+    return True
 
 
 def load() -> ctypes.CDLL | None:

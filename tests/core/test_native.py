@@ -70,11 +70,19 @@ def test_bad_layouts_are_refused_with_the_expected_shape(lib) -> None:
         native.ln_act_(lib, x.double(), torch.zeros(2, 8), torch.ones(2, 8), torch.zeros(2, 8), 1)
 
 
-@pytest.mark.parametrize("per_block", [True, False])
-def test_fused_model_native_equals_torch_path(lib, per_block: bool) -> None:
+def test_whole_steps_run_in_c_with_torch_sgemm(lib) -> None:
+    """torch's own BLAS sgemm was handed to the kernels (and passed their check): one C call per
+    imagined step, no Python loop over the stacked heads."""
+    assert lib.blocks_in_c
+
+
+@pytest.mark.parametrize("layout", ["blocks_in_c", "python_block_loop", "stacked"])
+def test_fused_model_native_equals_torch_path(lib, layout: str, monkeypatch) -> None:
+    if layout == "python_block_loop":          # the fallback when sgemm_ is not available
+        monkeypatch.setattr(lib, "blocks_in_c", False)
     cfg = tiny_cfg()
     model = random_model(cfg, seed=4)
-    with_c = FusedModel(model, per_block=per_block)
+    with_c = FusedModel(model, per_block=layout != "stacked")
     without = FusedModel(model, native_kernels=False)
     assert with_c.native is not None and without.native is None
     z, a = torch.rand(11, L), torch.rand(11, A) * 2 - 1

@@ -167,9 +167,14 @@ def test_nan_weights_hold_instead_of_moving(
     with torch.no_grad():                               # weights corrupted while running
         for param in planner.model.parameters():
             param.fill_(float("nan"))
-    assert spin_until(lambda: planner.counters.holds_by_reason.get("non_finite_plan", 0) > 0,
-                      timeout_s=20, every=robot.publish)
-    assert not any(recs["action"].msgs[-1].position)
+    # The hold is counted on the control thread before its safe command reaches our subscription:
+    # wait for both, the zero-motion command being the latest action received.
+    def held_with_zero_motion() -> bool:
+        msgs = recs["action"].msgs
+        return (planner.counters.holds_by_reason.get("non_finite_plan", 0) > 0 and bool(msgs)
+                and not any(msgs[-1].position))
+
+    assert spin_until(held_with_zero_motion, timeout_s=20, every=robot.publish)
 
 
 def test_uncertainty_above_threshold_holds(

@@ -26,13 +26,7 @@ from fowm_core.replay import BalancedSampler, Batch, Source, offline_buffer, onl
 H, B, S, A = 5, 16, 3, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    """Tiny models run fastest on one thread, and a loaded 2-core machine punishes two by ~10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/core/conftest.py
 
 
 def tiny_cfg(**learner: float) -> FowmConfig:

@@ -27,12 +27,7 @@ from fowm_core.replay import Batch
 H, B, S, A, IMG = 5, 8, 3, 2, 42
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/core/conftest.py
 
 
 def rgb_cfg() -> FowmConfig:

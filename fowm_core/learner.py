@@ -34,7 +34,7 @@ from fowm_core.config import FowmConfig
 from fowm_core.errors import FowmError
 from fowm_core.model import WorldModel
 from fowm_core.model.math import expectile_loss, gaussian_log_likelihood
-from fowm_core.model.world_model import Obs, random_head_pair
+from fowm_core.model.world_model import random_head_pair
 from fowm_core.replay import Batch
 
 PRIORITY_MAX = 1e4
@@ -79,21 +79,6 @@ def keep_freed_heap() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3            # <malloc.h>
     return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def _scaled_obs(obs: Obs) -> Obs:
-    """rgb uint8 → float in [0, 1], exactly WorldModel.encode's ``x.float().div(255)`` but dividing
-    in place (torch.div straight from uint8 takes a slow casting loop: ~7x the time of the two
-    vectorised passes); other keys pass through."""
-    if "rgb" not in obs:
-        return obs
-    return {**obs, "rgb": obs["rgb"].float().div_(255.0)}
-
-
-def _encode_scaled(model: WorldModel, obs: Obs) -> torch.Tensor:
-    """WorldModel.encode on ``_scaled_obs`` output: the same per-modality encoders and mean."""
-    latents = [encoder(obs[key]) for key, encoder in model._encoder.items()]
-    return latents[0] if len(latents) == 1 else torch.stack(latents).mean(0)
 
 
 class Learner:
@@ -167,9 +152,9 @@ class Learner:
         a = batch.action
         with torch.no_grad(), record_function("fowm.targets"):
             # Both targets encode the same augmented next observations: scale them once.
-            scaled = _scaled_obs({k: v.flatten(0, 1) for k, v in batch.next_obs.items()})
-            next_z = _encode_scaled(self.model, scaled).view(H, B, -1)
-            z_hat = _encode_scaled(self.target, scaled).view(H, B, -1)
+            scaled = WorldModel.scale_obs({k: v.flatten(0, 1) for k, v in batch.next_obs.items()})
+            next_z = self.model.encode(scaled, scaled=True).view(H, B, -1)
+            z_hat = self.target.encode(scaled, scaled=True).view(H, B, -1)
             y = self.td_target(next_z, batch.reward, batch.mask)          # (H, B)
         z = self.model.encode(batch.obs)
         zs = [z]

@@ -19,7 +19,7 @@ from fowm_core.augment import (
     random_shift_bilinear,
 )
 from fowm_core.config import FowmConfig, LearnerConfig, ModelConfig, ReplayConfig
-from fowm_core.learner import Learner, _encode_scaled, _scaled_obs, keep_freed_heap
+from fowm_core.learner import Learner, keep_freed_heap
 from fowm_core.model import WorldModel
 from fowm_core.model.world_model import random_head_pair
 from fowm_core.replay import Batch
@@ -103,9 +103,9 @@ def test_augment_obs_keeps_uint8_and_the_layout_of_a_flattened_batch() -> None:
 def test_scaled_images_are_bit_identical_and_encode_like_the_model() -> None:
     learner, _ = twin_learners()
     obs = augment_obs(rgb_batch(1).obs, 2, torch.Generator().manual_seed(0))
-    assert torch.equal(_scaled_obs(obs)["rgb"], obs["rgb"].float().div(255))
+    assert torch.equal(WorldModel.scale_obs(obs)["rgb"], obs["rgb"].float().div(255))
     with torch.no_grad():
-        torch.testing.assert_close(_encode_scaled(learner.model, _scaled_obs(obs)),
+        torch.testing.assert_close(learner.model.encode(WorldModel.scale_obs(obs), scaled=True),
                                    learner.model.encode(obs), rtol=0, atol=1e-6)
 
 

@@ -128,6 +128,12 @@ def load_checkpoint(path: str | Path, expected: Expected | None = None
     return tensors, info.meta
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The sidecar's meta (config, step, specs, ...) without reading the tensor file; the sidecar's
+    format is checked as by ``load_checkpoint``."""
+    return _read_sidecar(Path(path)).get("meta", {})
+
+
 def _load(path: Path, expected: Expected | None) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
     try:
         data = path.read_bytes()

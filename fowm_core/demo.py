@@ -20,7 +20,6 @@ only here, inside functions: the rest of fowm_core never needs ROS.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -178,8 +177,7 @@ def _learner_progress(bag_dir: Path) -> dict[str, Any]:
     path = latest_checkpoint(bag_dir / ".learner" / "checkpoints")
     if path is None:
         return {}
-    meta = json.loads(checkpoints.sidecar_path(path).read_text()).get("meta", {})
-    return {**meta, "path": str(path)}
+    return {**checkpoints.read_meta(path), "path": str(path)}
 
 
 def _collect_stats(nodes: dict[str, Any], ckpt: Path, bag_dir: Path | None,

@@ -177,7 +177,8 @@ class LiveLearner:
         remove_partial_writes(self.ckpt_dir)
         start, resumed = self._start_checkpoint()
         self.agent = workflows.load(start, seed=cfg.seed)
-        meta = checkpoints.load_checkpoint(start)[1] if resumed else {}
+        # workflows.load checked the whole checkpoint; the counter needs only its sidecar.
+        meta = checkpoints.read_meta(start) if resumed else {}
         self.trained_entries = int(meta.get(TRAINED_KEY, 0))
         self.resumed_from = start if resumed else None
         self.read_kwargs = self._read_kwargs()
@@ -320,7 +321,7 @@ class LiveLearner:
 def _model_spec(path: Path) -> dict[str, Any]:
     """What must match to continue training one checkpoint from another: the model section of its
     config and its observation/action spec (read from the JSON sidecar only)."""
-    meta = json.loads(checkpoints.sidecar_path(path).read_text()).get("meta", {})
+    meta = checkpoints.read_meta(path)
     spec = {f"model.{k}": v for k, v in meta.get("config", {}).get("model", {}).items()}
     spec.update(observation_spec=meta.get("observation_spec"), action_spec=meta.get("action_spec"),
                 task=meta.get("task"))

@@ -7,7 +7,7 @@ stacked blocks (order: [dynamics, reward, q_0 .. q_{K-1}]). Three ways to run th
   matmul → fused epilogue → matmul → fused epilogue (the reward/Q 1-wide last layer a dot product
   inside it) on reused scratch buffers that stay in cache. The block loop itself runs in C, one
   call per imagined step, with torch's own BLAS ``sgemm_`` for the matmuls (``native.py`` hands it
-  over and checks it; without it the same loop runs in Python); with ``per_block=False``
+  over and checks it; without it the stacked layout below is used); with ``per_block=False``
   (``planner.stacked_blocks``) one ``bmm`` per layer over all blocks with the same kernels, which
   has far fewer OpenMP barriers and so suffers much less when other processes share the cores.
 - torch: one ``bmm`` per layer over all blocks and torch's elementwise ops (in place).
@@ -122,6 +122,9 @@ class FusedModel:
         self.native = native.load() if native_kernels and not compile_elementwise else None
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         self.per_block = per_block
+        # One block at a time needs the C loop (torch's sgemm handed to the kernels); without it
+        # the kernels run stacked.
+        self._in_c = per_block and self.native is not None and bool(self.native.blocks_in_c)
         if compile_elementwise:
             self._compile(dynamic)
         self.refresh()
@@ -204,7 +207,7 @@ class FusedModel:
         nb = self.w1z.shape[0] if with_q else 2
         n = a.shape[0]
         if self.native is not None:
-            step = self._step_native if self.per_block else self._step_stacked_native
+            step = self._step_native if self._in_c else self._step_stacked_native
             if z_part is None:
                 return step(torch.cat([z, a], dim=-1), self.w1, self.b1, nb, with_q)
             return step(a.contiguous(), self.w1a, z_part, nb, with_q)
@@ -222,8 +225,8 @@ class FusedModel:
         rq = torch.baddbmm(self.b3rq[: nb - 1], h[REW:nb], self.w3rq[: nb - 1])
         return StepOut(z_next, rq[0], rq[1:] if with_q else None)
 
-    # -- the C-kernel path (native.py): one block at a time --------------------------------------
-    # Each block runs matmul → fused epilogue → matmul → fused epilogue on two scratch buffers of
+    # -- the C-kernel path (native.py): one block at a time, the loop in C ------------------------
+    # Each block runs matmul → fused epilogue → matmul → fused epilogue on scratch buffers of
     # N × M floats (1 MiB at the paper sizes) that stay in cache, instead of bmm'ing all B blocks
     # through 7 MiB tensors: measured ~25 % faster per imagined step on idle cores (and far slower
     # on shared ones: see stacked_blocks in PlannerConfig). The buffers make a
@@ -249,27 +252,6 @@ class FusedModel:
             self._threads())
         return dyn
 
-    def _block(self, x: torch.Tensor, w1: torch.Tensor, bias1: torch.Tensor, b: int,
-               mish1: bool) -> torch.Tensor:
-        """Block b's first layer and its LayerNorm + activation, then the second matmul (its
-        bias and activation are left to the caller's epilogue). Returns the scratch buffer."""
-        lib, (h1, h2, _) = self.native, self._scratch(x.shape[0])
-        n, m = h1.shape
-        torch.mm(x, w1[b], out=h1)
-        lib.fowm_ln_act(h1.data_ptr(), 1, n, m, bias1[b].data_ptr(), self.ln1_w[b].data_ptr(),
-                        self.ln1_b[b].data_ptr(), int(mish1), self._threads())
-        torch.mm(h1, self.w2[b], out=h2)
-        return h2
-
-    def _head(self, h2: torch.Tensor, b: int, out: torch.Tensor) -> None:
-        """Reward (b = REW: LN → Mish) or Q (ELU) second-layer epilogue and 1-wide last layer."""
-        n, m = h2.shape
-        rew = b == REW
-        self.native.fowm_head_out(
-            h2.data_ptr(), 1, n, m, self.b2[b].data_ptr(), self.ln2_w[REW].data_ptr(),
-            self.ln2_b[REW].data_ptr(), int(rew), self.w3rq[b - 1].data_ptr(),
-            self.b3rq[b - 1].data_ptr(), out.data_ptr(), self._threads())
-
     @staticmethod
     def _threads() -> int:
         return torch.get_num_threads()
@@ -278,23 +260,10 @@ class FusedModel:
                      with_q: bool) -> StepOut:
         """``step`` through the C row kernels. x is (z, a) with w1 = ``w1`` and the biases ``b1``,
         or the actions alone with w1 = ``w1a`` and the shared z-part as the biases."""
-        n = x.shape[0]
-        if self.native.blocks_in_c:
-            rq = torch.empty(nb - 1, n, 1)
-            h_dyn = self._blocks_in_c(x.contiguous(), w1, bias1, list(range(nb)), rq)
-            z_next = torch.addmm(self.b3d, h_dyn, self.w3d)
-            z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.lnz_w,
-                                                self.lnz_b))
-            return StepOut(z_next, rq[0], rq[1:] if with_q else None)
-        h2 = self._block(x, w1, bias1, DYN, True)
-        self.native.fowm_ln_act(h2.data_ptr(), 1, n, h2.shape[1], self.b2[DYN].data_ptr(),
-                                self.ln2_w[DYN].data_ptr(), self.ln2_b[DYN].data_ptr(), 1,
-                                self._threads())
-        z_next = torch.addmm(self.b3d, h2, self.w3d)
+        rq = torch.empty(nb - 1, x.shape[0], 1)
+        h_dyn = self._blocks_in_c(x.contiguous(), w1, bias1, list(range(nb)), rq)
+        z_next = torch.addmm(self.b3d, h_dyn, self.w3d)
         z_next = torch.sigmoid(F.layer_norm(z_next, z_next.shape[-1:], self.lnz_w, self.lnz_b))
-        rq = torch.empty(nb - 1, n, 1)
-        for b in range(REW, nb):
-            self._head(self._block(x, w1, bias1, b, b == REW), b, rq[b - 1])
         return StepOut(z_next, rq[0], rq[1:] if with_q else None)
 
     def _step_stacked_native(self, x: torch.Tensor, w1: torch.Tensor, bias1: torch.Tensor,
@@ -339,7 +308,7 @@ class FusedModel:
           heads: torch.Tensor | None = None) -> torch.Tensor:
         """Q heads at (z, a): all K (K, N, 1), or only ``heads`` (LongTensor of head indices)."""
         x = torch.cat([z, a], dim=-1)
-        if self.native is not None and not self.per_block:
+        if self.native is not None and not self._in_c:
             w1, b1, g1, c1, w2, b2, w3, b3 = self._q_stack(heads)
             h1 = native.ln_act_(self.native, torch.bmm(x.expand(w1.shape[0], *x.shape), w1),
                                 b1, g1, c1, 0)
@@ -347,11 +316,7 @@ class FusedModel:
         if self.native is not None:
             chosen = range(self.cfg.num_q) if heads is None else heads.tolist()
             out = torch.empty(len(chosen), x.shape[0], 1)
-            if self.native.blocks_in_c:
-                self._blocks_in_c(x, self.w1, self.b1, [Q0 + k for k in chosen], out)
-                return out
-            for i, k in enumerate(chosen):
-                self._head(self._block(x, self.w1, self.b1, Q0 + k, False), Q0 + k, out[i])
+            self._blocks_in_c(x, self.w1, self.b1, [Q0 + k for k in chosen], out)
             return out
         w1, b1, g1, c1, w2, b2, w3, b3 = self._q_stack(heads)
         h1 = torch.bmm(x.expand(w1.shape[0], *x.shape), w1)

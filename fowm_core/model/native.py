@@ -94,7 +94,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 def _hand_over_sgemm(lib: ctypes.CDLL) -> bool:
     """Give the kernels torch's own BLAS sgemm (exported by libtorch_cpu as ``sgemm_``) so a whole
     imagined step runs in one call; checked on a small product (a 64-bit-integer BLAS would fail
-    it). False keeps the per-block loop in Python."""
+    it). False: the planner runs the kernels stacked (FusedModel)."""
     try:
         torch_cpu = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
         address = ctypes.cast(torch_cpu.sgemm_, ctypes.c_void_p).value

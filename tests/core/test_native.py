@@ -76,9 +76,9 @@ def test_whole_steps_run_in_c_with_torch_sgemm(lib) -> None:
     assert lib.blocks_in_c
 
 
-@pytest.mark.parametrize("layout", ["blocks_in_c", "python_block_loop", "stacked"])
+@pytest.mark.parametrize("layout", ["blocks_in_c", "no_sgemm", "stacked"])
 def test_fused_model_native_equals_torch_path(lib, layout: str, monkeypatch) -> None:
-    if layout == "python_block_loop":          # the fallback when sgemm_ is not available
+    if layout == "no_sgemm":                   # the fallback when sgemm_ is not available
         monkeypatch.setattr(lib, "blocks_in_c", False)
     cfg = tiny_cfg()
     model = random_model(cfg, seed=4)

@@ -53,7 +53,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                    "--out", str(run / "pretrain")]
             if args.offline_steps is not None:
                 pre += ["--steps", str(args.offline_steps)]
-            if getattr(args, "config", None) is not None:      # e.g. other model sizes
+            if args.config is not None:                          # e.g. other model sizes
                 pre += ["--config", str(args.config)]
             jobs.append(Job(f"pretrain/{task}/{seed}", pre, run / "pretrain" / "metrics.json",
                             after=[f"collect/{task}"]))

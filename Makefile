@@ -8,7 +8,7 @@ export MUJOCO_GL ?= egl
 .PHONY: setup sysdeps test lint demo bench clean
 
 # Debian/Ubuntu libraries that the wheels expect: libusb (pyrealsense2), EGL/Mesa (headless MuJoCo),
-# and a C compiler for the planner's fused row kernels (fowm_core/model/native.py).
+# and a C compiler for the planner's fused row kernels (fowm_core/planner/native.py).
 sysdeps:
 	@if ! ldconfig -p | grep -q 'libusb-1.0.so.0' || ! ldconfig -p | grep -q 'libEGL.so.1' \
 	    || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || ! command -v gcc >/dev/null; then \

@@ -1,10 +1,10 @@
-"""`fowm bench plan` as a script: prints one JSON line (options as in fowm_core.bench)."""
+"""`fowm bench plan` as a script: prints one JSON line (options as in fowm_core.jobs.bench)."""
 
 from __future__ import annotations
 
 import sys
 
-from fowm_core.bench import main
+from fowm_core.jobs.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(["plan", *sys.argv[1:]]))

@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "fowm"))
 
 def default_checkpoint(path: Path, task: str) -> Path:
     """Random weights at the cpu preset's sizes (planning cost does not depend on the values)."""
-    from fowm_core.checkpoints import save_agent
     from fowm_core.config import cpu
+    from fowm_core.learning.checkpoints import save_agent
     from fowm_core.model import WorldModel
 
     cfg = cpu(task, "all")
@@ -40,13 +40,13 @@ def default_checkpoint(path: Path, task: str) -> Path:
 def run(checkpoint: Path, rate_hz: float, duration_s: float, threads: int, stall_s: float,
         multi: bool) -> dict[str, Any]:
     import rclpy
-    from fowm.planner_node import PlannerNode
-    from fowm.sim_node import SimNode
+    from fowm.nodes.planner_node import PlannerNode
+    from fowm.nodes.sim_node import SimNode
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
 
-    from fowm_core.checkpoints import load_agent
+    from fowm_core.learning.checkpoints import load_agent
 
     task = load_agent(checkpoint).cfg.task
     rclpy.init()

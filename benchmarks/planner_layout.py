@@ -19,9 +19,9 @@ import statistics
 
 import torch
 
-from fowm_core.bench import _random_model, bench_config, bench_peak, median_seconds
-from fowm_core.model import native
-from fowm_core.model.fused import FusedModel
+from fowm_core.jobs.bench import _random_model, bench_config, bench_peak, median_seconds
+from fowm_core.planner import native
+from fowm_core.planner.fused import FusedModel
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Same checkpoint, same seeds: success and return through ROS (lock-step) vs pure Python.
 
-The ROS side is the whole sim stack in one process (fowm.stack.run_stack with lockstep=True): the
+The ROS side is the whole sim stack in one process (fowm.bringup.run_stack with lockstep=True): the
 twin publishes the robot's topics on /clock, the planner node pairs them, plans and answers, the
 episode manager scores each step from the messages. The Python side steps the same twin and
 planner directly. Lock-step makes both deterministic, so success per seed should be identical and
@@ -26,14 +26,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "fowm"))
 
-from fowm_core.checkpoints import load_agent  # noqa: E402
-from fowm_core.planner import Planner  # noqa: E402
+from fowm_core.learning.checkpoints import load_agent  # noqa: E402
+from fowm_core.planner.mppi import Planner  # noqa: E402
 from fowm_core.sim import make_env  # noqa: E402
 
 
 def python_eval(checkpoint: str | Path, seeds: list[int], episode_length: int = 25,
                 torch_threads: int = 2) -> list[dict[str, Any]]:
-    """The reference evaluation loop (spec §6), mirroring what the planner node does per episode:
+    """The reference evaluation loop (docs/algorithm.md §6), mirroring what the planner node does per episode:
     reset the warm start and re-seed the planner's generator with the episode seed."""
     torch.set_num_threads(torch_threads)
     agent = load_agent(checkpoint)
@@ -63,7 +63,7 @@ def python_eval(checkpoint: str | Path, seeds: list[int], episode_length: int = 
 def ros_eval(checkpoint: str | Path, seeds: list[int], config: str | Path,
              episode_length: int = 25) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The same episodes through ROS topics (lock-step); seeds must be consecutive."""
-    from fowm.stack import run_stack
+    from fowm.bringup import run_stack
 
     if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
         msg = f"seeds {seeds} must be consecutive: the episode manager uses base_seed + n"

@@ -1,4 +1,4 @@
-"""Time and profile one full FOWM learner update (spec §3, §9): the fast path against the reference.
+"""Time and profile one full FOWM learner update (docs/algorithm.md §3, §9): the fast path against the reference.
 
 One update = augmentation, forward (both target encodes of the H·B next observations included),
 backward, gradient clip, the model Adam step, the PER priority write-back, the AWR π step and the
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from fowm_core.bench import bench_peak, update_flops
 from fowm_core.config import FowmConfig, preset
-from fowm_core.episode import Episode
-from fowm_core.learner import Learner
+from fowm_core.data.episode import Episode
+from fowm_core.jobs.bench import bench_peak, update_flops
+from fowm_core.learning.learner import Learner
+from fowm_core.learning.replay import Batch, ReplayBuffer, offline_buffer
 from fowm_core.model import WorldModel
-from fowm_core.replay import Batch, ReplayBuffer, offline_buffer
 
 PHASES = ("prepare", "targets", "forward", "backward", "model_step", "pi_step", "ema")
 
@@ -54,7 +54,7 @@ def executed_update_flops(cfg: FowmConfig) -> int:
     for the first layer fed by data (conv1, the state encoder's first Linear, π's first Linear on
     detached latents), 2 target heads per min-2, and both no-grad next-observation encodes.
     """
-    from fowm_core.bench import _head_macs, encoder_macs
+    from fowm_core.jobs.bench import _head_macs, encoder_macs
 
     m, h = cfg.model, _head_macs(cfg)
     rows, batch, k = cfg.horizon * cfg.learner.batch_size, cfg.learner.batch_size, m.num_q

@@ -1,7 +1,7 @@
 """Configuration as plain, frozen data.
 
 One dataclass per concern; ``FowmConfig`` composes them. Defaults are the reference hyperparameters
-for the xArm tasks (FOWM_SPEC.md §5); ``paper()`` returns them, ``cpu()`` a preset sized for a
+for the xArm tasks (docs/algorithm.md §5); ``paper()`` returns them, ``cpu()`` a preset sized for a
 2-core machine. Configs are never edited after construction: use ``dataclasses.replace`` or
 ``FowmConfig.with_overrides``. No torch import here.
 """
@@ -20,7 +20,7 @@ from fowm_core.errors import ConfigError
 
 
 class Modality(enum.StrEnum):
-    """What the encoder sees: state vector, 84x84 image, or both averaged (spec §2.1 'all')."""
+    """What the encoder sees: state vector, 84x84 image, or both averaged (docs/algorithm.md §2.1 'all')."""
 
     STATE = "state"
     RGB = "rgb"
@@ -35,7 +35,7 @@ def _check(cond: bool, name: str, value: Any, expected: str) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """World-model sizes (spec §2). LeRobot names: enc_dim = state_encoder_hidden_dim,
+    """World-model sizes (docs/algorithm.md §2). LeRobot names: enc_dim = state_encoder_hidden_dim,
     num_channels = image_encoder_hidden_dim, num_q = q_ensemble_size."""
 
     modality: Modality = Modality.ALL
@@ -68,7 +68,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    """MPPI with the uncertainty penalty (spec §4). LeRobot names: iterations = cem_iterations,
+    """MPPI with the uncertainty penalty (docs/algorithm.md §4). LeRobot names: iterations = cem_iterations,
     num_samples = n_gaussian_samples, uncertainty_cost = uncertainty_regularizer_coeff,
     temperature = elite_weighting_temperature, momentum = gaussian_mean_momentum."""
 
@@ -111,7 +111,7 @@ class PlannerConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    """Losses and optimisation (spec §3). LeRobot names: a_scaling = advantage_scaling,
+    """Losses and optimisation (docs/algorithm.md §3). LeRobot names: a_scaling = advantage_scaling,
     expectile = expectile_weight, rho = temporal_decay_coeff."""
 
     batch_size: int = 256
@@ -140,7 +140,7 @@ class LearnerConfig:
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """Prioritized replay and balanced offline/online sampling (spec §3.1, §6).
+    """Prioritized replay and balanced offline/online sampling (docs/algorithm.md §3.1, §6).
     offline_fraction is the reference's demo_schedule (0.5 = 50/50 batches)."""
 
     per: bool = True
@@ -159,7 +159,7 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Offline→online schedule (spec §6): gradient steps offline, then one planner episode followed
+    """Offline→online schedule (docs/algorithm.md §6): gradient steps offline, then one planner episode followed
     by len(episode)·utd balanced updates, repeated."""
 
     offline_steps: int = 25_000
@@ -273,13 +273,13 @@ _NESTED: dict[str, type] = {
     "ScheduleConfig": ScheduleConfig,
 }
 
-# Per-task facts of the reference configs (spec §5.2, §7.1): action dims, state-mode obs dims.
+# Per-task facts of the reference configs (docs/algorithm.md §5.2, §7.1): action dims, state-mode obs dims.
 TASK_ACTION_DIM = {"reach": 3, "push": 3, "lift": 4}
 
 
 def paper(task: str = "lift", modality: Modality | str = Modality.ALL,
           state_dim: int = 4) -> FowmConfig:
-    """The reference xArm hyperparameters (spec §5): λ=1, 6 iterations, batch 256, 512 samples."""
+    """The reference xArm hyperparameters (docs/algorithm.md §5): λ=1, 6 iterations, batch 256, 512 samples."""
     return FowmConfig(
         preset="paper",
         task=task,

@@ -6,14 +6,14 @@
   4. the ROS stack in real time (twin, planner, episode manager) without the learner for a few
      episodes: the planner's deadline misses with the planner alone
   5. the ROS stack with the recorder and the learner for N online episodes: every episode becomes
-     a bag, the learner finetunes on it (len·utd balanced updates, spec §6), announces a
+     a bag, the learner finetunes on it (len·utd balanced updates, docs/algorithm.md §6), announces a
      checkpoint, the planner validates and hot-swaps it between ticks
   6. success AFTER on the same evaluation seeds, with the learner's last checkpoint
   7. prints success before/after, swaps, tick misses with and without the learner; writes
      demo.json and demo.png under --out
 
-The ROS part is fowm.stack's node composition (one process, one executor) plus
-fowm.learner_node.loop_factories, so it is what `fowm run --bag-dir` runs. rclpy is imported
+The ROS part is fowm.bringup's node composition (one process, one executor) plus
+fowm.nodes.learner_node.loop_factories, so it is what `fowm run --bag-dir` runs. rclpy is imported
 only here, inside functions: the rest of fowm_core never needs ROS.
 """
 
@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fowm_core import results, workflows
 from fowm_core.errors import FowmError
-from fowm_core.ingest import TRAINED_KEY
+from fowm_core.jobs import results, workflows
+from fowm_core.runtime.ingest import TRAINED_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SEED = 10_000_000            # disjoint from collection (workflows) and online seeds
@@ -111,8 +111,8 @@ def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Pat
     import rclpy
 
     sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "fowm"))
-    from fowm.learner_node import loop_factories, spawn_learner_process, stop_process
-    from fowm.stack import spin_nodes, stack_factories
+    from fowm.bringup import spin_nodes, stack_factories
+    from fowm.nodes.learner_node import loop_factories, spawn_learner_process, stop_process
 
     # Each demo run's online phase is self-contained: bags and learner state left by an earlier
     # run (possibly of another model) would be ingested or resumed.
@@ -171,8 +171,8 @@ def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Pat
 
 def _learner_progress(bag_dir: Path) -> dict[str, Any]:
     """The newest learner checkpoint's sidecar: its step and how many episodes it has trained on."""
-    from fowm_core import checkpoints
-    from fowm_core.ingest import latest_checkpoint
+    from fowm_core.learning import checkpoints
+    from fowm_core.runtime.ingest import latest_checkpoint
 
     path = latest_checkpoint(bag_dir / ".learner" / "checkpoints")
     if path is None:
@@ -195,7 +195,7 @@ def _collect_stats(nodes: dict[str, Any], ckpt: Path, bag_dir: Path | None,
         "final_checkpoint": str(ckpt),
     }
     if bag_dir is not None:
-        from fowm_core.ingest import BagLedger
+        from fowm_core.runtime.ingest import BagLedger
 
         recorder = nodes["fowm_recorder"]
         ledger = BagLedger(bag_dir / ".learner" / "ledger.json")

@@ -6,7 +6,7 @@
 The episode manager runs in "real" mode: reset the scene, then
 `ros2 service call /fowm_episode_manager/confirm_reset std_srvs/srv/Trigger`; label each episode
 with `ros2 service call /fowm_episode_manager/label_success std_srvs/srv/SetBool "{data: true}"`.
-Record with `ros2 bag record` (DESIGN.md). The arm stays disarmed until its driver is armed.
+Record with `ros2 bag record` (docs/design.md). The arm stays disarmed until its driver is armed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
         DeclareLaunchArgument("robot_ip", description="IP address of the xArm controller"),
         DeclareLaunchArgument(
-            "checkpoint", description="planner checkpoint (.safetensors, fowm_core.checkpoints)"),
+            "checkpoint", description="planner checkpoint (.safetensors, fowm_core.learning.checkpoints)"),
         DeclareLaunchArgument(
             "config", default_value=PathJoinSubstitution(
                 [FindPackageShare("fowm"), "config", "real_robot.yaml"]),

@@ -24,7 +24,7 @@ def generate_launch_description() -> LaunchDescription:
     follower = {"lockstep": lockstep, "use_sim_time": lockstep}   # the twin owns /clock
     return LaunchDescription([
         DeclareLaunchArgument(
-            "checkpoint", description="planner checkpoint (.safetensors, fowm_core.checkpoints)"),
+            "checkpoint", description="planner checkpoint (.safetensors, fowm_core.learning.checkpoints)"),
         DeclareLaunchArgument(
             "config", default_value=PathJoinSubstitution(
                 [FindPackageShare("fowm"), "config", "sim.yaml"]),

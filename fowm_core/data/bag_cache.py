@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fowm_core.episode import Episode
+from fowm_core.data.episode import Episode
 from fowm_core.errors import FowmError
 
 log = logging.getLogger(__name__)

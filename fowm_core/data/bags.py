@@ -1,9 +1,9 @@
-"""Episodes ⇄ rosbag2 (MCAP), the one format of offline datasets and robot logs (DESIGN.md).
+"""Episodes ⇄ rosbag2 (MCAP), the one format of offline datasets and robot logs (docs/design.md).
 
-One bag per episode, written with the ``rosbags`` library on the topic contract (fowm_core.topics),
+One bag per episode, written with the ``rosbags`` library on the topic contract (contract.topics),
 stock messages only. Metadata version 9 (``rosbag2_bagfile_information`` v9, MCAP storage): what
 rosbags writes by default and what Jazzy/Kilted rosbag2 read; Humble's rosbag2 (v5) cannot open it
-(PLATFORM_NOTES §3.4: on Humble delete metadata.yaml and run ``ros2 bag reindex``).
+(docs/platform.md §3.4: on Humble delete metadata.yaml and run ``ros2 bag reindex``).
 
 Layout of an episode of T agent steps (stamps s_0 < … < s_T; log time = receive time on a robot):
   obs t      ee_pose, joint_states, object_pose, goal_pose, image, camera_info at header stamp s_t
@@ -43,11 +43,11 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
 from rosbags.serde import SerdeError
 
-from fowm_core import topics
+from fowm_core.contract import topics
 from fowm_core.data import bag_cache, convert
+from fowm_core.data.episode import Episode
 from fowm_core.data.episode_log import CameraSpec, EpisodeLog, EpisodeRecorder, StepRecord
 from fowm_core.data.sync import ApproxTimeSync
-from fowm_core.episode import Episode
 from fowm_core.errors import BagError, FowmError
 
 # What rosbags and the MCAP parser raise on corrupted or truncated files (found by fuzzing bags):
@@ -71,7 +71,7 @@ def _qos(depth: int, durability: QosDurability) -> Qos:
 
 # Offered QoS is recorded for transient-local topics only: `ros2 bag play` then re-offers them
 # latched, and plays every other topic with its default (reliable, volatile), which is what our
-# publishers offer anyway (PLATFORM_NOTES §3.4). Recording it for every topic would also make
+# publishers offer anyway (docs/platform.md §3.4). Recording it for every topic would also make
 # reading 5x slower: rosbags parses each profile with a pure-Python YAML parser.
 OFFERED_QOS: dict[str, list[Qos]] = {topics.WEIGHTS: [_qos(1, QosDurability.TRANSIENT_LOCAL)]}
 
@@ -175,7 +175,7 @@ def _write_observation(put: Callable[[str, int, Any], None], step: StepRecord,
 # -- reading -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SyncParams:
-    """Observation pairing (PLATFORM_NOTES §4 sizing): slop > stream offset + half the slower
+    """Observation pairing (docs/platform.md §4 sizing): slop > stream offset + half the slower
     period; queue ≥ latency difference × faster rate. The planner node must use the same values."""
 
     slop_s: float = 0.02
@@ -324,8 +324,8 @@ RewardFn = Callable[[str, Any, np.ndarray], float]
 
 def _recomputed(task: str, steps: list[dict[str, Any]], actions: np.ndarray,
                 obj_init_z: float | None, reward_fn: RewardFn | None) -> tuple[np.ndarray, bool]:
-    """Rewards of the state after each step (fowm_core.data.rewards), and whether any succeeded."""
-    from fowm_core.data import rewards  # the sim twin's module; only recompute needs it
+    """Rewards of the state after each step (fowm_core.tasks.rewards), and whether any succeeded."""
+    from fowm_core.tasks import rewards  # the sim twin's module; only recompute needs it
 
     fn = reward_fn or rewards.reward
     states = [rewards.TaskState(p["eef"], p["gripper"], p["obj"], p["goal"], obj_init_z)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from rosbags.typesys import Stores, get_typestore
 
-from fowm_core import topics
+from fowm_core.contract import topics
 from fowm_core.errors import FowmError
 
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
@@ -25,7 +25,7 @@ _T = TYPESTORE.types
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
 JOINT_NAMES = (*ARM_JOINTS, topics.GRIPPER_JOINT)
 
-# State layout per task in "state" mode; "rgb"/"all" carry the 4-d proprio only (spec §7.1:
+# State layout per task in "state" mode; "rgb"/"all" carry the 4-d proprio only (docs/algorithm.md §7.1:
 # absolute eef xyz + gripper). Positions are absolute, in the base frame, metres.
 STATE_KEYS: dict[str, tuple[str, ...]] = {
     "reach": ("eef", "gripper", "goal"),

@@ -1,7 +1,7 @@
 """Approximate-time pairing of observation streams, identical live and offline.
 
 ``ApproxTimeSync`` reproduces the Python ``message_filters.ApproximateTimeSynchronizer`` algorithm
-(humble/jazzy/rolling share it; PLATFORM_NOTES §4), because message_filters has no PyPI wheel
+(humble/jazzy/rolling share it; docs/platform.md §4), because message_filters has no PyPI wheel
 and the planner node (live) and the bag reader (offline) must pair streams the same way:
 
 1. each input keeps a dict ``{stamp_ns: item}``; an equal stamp overwrites; past ``queue_size`` the

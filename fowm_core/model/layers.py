@@ -1,4 +1,4 @@
-"""Building blocks of the world model (spec §2): the Mish+LN MLP, the bounded-latent head and the
+"""Building blocks of the world model (docs/algorithm.md §2): the Mish+LN MLP, the bounded-latent head and the
 stacked Q ensemble. Pure torch; the model file only wires these together."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 
 def mlp(in_dim: int, mlp_dim: int, out_dim: int) -> nn.Sequential:
-    """Linear → LN → Mish → Linear → LN → Mish → Linear (spec §2.2 'mlp(in, out)')."""
+    """Linear → LN → Mish → Linear → LN → Mish → Linear (docs/algorithm.md §2.2 'mlp(in, out)')."""
     return nn.Sequential(
         nn.Linear(in_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.Mish(),
         nn.Linear(mlp_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.Mish(),
@@ -20,7 +20,7 @@ def mlp(in_dim: int, mlp_dim: int, out_dim: int) -> nn.Sequential:
 
 
 def value_mlp(in_dim: int, mlp_dim: int) -> nn.Sequential:
-    """Linear → LN → Tanh → Linear → ELU → Linear(→1): the V head's shape (spec §2.4)."""
+    """Linear → LN → Tanh → Linear → ELU → Linear(→1): the V head's shape (docs/algorithm.md §2.4)."""
     return nn.Sequential(
         nn.Linear(in_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.Tanh(),
         nn.Linear(mlp_dim, mlp_dim), nn.ELU(),
@@ -29,7 +29,7 @@ def value_mlp(in_dim: int, mlp_dim: int) -> nn.Sequential:
 
 
 class BoundedLatent(nn.Module):
-    """LayerNorm followed by Sigmoid: every latent lies in (0, 1)^L (spec §2.1, §2.2)."""
+    """LayerNorm followed by Sigmoid: every latent lies in (0, 1)^L (docs/algorithm.md §2.1, §2.2)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -89,7 +89,7 @@ class QEnsemble(nn.Module):
         """Only the heads listed in ``heads`` (J,), in that order: x (..., in) → (J, ..., 1).
 
         The same per-head math as ``forward`` on a slice of the stacked weights, so a caller that
-        needs 2 of K heads (the min-2 targets, spec §2.4) pays for 2.
+        needs 2 of K heads (the min-2 targets, docs/algorithm.md §2.4) pays for 2.
         """
         lead, k, m = x.shape[:-1], self.num_heads, self.mlp_dim
         heads = heads.to(self.w1.device)
@@ -141,7 +141,7 @@ def rgb_encoder(in_channels: int, num_channels: int, img_size: int,
 
 
 def state_encoder(state_dim: int, enc_dim: int, latent_dim: int) -> nn.Sequential:
-    """Linear → ELU → Linear → LN → Sigmoid (spec §2.1)."""
+    """Linear → ELU → Linear → LN → Sigmoid (docs/algorithm.md §2.1)."""
     return nn.Sequential(
         nn.Linear(state_dim, enc_dim), nn.ELU(),
         nn.Linear(enc_dim, latent_dim), BoundedLatent(latent_dim),

@@ -1,7 +1,7 @@
 """The simulation twin: the reference's simxarm tasks (reach, push, lift) on the mujoco package.
 
 ``make_env(task, obs_mode, seed)`` builds a gymnasium env (fowm_core.sim.base.XarmEnv); rewards
-and success are fowm_core.data.rewards; fowm_core.sim.scripted holds the behaviour policy that
+and success are fowm_core.tasks.rewards; fowm_core.sim.scripted holds the behaviour policy that
 generates offline datasets.
 """
 
@@ -11,15 +11,15 @@ import os
 import sys
 
 # Headless Linux (CI, containers, the robot PC): mujoco picks its GL backend when first imported and
-# its default (glfw) needs a display; EGL renders offscreen (PLATFORM_NOTES.md §9).
+# its default (glfw) needs a display; EGL renders offscreen (docs/platform.md §9).
 if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
     os.environ.setdefault("MUJOCO_GL", "egl")
 
 from typing import Any
 
 from fowm_core.config import Modality
-from fowm_core.data.rewards import TASKS
 from fowm_core.sim.base import JOINT_NAMES, XarmEnv, state_dim
+from fowm_core.tasks.rewards import TASKS
 
 __all__ = ["JOINT_NAMES", "TASKS", "XarmEnv", "make_env", "state_dim"]
 

@@ -1,13 +1,13 @@
 """XarmEnv: the simxarm tasks as one gymnasium environment on the ``mujoco`` package.
 
-Semantics follow the reference (fyhMer/fowm benchmarks/simxarm; FOWM_SPEC.md §7.1):
+Semantics follow the reference (fyhMer/fowm benchmarks/simxarm; docs/algorithm.md §7.1):
 - an env step sets the mocap target to link7's current position plus a_xyz / 20 m (the action is
   clipped to [-1, 1] first, and the target is clamped into the workspace), holds the tool
   orientation at quat [0, 1, 0, 0], sets both finger motors to the gripper command, and runs
   2 × 20 physics steps of 0.002 s (0.08 s);
 - one gym step is one agent step = ``action_repeat`` env steps (FOWM: 2, i.e. 0.16 s), and an
   episode is ``episode_length`` agent steps (25), ended by truncation only;
-- reward and success come from fowm_core.data.rewards on the state after the agent step, so a
+- reward and success come from fowm_core.tasks.rewards on the state after the agent step, so a
   learner reading bags computes the same numbers (see that module for the approximation).
 """
 
@@ -21,11 +21,12 @@ import mujoco
 import numpy as np
 
 from fowm_core.config import Modality
-from fowm_core.data import convert, rewards
+from fowm_core.contract.topics import GRIPPER_JOINT
+from fowm_core.data import convert
 from fowm_core.errors import EnvError
 from fowm_core.sim import tasks
 from fowm_core.sim.render import CameraRenderer
-from fowm_core.topics import GRIPPER_JOINT
+from fowm_core.tasks import rewards
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
@@ -197,7 +198,7 @@ class XarmEnv(gym.Env):
         return self.eef, quat
 
     def proprio(self) -> np.ndarray:
-        """(4,) float32: absolute tool position (world frame) and the gripper angle (spec §7.1)."""
+        """(4,) float32: absolute tool position (world frame) and the gripper angle (docs/algorithm.md §7.1)."""
         return np.array([*self.eef, self.gripper], dtype=np.float32)
 
     def object_pose(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,6 +1,6 @@
 """A scripted behaviour policy and offline-dataset collection for the simxarm twin.
 
-The reference datasets are "medium" quality: a mix of successes and failures (FOWM_SPEC.md §7.1).
+The reference datasets are "medium" quality: a mix of successes and failures (docs/algorithm.md §7.1).
 Here a simple controller solves each task from the logged task state (no simulator access), and
 Gaussian action noise plus occasional uniformly random actions degrade it:
 - reach: move the tool onto the goal;
@@ -17,11 +17,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from fowm_core.config import Modality
-from fowm_core.data.rewards import ACTION_DIM, TaskState
-from fowm_core.episode import Episode
+from fowm_core.data.episode import Episode
 from fowm_core.errors import EnvError
 from fowm_core.sim import tasks
 from fowm_core.sim.base import PROPRIO_DIM, XarmEnv, state_dim
+from fowm_core.tasks.rewards import ACTION_DIM, TaskState
 
 GAIN = 8.0              # action per metre of error; an agent step moves 0.1 m per unit action
 RANDOM_ACTION_RATE = 0.25    # probability of a uniformly random action, per unit of noise

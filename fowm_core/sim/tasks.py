@@ -1,6 +1,6 @@
 """The simxarm task family (reach, push, lift): scene file, action size and initial conditions.
 
-Numbers are the reference's (fyhMer/fowm benchmarks/simxarm, FOWM_SPEC.md §7.1), in its absolute
+Numbers are the reference's (fyhMer/fowm benchmarks/simxarm, docs/algorithm.md §7.1), in its absolute
 world frame: table centre (1.655, 0.3), table top z = 0.5425, robot base at (1.09, 0.28, 0.655).
 The reference samples the mocap (link7) position; here the tool centre point is sampled, which is
 the same distribution shifted by the 0.16 m tool offset.
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fowm_core.data.rewards import ACTION_DIM, TASKS, lift_target_z
 from fowm_core.errors import ConfigError
+from fowm_core.tasks.rewards import ACTION_DIM, TASKS, lift_target_z
 
 TABLE_TOP_Z = 0.5425
 TOOL_OFFSET_M = 0.16           # grasp site along link7's z axis (pointing down: quat [0, 1, 0, 0])
 TOOL_OFFSET = np.array([0.0, 0.0, TOOL_OFFSET_M])    # link7 origin minus tool centre, world frame
-GRIPPER_QUAT = np.array([0.0, 1.0, 0.0, 0.0])   # fixed tool orientation (spec §7.1)
+GRIPPER_QUAT = np.array([0.0, 1.0, 0.0, 0.0])   # fixed tool orientation (docs/algorithm.md §7.1)
 EEF_START = np.array([1.280, 0.295, 0.735 - TOOL_OFFSET_M])
 EEF_START_RANGE_M = 0.05
 
@@ -89,7 +89,7 @@ def _on_table(spec: TaskSpec, xy: np.ndarray) -> np.ndarray:
 
 
 def sample_initial(task: str, rng: np.random.Generator, workspace: Workspace) -> InitialConditions:
-    """Draw an episode's start from the reference ranges (spec §7.1): tool ±5 cm on each axis;
+    """Draw an episode's start from the reference ranges (docs/algorithm.md §7.1): tool ±5 cm on each axis;
     reach goal ±12.5 cm; push cube ±8 cm and goal ±10 cm; lift cube ±5 cm. The tool start is
     then clamped into the workspace (the reference's lowest starts would put the fingers in the
     table)."""

@@ -1,4 +1,4 @@
-"""fowm_core.arm: action scaling, box clamp, speed/step limits, timeout bookkeeping, arm gate."""
+"""runtime.arm: action scaling, box clamp, speed/step limits, timeout bookkeeping, arm gate."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from fowm_core.arm import (
+from fowm_core.contract.topics import ACTION_NAMES
+from fowm_core.errors import ConfigError
+from fowm_core.runtime.arm import (
     ArmCommander,
     ArmGate,
     ArmLimits,
@@ -18,15 +20,13 @@ from fowm_core.arm import (
     parse_action,
     step_target,
 )
-from fowm_core.errors import ConfigError
-from fowm_core.topics import ACTION_NAMES
 
 NAMES = list(ACTION_NAMES)
 CENTRE = np.array([0.4, 0.0, 0.25])
 
 
 def test_defaults_follow_the_twin_scaling() -> None:
-    # FOWM_SPEC §7.1: a/20 m per env step, action repeat 2 -> 0.1 m per agent step at |a| = 1.
+    # docs/algorithm.md §7.1: a/20 m per env step, action repeat 2 -> 0.1 m per agent step at |a| = 1.
     assert ArmLimits().max_step_m == pytest.approx(0.1)
 
 

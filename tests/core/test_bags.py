@@ -11,8 +11,8 @@ import yaml
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from fowm_core import topics
-from fowm_core.data import convert, rewards
+from fowm_core.contract import topics
+from fowm_core.data import convert
 from fowm_core.data.bags import (
     CameraSpec,
     EpisodeLog,
@@ -23,6 +23,7 @@ from fowm_core.data.bags import (
     write_episode_bag,
 )
 from fowm_core.errors import BagError, FowmError
+from fowm_core.tasks import rewards
 
 S0, PERIOD = 1_000_000_000, 160_000_000
 

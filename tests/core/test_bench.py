@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from fowm_core import bench
 from fowm_core.config import FowmConfig, LearnerConfig, Modality, ModelConfig, PlannerConfig
+from fowm_core.jobs import bench
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from fowm_core.checkpoints import (
+from fowm_core.config import cpu
+from fowm_core.errors import CheckpointError
+from fowm_core.learning.checkpoints import (
     agent_tensors,
     load_agent,
     load_checkpoint,
@@ -21,8 +23,6 @@ from fowm_core.checkpoints import (
     sidecar_path,
     validate_checkpoint,
 )
-from fowm_core.config import cpu
-from fowm_core.errors import CheckpointError
 from fowm_core.model import WorldModel
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fowm_core.control import (
+from fowm_core.errors import ConfigError
+from fowm_core.runtime.control import (
     EpisodeTracker,
     planned_ee_path,
     uncertainty_rgba,
 )
-from fowm_core.errors import ConfigError
 
 
 def test_planned_path_integrates_scaled_clamped_deltas() -> None:

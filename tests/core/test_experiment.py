@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fowm_core import cli, experiment
+from fowm_core.jobs import cli, experiment
 
 
 def study_args(tmp_path: Path, *extra: str):

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from loop_helpers import tiny_config, tiny_model_checkpoint
+from helpers.loop import tiny_config, tiny_model_checkpoint
 
-from fowm_core import checkpoints, hotswap
 from fowm_core.errors import CheckpointError, FowmError
-from fowm_core.hotswap import HotSwapper, Weights
+from fowm_core.learning import checkpoints
 from fowm_core.model import WorldModel
-from fowm_core.planner import Planner
+from fowm_core.planner.mppi import Planner
+from fowm_core.runtime import hotswap
+from fowm_core.runtime.hotswap import HotSwapper, Weights
 
 torch.set_num_threads(1)
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from loop_helpers import collect, tiny_checkpoint
+from helpers.loop import collect, tiny_checkpoint
 
-from fowm_core import checkpoints, ingest
 from fowm_core.errors import FowmError
-from fowm_core.ingest import BagLedger, LedgerEntry, LiveLearner, LiveLearnerConfig
+from fowm_core.learning import checkpoints
+from fowm_core.runtime import ingest
+from fowm_core.runtime.ingest import BagLedger, LedgerEntry, LiveLearner, LiveLearnerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)
@@ -148,7 +149,7 @@ def test_half_written_checkpoints_are_never_picked_and_temp_files_are_cleaned(
 _WORKER = """
 import sys, torch
 from pathlib import Path
-from fowm_core.ingest import LiveLearner, LiveLearnerConfig, run_forever
+from fowm_core.runtime.ingest import LiveLearner, LiveLearnerConfig, run_forever
 torch.set_num_threads(1)
 bag_dir, work, ckpt, dataset = map(Path, sys.argv[1:5])
 learner = LiveLearner(LiveLearnerConfig(bag_dir=bag_dir, work_dir=work, checkpoint=ckpt,

@@ -1,6 +1,6 @@
-"""The learner against the reference semantics (spec §3), on tiny CPU models.
+"""The learner against the reference semantics (docs/algorithm.md §3), on tiny CPU models.
 
-Each test targets a rule that other ports get wrong (spec §11.4): 2 *distinct* random heads, the
+Each test targets a rule that other ports get wrong (docs/algorithm.md §11.4): 2 *distinct* random heads, the
 in-sample TD target with the terminal mask, loss masking past episode ends, EMA of encoder+Q only
 every 2nd update, the 1/H gradient scale before a clip at 10, a separate π optimiser.
 """
@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fowm_core.augment import random_shift, shift_pad
 from fowm_core.config import FowmConfig, LearnerConfig, ModelConfig, ReplayConfig
-from fowm_core.episode import Episode
-from fowm_core.learner import Learner, loss_mask
+from fowm_core.data.episode import Episode
+from fowm_core.learning.augment import random_shift, shift_pad
+from fowm_core.learning.learner import Learner, loss_mask
+from fowm_core.learning.replay import BalancedSampler, Batch, Source, offline_buffer, online_buffer
 from fowm_core.model import WorldModel
 from fowm_core.model.world_model import random_head_pair
-from fowm_core.replay import BalancedSampler, Batch, Source, offline_buffer, online_buffer
 
 H, B, S, A = 5, 16, 3, 2
 

@@ -1,4 +1,4 @@
-"""The fast learner path computes the reference update (spec §3), only faster (spec §9).
+"""The fast learner path computes the reference update (docs/algorithm.md §3), only faster (docs/algorithm.md §9).
 
 A tiny rgb + state model is trained by two learners from the same weights and seeds: ``fast=True``
 (integer-crop shift, shared scaled next-observation images, batched reward head, 2-head target Q,
@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from fowm_core.augment import (
+from fowm_core.config import FowmConfig, LearnerConfig, ModelConfig, ReplayConfig
+from fowm_core.learning.augment import (
     _crop_gather,
     augment_obs,
     draw_shifts,
     random_crop,
     random_shift_bilinear,
 )
-from fowm_core.config import FowmConfig, LearnerConfig, ModelConfig, ReplayConfig
-from fowm_core.learner import Learner, keep_freed_heap
+from fowm_core.learning.learner import Learner, keep_freed_heap
+from fowm_core.learning.replay import Batch
 from fowm_core.model import WorldModel
 from fowm_core.model.world_model import random_head_pair
-from fowm_core.replay import Batch
 
 H, B, S, A, IMG = 5, 8, 3, 2, 42
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from fowm_core import config
-from fowm_core.episode import Episode
-from fowm_core.train import Agent, make_sampler, pretrain
+from fowm_core.data.episode import Episode
+from fowm_core.learning.train import Agent, make_sampler, pretrain
 
 STEPS = 20
 

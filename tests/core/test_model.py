@@ -1,4 +1,4 @@
-"""The world model's shape, initialisation and helpers follow spec §2."""
+"""The world model's shape, initialisation and helpers follow docs/algorithm.md §2."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _obs(n: int = 3) -> dict[str, torch.Tensor]:
 
 def test_parameter_count_matches_the_reference_xarm_model() -> None:
     model = WorldModel(config.paper().model)
-    assert sum(p.numel() for p in model.parameters()) == 2_734_573   # spec §2.7
+    assert sum(p.numel() for p in model.parameters()) == 2_734_573   # docs/algorithm.md §2.7
     assert sum(p.numel() for p in model._qs.parameters()) == 5 * 292_353
 
 

@@ -1,4 +1,4 @@
-"""The planner's C row kernels (fowm_core/model/native.py) against torch's ops."""
+"""The planner's C row kernels (fowm_core/planner/native.py) against torch's ops."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from test_planner import A, L, gen, random_model, tiny_cfg
 from torch.nn import functional as F
 
-from fowm_core.model import native
-from fowm_core.model.fused import FusedModel
-from fowm_core.planner import Planner
+from fowm_core.planner import native
+from fowm_core.planner.fused import FusedModel
+from fowm_core.planner.mppi import Planner
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""The planner against the reference semantics (spec §4, §13.5) on tiny models."""
+"""The planner against the reference semantics (docs/algorithm.md §4, §13.5) on tiny models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from fowm_core.config import FowmConfig, Modality, ModelConfig, PlannerConfig
 from fowm_core.errors import ConfigError
 from fowm_core.model import WorldModel
-from fowm_core.model.fused import (
+from fowm_core.planner.fused import (
     FusedModel,
     hidden1,
     hidden1_eager,
@@ -20,7 +20,7 @@ from fowm_core.model.fused import (
     mish_exp,
     tanh_exp,
 )
-from fowm_core.planner import Planner, reference_value, weighted_moments
+from fowm_core.planner.mppi import Planner, reference_value, weighted_moments
 
 torch.set_num_threads(1)
 
@@ -363,9 +363,9 @@ def test_planner_sees_every_learner_update() -> None:
     import numpy as np
 
     from fowm_core import config
-    from fowm_core.episode import Episode
-    from fowm_core.learner import Learner
-    from fowm_core.replay import offline_buffer
+    from fowm_core.data.episode import Episode
+    from fowm_core.learning.learner import Learner
+    from fowm_core.learning.replay import offline_buffer
 
     cfg = config.cpu(task="reach", modality="state", state_dim=3).with_overrides({
         "model": {"latent_dim": 8, "mlp_dim": 16, "enc_dim": 16},

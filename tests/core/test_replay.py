@@ -1,4 +1,4 @@
-"""Replay: episode layout, windows, ring wrap, PER and balanced batches (spec §3.1, §6).
+"""Replay: episode layout, windows, ring wrap, PER and balanced batches (docs/algorithm.md §3.1, §6).
 
 Every observation/action/reward in these episodes carries a unique id (its value), so a test can
 tell exactly which step of which episode a sampled entry came from.
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from fowm_core.config import FowmConfig, LearnerConfig, ModelConfig, ReplayConfig
-from fowm_core.episode import Episode
+from fowm_core.data.episode import Episode
 from fowm_core.errors import FowmError
-from fowm_core.learner import loss_mask
-from fowm_core.replay import (
+from fowm_core.learning.learner import loss_mask
+from fowm_core.learning.replay import (
     DATA_CLIP,
     BalancedSampler,
     ReplayBuffer,

@@ -1,11 +1,12 @@
-"""Reward and success formulas of fowm_core.data.rewards at hand-made states (spec §7.1)."""
+"""Reward and success formulas of fowm_core.tasks.rewards at hand-made states (docs/algorithm.md §7.1)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fowm_core.data.rewards import (
+from fowm_core.errors import ConfigError, FowmError
+from fowm_core.tasks.rewards import (
     TASKS,
     TaskState,
     env_reward,
@@ -13,7 +14,6 @@ from fowm_core.data.rewards import (
     reward,
     success,
 )
-from fowm_core.errors import ConfigError, FowmError
 
 GOAL = np.array([1.5, 0.3, 0.58])
 

@@ -1,4 +1,4 @@
-"""The safety chain's rules (DESIGN.md "Safety chain"), one by one and in order."""
+"""The safety chain's rules (docs/design.md "Safety chain"), one by one and in order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fowm_core.errors import ConfigError
-from fowm_core.safety import (
+from fowm_core.runtime.safety import (
     HoldReason,
     SafetyLimits,
     check_observation,

@@ -1,4 +1,4 @@
-"""The simulation twin (fowm_core.sim): reference semantics of spec §7.1, determinism, images,
+"""The simulation twin (fowm_core.sim): reference semantics of docs/algorithm.md §7.1, determinism, images,
 and the scripted behaviour policy."""
 
 from __future__ import annotations
@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from fowm_core.data import convert, rewards
+from fowm_core.data import convert
 from fowm_core.errors import ConfigError, EnvError
 from fowm_core.sim import JOINT_NAMES, TASKS, XarmEnv, make_env, state_dim
 from fowm_core.sim import tasks as sim_tasks
 from fowm_core.sim.scripted import ScriptedPolicy, collect_episodes
+from fowm_core.tasks import rewards
 
 ACTION_DIMS = {"reach": 3, "push": 3, "lift": 4}
 

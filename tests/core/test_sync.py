@@ -1,4 +1,4 @@
-"""ApproxTimeSync against message_filters' ApproximateTimeSynchronizer rules (PLATFORM_NOTES §4)."""
+"""ApproxTimeSync against message_filters' ApproximateTimeSynchronizer rules (docs/platform.md §4)."""
 
 from __future__ import annotations
 

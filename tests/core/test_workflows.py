@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from fowm_core import cli, workflows
 from fowm_core.data import bags, convert
+from fowm_core.jobs import cli, workflows
 from fowm_core.sim import make_env
 
 TINY = """

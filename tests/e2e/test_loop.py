@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -15,28 +14,25 @@ from pathlib import Path
 import pytest
 import rclpy
 import torch
+from fowm.bringup import stack_factories
+from fowm.nodes.learner_node import loop_factories
+from helpers.loop import collect, tiny_checkpoint
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
+from fowm_core.contract import topics
+from fowm_core.data import bags
+from fowm_core.learning import checkpoints
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "nodes"))
-sys.path.insert(0, str(REPO / "tests" / "core"))
-sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "fowm"))
-
-from fowm.learner_node import loop_factories  # noqa: E402
-from fowm.stack import stack_factories  # noqa: E402
-from loop_helpers import collect, tiny_checkpoint  # noqa: E402
-
-from fowm_core import checkpoints, topics  # noqa: E402
-from fowm_core.data import bags  # noqa: E402
 
 EPISODES, LENGTH = 3, 8
 
 
 @pytest.fixture
 def executor(monkeypatch: pytest.MonkeyPatch) -> Iterator[SingleThreadedExecutor]:
-    """rclpy on a domain of its own (PLATFORM_NOTES §1.8), one executor, clean shutdown."""
+    """rclpy on a domain of its own (docs/platform.md §1.8), one executor, clean shutdown."""
     monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.setenv("MUJOCO_GL", "egl")

@@ -11,14 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.stack import tiny_checkpoint
+
+from benchmarks.ros_parity import compare, python_eval, ros_eval
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "nodes"))
-sys.path.insert(0, str(REPO))
-
-from stack_helpers import tiny_checkpoint  # noqa: E402
-
-from benchmarks.ros_parity import compare, python_eval, ros_eval  # noqa: E402
 
 CONFIG = REPO / "config" / "sim.yaml"
 
@@ -50,7 +47,7 @@ def test_lockstep_ros_evaluation_equals_python_on_the_same_seeds(
 def test_fowm_run_ends_cleanly_on_sigint(domain: str, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'ros2_ws' / 'src' / 'fowm'}")
-    code = ("import sys; from fowm.stack import main; "
+    code = ("import sys; from fowm.bringup import main; "
             f"sys.exit(main(['--config', {str(CONFIG)!r}, '--checkpoint', {str(ckpt)!r}]))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,7 +1,7 @@
 """`colcon build` of ros2_ws with the venv's colcon: ament_python, entry points, share/ files.
 
 Builds a copy of the repository layout (ros2_ws plus the top-level launch/ and config/) in a temp
-dir, as a ROS install or a Docker COPY of the repository would see it (PLATFORM_NOTES §2).
+dir, as a ROS install or a Docker COPY of the repository would see it (docs/platform.md §2).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_colcon_builds_the_fowm_package(tmp_path: Path) -> None:
     _copy_layout(tmp_path)
     ws = tmp_path / "ros2_ws"
     listing = _run([str(COLCON), "list"], ws)
-    # An invalid maintainer e-mail would silently make this "(python)" (PLATFORM_NOTES §2.3).
+    # An invalid maintainer e-mail would silently make this "(python)" (docs/platform.md §2.3).
     assert "fowm" in listing and "(ros.ament_python)" in listing, listing
     _run([str(COLCON), "build"], ws)
 
@@ -65,7 +65,8 @@ def test_colcon_builds_the_fowm_package(tmp_path: Path) -> None:
     # The installed package imports, with fowm_core from the venv.
     site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
         "site-packages"
-    probe = "import fowm.xarm_node, fowm.camera_node, fowm_core.arm; print(fowm.xarm_node.__file__)"
+    probe = ("import fowm.nodes.xarm_node, fowm.nodes.camera_node, fowm_core.runtime.arm; "
+             "print(fowm.nodes.xarm_node.__file__)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60, check=False,
                          env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO_ROOT}"})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import fnmatch
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "ros2_ws" / "src" / "fowm"
-sys.path.insert(0, str(PKG))
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 REQUIRED_ARGS = {"sim.launch.py": {"checkpoint", "config", "rviz"},
                  "real_robot.launch.py": {"robot_ip", "checkpoint", "config", "rviz"}}
@@ -107,14 +105,14 @@ def test_arguments_are_declared_with_descriptions(path: Path) -> None:
 
 
 def _declared_parameters() -> dict[str, set[str]]:
-    """Node name → parameter names its dataclasses declare (what fowm.params turns into ROS)."""
-    from fowm.episode_manager import EpisodeManagerParams
+    """Node name → parameter names its dataclasses declare (what fowm.ros.params turns into ROS)."""
     from fowm.hardware.realsense import CameraConfig
-    from fowm.planner_node import PlannerNodeParams
-    from fowm.sim_node import SimNodeParams
-    from fowm.xarm_node import XArmNodeConfig
+    from fowm.nodes.episode_manager import EpisodeManagerParams
+    from fowm.nodes.planner_node import PlannerNodeParams
+    from fowm.nodes.sim_node import SimNodeParams
+    from fowm.nodes.xarm_node import XArmNodeConfig
 
-    from fowm_core.arm import ArmLimits
+    from fowm_core.runtime.arm import ArmLimits
 
     def names(cls: type, prefix: str = "") -> set[str]:
         return {prefix + f.name for f in dataclasses.fields(cls)}
@@ -152,7 +150,7 @@ def _flatten(section: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def test_rviz_config_shows_the_contract_with_the_right_qos() -> None:
-    from fowm_core import topics
+    from fowm_core.contract import topics
 
     rviz = yaml.safe_load((REPO / "config" / "fowm.rviz").read_text())
     manager = rviz["Visualization Manager"]

@@ -2,7 +2,7 @@
 
 Each test gets its own ``rclpy.init()``/``try_shutdown()`` with a ROS_DOMAIN_ID unique to this
 process and test, and discovery limited to localhost, so tests running in parallel (or other
-people's stacks on the same machine) do not see each other (PLATFORM_NOTES §1.8). Nodes are
+people's stacks on the same machine) do not see each other (docs/platform.md §1.8). Nodes are
 spun by a SingleThreadedExecutor inside the test; waiting polls a condition with a generous
 deadline instead of sleeping, and no test asserts absolute timing.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from rclpy.executors import SingleThreadedExecutor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The ROS package is not pip-installed in the venv: import it from the source tree.
-sys.path.insert(0, str(REPO_ROOT / "ros2_ws" / "src" / "fowm"))
 
 _test_index = itertools.count()
 

@@ -8,21 +8,21 @@ import numpy as np
 import pyrealsense2 as rs
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from fowm import qos
-from fowm.camera_node import ALIGNED_DEPTH_IMAGE, CameraNode
+from doubles.realsense_double import SoftwareCamera
 from fowm.hardware.realsense import (
     CameraConfig,
     CameraUnavailableError,
     PipelineSource,
     StampMapper,
 )
-from fowm.hardware.realsense_double import SoftwareCamera
+from fowm.nodes.camera_node import ALIGNED_DEPTH_IMAGE, CameraNode
+from fowm.ros import qos
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from fowm_core import topics
+from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
 
 W, H, FPS = 64, 48, 30

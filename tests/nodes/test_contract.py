@@ -1,4 +1,4 @@
-"""The topic contract (fowm_core.topics + DESIGN.md) as the running sim stack shows it: names,
+"""The topic contract (contract.topics + docs/design.md) as the running sim stack shows it: names,
 types, QoS, rates and stamps, observed from outside with real rclpy."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fowm import qos
-from fowm.episode_manager import EVENTS_QOS, EpisodeManagerNode
-from fowm.planner_node import PlannerNode
-from fowm.sim_node import SimNode
+from fowm.nodes.episode_manager import EVENTS_QOS, EpisodeManagerNode
+from fowm.nodes.planner_node import PlannerNode
+from fowm.nodes.sim_node import SimNode
+from fowm.ros import qos
+from helpers.stack import Recorder, stamp_ns, tiny_checkpoint
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
-from stack_helpers import Recorder, stamp_ns, tiny_checkpoint
 
-from fowm_core import topics
+from fowm_core.contract import topics
 
 SENSORS = (topics.COLOR_IMAGE, topics.COLOR_INFO, topics.JOINT_STATES, topics.EE_POSE,
            topics.OBJECT_POSE, topics.GOAL_POSE)

@@ -8,22 +8,22 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from fowm import qos
-from fowm.episode_manager import EVENTS_QOS, EpisodeManagerNode
-from fowm.sim_node import SimNode
+from fowm.nodes.episode_manager import EVENTS_QOS, EpisodeManagerNode
+from fowm.nodes.sim_node import SimNode
+from fowm.ros import qos
 from geometry_msgs.msg import PoseStamped
+from helpers.stack import Recorder, stamp_ns
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
-from stack_helpers import Recorder, stamp_ns
 from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool, Trigger
 
-from fowm_core import topics
-from fowm_core.data import rewards
+from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
 from fowm_core.sim import make_env
+from fowm_core.tasks import rewards
 
 ACTION = [0.2, -0.1, -0.5, 0.3]
 

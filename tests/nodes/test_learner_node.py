@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import rclpy
-from fowm.learner_node import LearnerNode
+from fowm.nodes.learner_node import LearnerNode
+from helpers.loop import collect, tiny_checkpoint
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from fowm_core import checkpoints, topics
+from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from loop_helpers import collect, tiny_checkpoint
+from fowm_core.learning import checkpoints
 
 LATCHED_SUB = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                          reliability=ReliabilityPolicy.RELIABLE,

@@ -1,4 +1,4 @@
-"""fowm.params.declare_from_dataclass on a real rclpy node."""
+"""fowm.ros.params.declare_from_dataclass on a real rclpy node."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 import pytest
-from fowm.params import declare_from_dataclass
+from fowm.ros.params import declare_from_dataclass
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from fowm import qos
-from fowm.planner_node import PlannerNode
+from fowm.nodes.planner_node import PlannerNode
+from fowm.ros import qos
 from geometry_msgs.msg import PoseStamped
+from helpers.stack import Recorder, stamp_ns, tiny_checkpoint, tiny_config
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
-from stack_helpers import Recorder, stamp_ns, tiny_checkpoint, tiny_config
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from fowm_core import topics
-from fowm_core.checkpoints import save_agent
+from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
+from fowm_core.learning.checkpoints import save_agent
 from fowm_core.model import WorldModel
 
 JOINTS = [f"joint{i}" for i in range(1, 8)] + [topics.GRIPPER_JOINT]
@@ -137,8 +137,10 @@ def test_stalled_camera_holds_within_one_tick_of_the_age_limit(
     period_s = 1.0 / planner.params.rate_hz
     assert (held_at - last_image) * 1e-9 <= planner.params.max_obs_age_s + 2 * period_s + 0.05
     assert planner.counters.ticks - ticks_at_stall <= 0.3 / period_s + 3
+    # The hold counter moves before the zero command reaches our subscription: wait for it.
+    assert spin_until(lambda: not any(recs["action"].msgs[-1].position), timeout_s=2,
+                      every=robot.publish)              # the safe command: zero motion
     hold = recs["action"].msgs[-1]
-    assert not any(hold.position)                       # the safe command: zero motion
     assert stamp_ns(hold) <= last_image                 # it answers the stale observation
     assert spin_until(lambda: _diag_values(recs["diag"].msgs[-1])["hold_reason"] == "stale",
                       timeout_s=5, every=robot.publish)

@@ -4,7 +4,6 @@ appearance, and bags that read back into the transitions the live loop saw."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +11,21 @@ import numpy as np
 import pytest
 import rclpy
 import yaml
-from fowm import qos
-from fowm.episode_manager import EVENTS_QOS
-from fowm.recorder_node import RecorderNode, header_stamp_ns
-from fowm.stack import stack_factories
+from fowm.bringup import stack_factories
+from fowm.nodes.episode_manager import EVENTS_QOS
+from fowm.nodes.recorder_node import RecorderNode, header_stamp_ns
+from fowm.ros import qos
 from geometry_msgs.msg import PoseStamped
+from helpers.loop import tiny_model_checkpoint
+from helpers.stack import Recorder, stamp_ns
 from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
 from rosbags.rosbag2 import Reader
 from sensor_msgs.msg import JointState
-from stack_helpers import Recorder, stamp_ns
 from std_msgs.msg import Float32, String
 
-from fowm_core import topics
+from fowm_core.contract import topics
 from fowm_core.data import bags, convert
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from loop_helpers import tiny_model_checkpoint
 
 TS = convert.TYPESTORE
 S = 1_000_000_000

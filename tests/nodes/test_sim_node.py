@@ -8,18 +8,18 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from fowm import qos
-from fowm.sim_node import SimNode
+from fowm.nodes.sim_node import SimNode
+from fowm.ros import qos
 from geometry_msgs.msg import PoseStamped
+from helpers.stack import Recorder, stamp_ns
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from stack_helpers import Recorder, stamp_ns
 from std_srvs.srv import Trigger
 
-from fowm_core import topics
+from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
 
 STREAMS = {topics.COLOR_IMAGE: Image, topics.COLOR_INFO: CameraInfo,

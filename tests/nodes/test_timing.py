@@ -1,4 +1,4 @@
-"""fowm.timing: the monotonic-deadline control loop (no ROS involved)."""
+"""fowm.ros.timing: the monotonic-deadline control loop (no ROS involved)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from fowm.timing import FixedRateLoop, Tick, TriggeredLoop
+from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
 
 
 def _wait(cond: object, timeout_s: float = 10.0) -> bool:

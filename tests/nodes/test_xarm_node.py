@@ -9,19 +9,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from fowm import qos
+from doubles.xarm_double import XArmDouble
 from fowm.hardware.xarm import XArm, gripper_joint_rad
-from fowm.hardware.xarm_double import XArmDouble
-from fowm.xarm_node import XArmNode
+from fowm.nodes.xarm_node import XArmNode
+from fowm.ros import qos
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
-from fowm_core import topics
-from fowm_core.arm import GateState, HoldReason
+from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
+from fowm_core.runtime.arm import GateState, HoldReason
 
 
 def test_double_matches_the_real_sdk_signatures() -> None:

@@ -1,4 +1,4 @@
-"""ament_python build of the `fowm` ROS 2 package (PLATFORM_NOTES §2.1).
+"""ament_python build of the `fowm` ROS 2 package (docs/platform.md §2.1).
 
 Launch files and parameter YAML live at the repository's top level (launch/, config/), where
 `fowm` CLI users find them without ROS; they are installed into share/fowm/{launch,config} from
@@ -20,14 +20,14 @@ REPO_ROOT = HERE.parents[2]          # ros2_ws/src/fowm -> repository root
 
 # One console script per node: `ros2 run fowm <name>` -> fowm.<module>:main.
 NODES = {
-    "xarm_node": "fowm.xarm_node",
-    "camera_node": "fowm.camera_node",
-    "sim_node": "fowm.sim_node",
-    "planner_node": "fowm.planner_node",
-    "episode_manager": "fowm.episode_manager",
-    "stack": "fowm.stack",
-    "recorder_node": "fowm.recorder_node",
-    "learner_node": "fowm.learner_node",
+    "xarm_node": "fowm.nodes.xarm_node",
+    "camera_node": "fowm.nodes.camera_node",
+    "sim_node": "fowm.nodes.sim_node",
+    "planner_node": "fowm.nodes.planner_node",
+    "episode_manager": "fowm.nodes.episode_manager",
+    "stack": "fowm.bringup",
+    "recorder_node": "fowm.nodes.recorder_node",
+    "learner_node": "fowm.nodes.learner_node",
 }
 
 

@@ -1,8 +1,8 @@
-"""Thin adapter over pyrealsense2 (2.59, PLATFORM_NOTES §5, §8): frames in, numpy + intrinsics out.
+"""Thin adapter over pyrealsense2 (2.59, docs/platform.md §5, §8): frames in, numpy + intrinsics out.
 
 Where frames come from is one small interface, ``FrameSource`` (start / wait / stop, yielding the
 SDK's own framesets): ``PipelineSource`` drives a real camera through ``rs.pipeline``; tests use
-``fowm.hardware.realsense_double.SoftwareCamera``, a ``rs.software_device`` whose frames go through
+``doubles.realsense_double.SoftwareCamera``, a ``rs.software_device`` whose frames go through
 the SDK's syncer. Everything after the frameset (alignment, pixel and intrinsics extraction, stamps)
 is shared, so tests exercise the same SDK calls as the camera.
 """
@@ -105,7 +105,7 @@ class PipelineSource:
         self._pipe: rs.pipeline | None = None
 
     def start(self) -> None:
-        # pipeline.start() blocks ~15 s when no camera is attached (PLATFORM_NOTES §8): ask first.
+        # pipeline.start() blocks ~15 s when no camera is attached (docs/platform.md §8): ask first.
         devices = rs.context().query_devices()
         serials = [d.get_info(rs.camera_info.serial_number) for d in devices]
         if not serials:
@@ -143,7 +143,7 @@ class PipelineSource:
 
 
 class StampMapper:
-    """Header stamps as realsense-ros makes them (PLATFORM_NOTES §5).
+    """Header stamps as realsense-ros makes them (docs/platform.md §5).
 
     system/global time are host-clock milliseconds: used as is. The hardware clock counts from
     an arbitrary origin: the first frame after (re)opening is anchored to ROS ``now`` and later

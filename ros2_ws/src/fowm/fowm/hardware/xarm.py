@@ -1,16 +1,16 @@
-"""Thin adapter over ``xarm.wrapper.XArmAPI`` (xarm-python-sdk 1.18.4, PLATFORM_NOTES §6-§7).
+"""Thin adapter over ``xarm.wrapper.XArmAPI`` (xarm-python-sdk 1.18.4, docs/platform.md §6-§7).
 
 Converts SDK units (mm, the gripper's 0-850 pulses, int return codes) to SI and plain results, and
 owns the exact call sequences (arming order, timed velocity, e-stop). No logic about *what* to
-command: that is fowm_core.arm. Anything with the same public methods as XArmAPI can stand in for
-it (fowm.hardware.xarm_double.XArmDouble in tests).
+command: that is runtime.arm. Anything with the same public methods as XArmAPI can stand in for
+it (doubles.xarm_double.XArmDouble in tests).
 
 Control mode: mode 5, Cartesian velocity with ``duration`` (firmware watchdog), not servo mode 1.
 - The timed velocity command is the one the vendor recommends because it stays safe when the
   network or this program dies: every command expires by itself after ``duration`` seconds, so a
-  missing renewal is a stop (PLATFORM_NOTES §6, §12: backstop of 2-3 control periods).
+  missing renewal is a stop (docs/platform.md §6, §12: backstop of 2-3 control periods).
 - Servo mode 1 holds the last target forever, ignores speed/acc limits, and a distant first target
-  runs at full speed (C24/C60 overspeed errors, PLATFORM_NOTES §13); it needs steady 100-250 Hz
+  runs at full speed (C24/C60 overspeed errors, docs/platform.md §13); it needs steady 100-250 Hz
   streaming that a Python node on a shared host cannot promise.
 - The firmware ignores ``duration`` below 1.8.0 (the SDK silently sends -1 = forever), so
   ``supports_timed_velocity`` gates arming on the firmware version.
@@ -72,7 +72,7 @@ def make_xarm_api(ip: str, report_type: str) -> Any:
     from xarm.wrapper import XArmAPI  # heavy, chatty vendor import
 
     # is_radian=True: angles in rad everywhere; report_type 'real' = the 100 Hz port 30003
-    # (the default 'rich' reports at 5 Hz, too slow for learning, PLATFORM_NOTES §6).
+    # (the default 'rich' reports at 5 Hz, too slow for learning, docs/platform.md §6).
     return XArmAPI(ip, is_radian=True, do_not_open=True, report_type=report_type,
                    enable_report=True)
 
@@ -127,7 +127,7 @@ class XArm:
         return float(pos) if code == 0 and pos is not None else None
 
     def arm(self) -> tuple[int, str]:
-        """Clean errors, enable, mode 5, ready (PLATFORM_NOTES §6 arming order). (code, step)."""
+        """Clean errors, enable, mode 5, ready (docs/platform.md §6 arming order). (code, step)."""
         if not self.supports_timed_velocity():
             version = ".".join(str(v) for v in self.api.version_number)
             return -100, (f"firmware {version} ignores velocity durations (needs >= 1.8.0); "

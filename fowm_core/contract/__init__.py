@@ -1,0 +1,1 @@
+"""The topic contract and the typed messages that travel on it."""

@@ -1,0 +1,1 @@
+"""The `fowm` command and its jobs: collect, pretrain, finetune, eval, experiment, bench."""

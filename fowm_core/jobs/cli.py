@@ -1,0 +1,231 @@
+"""The `fowm` command: wiring only; the jobs live in jobs.workflows and jobs.experiment.
+
+    fowm collect    scripted-policy dataset → one rosbag2 (MCAP) per episode
+    fowm pretrain   offline training on a bag dataset → checkpoint
+    fowm finetune   the reference offline→online loop from a checkpoint, with evaluations
+    fowm eval       success rate of a checkpoint (eval mode: no exploration noise)
+    fowm experiment tasks × seeds × λ, the README table and docs/results JSON
+    fowm bench      plan | update | peak: one JSON line each
+    fowm run        the ROS 2 stack from a YAML config, all nodes in one process
+    fowm demo       the whole loop on the twin (README's main command)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fowm_core.errors import FowmError
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="reach", choices=["reach", "push", "lift"])
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--obs", default="state", choices=["state", "rgb", "all"],
+                   help="what the model sees (state vector, image, or both)")
+    p.add_argument("--config", type=Path, help="YAML overrides of the preset's values")
+
+
+def _config(args: argparse.Namespace):
+    from fowm_core.jobs import workflows
+
+    cfg = workflows.preset_for(args.preset, args.task, args.obs)
+    if args.config:
+        import yaml
+
+        overrides = yaml.safe_load(args.config.read_text()) or {}
+        cfg = cfg.with_overrides({k: v for k, v in overrides.items() if k != "preset"})
+    if getattr(args, "steps", None) is not None:
+        cfg = cfg.with_overrides({"schedule": {"offline_steps": args.steps}})
+    return cfg
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from fowm_core.jobs import workflows
+
+    summary = workflows.collect(args.task, args.episodes, args.out, noise=args.noise,
+                                seed=args.seed, obs_mode=args.obs)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from fowm_core.jobs import workflows
+
+    workflows.set_threads(args.threads)
+    summary = workflows.run_pretrain(_config(args), args.data, args.out, seed=args.seed)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from fowm_core.jobs import workflows
+
+    workflows.set_threads(args.threads)
+    summary = workflows.run_finetune(args.checkpoint, args.data, args.out,
+                                     episodes=args.episodes, eval_at=args.eval_at,
+                                     eval_episodes=args.eval_episodes, lam=args.lam,
+                                     seed=args.seed)
+    print(json.dumps({"eval": summary["eval"], "seconds": summary["seconds"]}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fowm_core.jobs import workflows
+
+    workflows.set_threads(args.threads)
+    overrides = {} if args.lam is None else {"planner": {"uncertainty_cost": args.lam}}
+    agent = workflows.load(args.checkpoint, overrides, seed=args.seed)
+    result = workflows.run_eval(agent, args.episodes, seed=args.eval_seed)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "task": agent.cfg.task,
+                      "lam": agent.cfg.planner.uncertainty_cost, **result.to_dict()}))
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from fowm_core.jobs import experiment
+
+    experiment.main(args)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fowm_core.jobs import bench
+
+    return bench.main(args.bench_args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        from fowm import bringup as stack
+    except ImportError as err:
+        msg = ("`fowm run` needs the ROS 2 package `fowm` (ros2_ws/src/fowm) and rclpy: "
+               "run `make setup`, or on a ROS install `colcon build` and source the workspace "
+               f"({err})")
+        raise FowmError(msg) from err
+    return stack.main(args.stack_args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fowm_core import demo
+
+    return demo.main(args.demo_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fowm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="scripted-policy dataset as rosbag2 (MCAP)")
+    p.add_argument("--task", default="reach", choices=["reach", "push", "lift"])
+    p.add_argument("--episodes", type=int, default=800)
+    p.add_argument("--noise", type=float, default=None,
+                   help="behaviour noise (default: the task's 'medium' level)")
+    p.add_argument("--obs", default="state", choices=["state", "all"],
+                   help="'all' also records camera images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("pretrain", help="offline training on a bag dataset")
+    _add_model_args(p)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--steps", type=int, help="offline gradient steps (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="offline→online finetuning from a checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="the offline dataset (50%% of batches)")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--eval-at", type=_ints, default=[0, 10, 20, 50, 100])
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--lam", type=float, default=None, help="uncertainty cost λ (default: config)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint without exploration noise")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--lam", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-seed", type=int, default=10_000_000)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("experiment", help="tasks × seeds × λ: collect, pretrain, finetune, table")
+    p.add_argument("--tasks", default="reach,push,lift")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument("--lams", type=_floats, default=[1.0, 0.0])
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--obs", default="state", choices=["state", "rgb", "all"])
+    p.add_argument("--dataset-episodes", type=int, default=800)
+    p.add_argument("--offline-steps", type=int, default=None)
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML overrides for pretraining (model sizes, ...); finetuning and "
+                        "evaluation take the checkpoint's config")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--eval-at", type=_ints, default=[0, 10, 20, 50, 100])
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 torch thread each)")
+    p.add_argument("--work", type=Path, default=Path("runs/experiment"))
+    p.add_argument("--out", type=Path, default=Path("docs/results/sim_cpu.json"))
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing; write the JSON and plots from the finished runs")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("bench", help="plan | update | peak speed, one JSON line each",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("run", help="the ROS 2 stack from a YAML config", add_help=False)
+    p.add_argument("stack_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole loop on the twin", add_help=False)
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# Sub-commands with their own argument parsers: everything after the name is theirs (argparse's
+# REMAINDER does not pass on arguments that start with "--").
+PASSTHROUGH = {"bench": "bench_args", "run": "stack_args", "demo": "demo_args"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv and argv[0] in PASSTHROUGH:
+        args = parser.parse_args(argv[:1])
+        setattr(args, PASSTHROUGH[argv[0]], argv[1:])
+    else:
+        args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FowmError as err:
+        print(f"fowm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fowm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

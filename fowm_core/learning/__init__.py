@@ -1,0 +1,1 @@
+"""Learning: the update, replay, augmentation, the offline→online loop and checkpoints."""

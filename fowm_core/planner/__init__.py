@@ -1,0 +1,1 @@
+"""MPPI planning with the uncertainty penalty, and its fused CPU fast path."""

@@ -1,0 +1,1 @@
+"""Robot-side rules without ROS: safety chain, arm limits, episodes, hot-swap, live learning."""

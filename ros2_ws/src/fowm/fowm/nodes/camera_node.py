@@ -1,0 +1,168 @@
+"""fowm_camera: the RealSense driver node, publishing realsense-ros' topics (docs/platform.md §5).
+
+``/camera/camera/color/image_raw`` (rgb8) + ``color/camera_info`` in camera_color_optical_frame,
+and, with ``enable_depth``, ``aligned_depth_to_color/image_raw`` (16UC1, mm) + its camera_info
+(color intrinsics, as realsense-ros publishes aligned depth). No resizing here: the consumer owns
+its input size.
+
+Capture runs on its own thread, not in an executor callback: waiting for frames blocks, and
+reopening a camera can take a second, which would stall every other node sharing the executor
+(the fowm CLI runs all nodes in one process). The thread only publishes; rclpy publishers are
+thread-safe. A frame timeout closes the device and reopens it with exponential backoff, reported
+on /diagnostics (WARN while stalled, ERROR while the device cannot be opened, OK once frames flow).
+Run every process that touches VGA images with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (§1.7).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import rclpy
+from rclpy.node import Node
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image
+
+from fowm.hardware.realsense import (
+    CameraConfig,
+    CameraFrames,
+    CameraUnavailableError,
+    FrameSource,
+    Intrinsics,
+    PipelineSource,
+    RealSenseCamera,
+)
+from fowm.ros import qos
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
+from fowm.ros.params import declare_from_dataclass
+from fowm_core.contract import topics
+
+ALIGNED_DEPTH_IMAGE = "/camera/camera/aligned_depth_to_color/image_raw"
+ALIGNED_DEPTH_INFO = "/camera/camera/aligned_depth_to_color/camera_info"
+READ_SLICE_S = 0.1      # longest blocking wait, so stop requests are seen quickly
+
+
+def camera_info(intr: Intrinsics, stamp: Any, frame_id: str) -> CameraInfo:
+    """sensor_msgs/CameraInfo for an unrectified pinhole stream (K, D, identity R, P = [K|0])."""
+    info = CameraInfo(width=intr.width, height=intr.height, distortion_model=intr.model,
+                      d=list(intr.coeffs))
+    info.header.stamp, info.header.frame_id = stamp, frame_id
+    info.k = [intr.fx, 0.0, intr.ppx, 0.0, intr.fy, intr.ppy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [intr.fx, 0.0, intr.ppx, 0.0, 0.0, intr.fy, intr.ppy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def image_msg(array: Any, encoding: str, stamp: Any, frame_id: str) -> Image:
+    # data=tobytes(): assigning an ndarray copies element by element (38 ms for VGA, §1.7).
+    msg = Image(height=array.shape[0], width=array.shape[1], encoding=encoding,
+                is_bigendian=0, step=array.strides[0], data=array.tobytes())
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    return msg
+
+
+class CameraNode(Node):
+    """The camera driver; ``source_factory(config)`` makes the frame source (tests: software)."""
+
+    def __init__(self, source_factory: Callable[[CameraConfig], FrameSource] | None = None,
+                 **node_kwargs: Any) -> None:
+        super().__init__("fowm_camera", **node_kwargs)
+        self.config = declare_from_dataclass(self, "", CameraConfig)
+        source = (source_factory or PipelineSource)(self.config)
+        self.camera = RealSenseCamera(source, self.config,
+                                      now_ns=lambda: self.get_clock().now().nanoseconds)
+        self.counts = {"frames": 0, "stalls": 0, "open_attempts": 0, "open_failures": 0}
+        self.diag = DiagnosticsReporter(self, "fowm_camera: color",
+                                        self.config.serial_no or "realsense")
+        self.image_pub = self.create_publisher(Image, topics.COLOR_IMAGE, qos.SENSOR_PUB)
+        self.info_pub = self.create_publisher(CameraInfo, topics.COLOR_INFO, qos.SENSOR_PUB)
+        self.depth_pub = self.depth_info_pub = None
+        if self.config.enable_depth:
+            self.depth_pub = self.create_publisher(Image, ALIGNED_DEPTH_IMAGE, qos.SENSOR_PUB)
+            self.depth_info_pub = self.create_publisher(CameraInfo, ALIGNED_DEPTH_INFO,
+                                                        qos.SENSOR_PUB)
+        self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._capture_loop, name="fowm_camera_capture")
+        self._thread.start()
+
+    # --- capture thread --------------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        backoff = self.config.reconnect_backoff_s
+        last_frame = time.monotonic()
+        while not self._stop.is_set():
+            if not self.camera.is_open:
+                if not self._open():
+                    self._stop.wait(backoff)
+                    backoff = min(2.0 * backoff, self.config.reconnect_backoff_max_s)
+                    continue
+                last_frame = time.monotonic()
+            try:
+                frames = self.camera.read(min(READ_SLICE_S, self.config.frame_timeout_s))
+            except RuntimeError as err:   # librealsense reports USB errors/unplugs this way
+                self._reopen(f"frame error: {err}; reopening the camera")
+                continue
+            if frames is not None:
+                last_frame = time.monotonic()
+                backoff = self.config.reconnect_backoff_s
+                self._publish(frames)
+            elif time.monotonic() - last_frame > self.config.frame_timeout_s:
+                silent_s = time.monotonic() - last_frame
+                self._reopen(f"no frames for {silent_s:.1f} s; reopening the camera")
+
+    def _open(self) -> bool:
+        self.counts["open_attempts"] += 1
+        try:
+            self.camera.open()
+        except CameraUnavailableError as err:
+            self.counts["open_failures"] += 1
+            self.diag.update(ERROR, f"camera unavailable: {err}", **self.counts)
+            return False
+        return True
+
+    def _reopen(self, why: str) -> None:
+        self.counts["stalls"] += 1
+        self.diag.update(WARN, why, **self.counts)
+        self.get_logger().warning(why, throttle_duration_sec=5.0)
+        self.camera.close()
+
+    def _publish(self, frames: CameraFrames) -> None:
+        stamp = Time(nanoseconds=frames.stamp_ns).to_msg()
+        frame_id = topics.CAMERA_FRAME
+        self.image_pub.publish(image_msg(frames.color, "rgb8", stamp, frame_id))
+        info = camera_info(frames.intrinsics, stamp, frame_id)
+        self.info_pub.publish(info)
+        if frames.depth is not None and self.depth_pub is not None:
+            # realsense-ros publishes aligned depth in the color optical frame with color K.
+            self.depth_pub.publish(image_msg(frames.depth, "16UC1", stamp, frame_id))
+            self.depth_info_pub.publish(info)
+        self.counts["frames"] += 1
+        self.diag.update(OK, "streaming", width=frames.color.shape[1],
+                         height=frames.color.shape[0], **self.counts)
+
+    def _publish_diagnostics(self) -> None:
+        # A capture thread killed by an unexpected exception must not leave "streaming" behind.
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self.diag.update(ERROR, "capture thread died; see the log and restart the node")
+        self.diag.publish()
+
+    def destroy_node(self) -> None:
+        stop = getattr(self, "_stop", None)    # None when __init__ failed on a parameter
+        if stop is not None:
+            stop.set()
+            self._thread.join()
+            self.camera.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    from fowm.bringup import spin_nodes
+
+    rclpy.init(args=args)
+    spin_nodes([CameraNode])
+
+
+if __name__ == "__main__":
+    main()

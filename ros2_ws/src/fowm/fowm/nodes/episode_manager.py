@@ -1,0 +1,301 @@
+"""fowm_episode_manager: starts and ends episodes, publishes rewards and episode events.
+
+Rewards come from fowm_core.tasks.rewards, the function the learner uses on bags and the twin uses
+in step(), computed on the paired observation after each agent step (fowm_core.runtime.control
+.EpisodeTracker). Episodes last episode_length agent steps (docs/algorithm.md §7.1: 25) or, if end_on_success,
+end at the first success. Events go to /fowm/episode as JSON (docs/design.md).
+
+Resets run on a worker thread, never in the executor (a blocking call in a callback deadlocks a
+single-threaded executor, docs/platform.md §1.5):
+- sim: publish "start" (the planner clears its warm start and re-seeds on it), set the twin's
+  ``seed`` parameter, call its ``~/reset`` (std_srvs/Trigger); episode n uses base_seed + n;
+- real: the operator resets the scene and calls ``~/confirm_reset`` (std_srvs/Trigger), and at the
+  end labels the outcome with ``~/label_success`` (std_srvs/SetBool; the label wins over the
+  reward function's success, which needs a tracked object).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.client import Client
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float32, String
+from std_srvs.srv import SetBool, Trigger
+
+from fowm.ros import qos
+from fowm.ros.params import declare_from_dataclass
+from fowm_core.contract import topics
+from fowm_core.data import convert
+from fowm_core.data.sync import ApproxTimeSync
+from fowm_core.errors import ConfigError, FowmError
+from fowm_core.runtime.control import EpisodeTracker, event_json
+from fowm_core.runtime.control import param_meta as _p
+from fowm_core.tasks import rewards
+
+MODES = ("sim", "real")
+NEVER = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class EpisodeManagerParams:
+    task: str = field(default="lift", metadata=_p("task whose reward/success are computed"))
+    mode: str = field(default="sim", metadata=_p(
+        "sim: reset the twin by service; real: wait for the operator's confirm/label services"))
+    episode_length: int = field(default=25, metadata=_p(
+        "agent steps per episode (docs/algorithm.md §7.1: 25)", 1, 100000))
+    end_on_success: bool = field(default=False, metadata=_p(
+        "end an episode at its first success (the reference runs the full length)"))
+    lockstep: bool = field(default=False, metadata=_p(
+        "pair each step's action by the observation stamp exactly (sim on /clock)"))
+    base_seed: int = field(default=0, metadata=_p(
+        "episode n resets the twin with seed base_seed + n", 0, 2**31 - 1))
+    num_episodes: int = field(default=0, metadata=_p(
+        "stop after this many episodes; 0 runs until shut down", 0, 10**9))
+    sim_node: str = field(default="fowm_sim", metadata=_p(
+        "name of the twin node whose ~/reset and seed parameter are used"))
+    service_timeout_s: float = field(default=10.0, metadata=_p(
+        "seconds to wait for the twin's services", 0.1, 600.0))
+    sync_slop_s: float = field(default=0.02, metadata=_p(
+        "approximate-time pairing tolerance of the pose and joint streams", 1e-4, 1.0))
+
+
+class EpisodeManagerNode(Node):
+    """Node ``fowm_episode_manager``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("fowm_episode_manager", **kwargs)
+        self.params = p = declare_from_dataclass(self, "", EpisodeManagerParams)
+        if p.mode not in MODES:
+            msg = f"parameter mode={p.mode!r} is invalid: expected one of {MODES}"
+            raise ConfigError(msg)
+        if p.task not in rewards.TASKS:
+            msg = f"parameter task={p.task!r} is invalid: expected one of {rewards.TASKS}"
+            raise ConfigError(msg)
+        self.tracker = EpisodeTracker(
+            task=p.task, reward_fn=lambda task, s, a: rewards.reward(task, s, a),
+            success_fn=rewards.success, action_dim=rewards.ACTION_DIM[p.task],
+            max_steps=p.episode_length, end_on_success=p.end_on_success,
+            strict_pairing=p.lockstep)
+        self.events: list[dict[str, Any]] = []       # every event published, for callers/tests
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._stop = threading.Event()
+        self._operator = {"reset": threading.Event(), "label": threading.Event()}
+        self._label: bool | None = None
+        self._obj_init_z: float | None = None
+        self._recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=8)
+
+        self.reward_pub = self.create_publisher(Float32, topics.REWARD, qos.COMMAND)
+        self.episode_pub = self.create_publisher(String, topics.EPISODE, EVENTS_QOS)
+        self.streams = {"ee_pose": (PoseStamped, topics.EE_POSE),
+                        "joint_states": (JointState, topics.JOINT_STATES),
+                        "goal_pose": (PoseStamped, topics.GOAL_POSE)}
+        if p.task != "reach":
+            self.streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
+        self._sync = ApproxTimeSync(len(self.streams), 10, p.sync_slop_s)
+        self.create_subscription(JointState, topics.ACTION, self._on_action, qos.COMMAND)
+        for index, (msg_type, topic) in enumerate(self.streams.values()):
+            self.create_subscription(msg_type, topic, self._stream_callback(index),
+                                     qos.SENSOR_SUB)
+        if p.mode == "sim":
+            self.reset_client = self.create_client(Trigger, f"/{p.sim_node}/reset")
+            self.param_client = self.create_client(SetParameters, f"/{p.sim_node}/set_parameters")
+        else:
+            self.create_service(Trigger, "~/confirm_reset", self._on_confirm_reset)
+            self.create_service(SetBool, "~/label_success", self._on_label)
+        self._worker = threading.Thread(target=self._run, name="fowm_episodes", daemon=True)
+        self._worker.start()
+
+    # -- executor side -----------------------------------------------------------------------------
+    def _on_action(self, msg: JointState) -> None:
+        try:
+            action = convert.action_array(msg)
+        except FowmError:
+            return
+        with self._lock:
+            self.tracker.record_action(convert.stamp_ns(msg), action)
+
+    def _stream_callback(self, index: int) -> Any:
+        def callback(msg: Any) -> None:
+            matched = self._sync.add(index, convert.stamp_ns(msg), msg)
+            if matched is not None:
+                msgs = dict(zip(self.streams, matched, strict=True))
+                stamp = convert.stamp_ns(msgs["ee_pose"])
+                with self._lock:
+                    self._recent.append((stamp, msgs))
+                    self._feed(stamp, msgs)
+        return callback
+
+    def _feed(self, stamp: int, msgs: dict[str, Any]) -> None:
+        """Advance the tracker with one paired observation (lock held)."""
+        obj = convert.pose_arrays(msgs["object_pose"])[0] if "object_pose" in msgs else None
+        if self.tracker.is_first(stamp):
+            self._obj_init_z = None if obj is None else float(obj[2])
+        state = rewards.TaskState(
+            eef=convert.pose_arrays(msgs["ee_pose"])[0],
+            gripper=convert.joint_state_arrays(msgs["joint_states"])[1],
+            obj=obj, goal=convert.pose_arrays(msgs["goal_pose"])[0],
+            obj_init_z=self._obj_init_z)
+        reward = self.tracker.observe(stamp, state)
+        if reward is not None:
+            self.reward_pub.publish(Float32(data=reward))
+        if self.tracker.is_done:
+            self._done.set()
+
+    def _on_confirm_reset(self, request: Trigger.Request,
+                          response: Trigger.Response) -> Trigger.Response:
+        self._operator["reset"].set()
+        response.success, response.message = True, "starting the next episode"
+        return response
+
+    def _on_label(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self._label = bool(request.data)
+        self._operator["label"].set()
+        response.success, response.message = True, f"episode labelled success={request.data}"
+        return response
+
+    # -- worker thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        episode = 0
+        try:
+            while not self._stop.is_set() and (self.params.num_episodes == 0
+                                               or episode < self.params.num_episodes):
+                if not self._run_episode(episode):
+                    return
+                episode += 1
+        except FowmError as err:
+            self.get_logger().error(f"episode manager stopped: {err}")
+        except Exception:
+            if self.context.ok():          # a signal may have shut ROS down under our feet
+                raise
+
+    def _run_episode(self, episode: int) -> bool:
+        seed = self.params.base_seed + episode
+        self._done.clear()
+        if self.params.mode == "real":
+            self.get_logger().info(
+                f"episode {episode}: reset the scene, then call "
+                f"{self.get_fully_qualified_name()}/confirm_reset (std_srvs/Trigger)")
+            if not self._wait(self._operator["reset"]):
+                return False
+            self._begin(episode, seed, self.get_clock().now().nanoseconds)
+        else:
+            self._wait_for_twin()
+            with self._lock:                  # announce first: the planner resets on this event
+                self._publish(self.tracker.start(episode, seed, min_stamp_ns=NEVER))
+            self._begin(episode, seed, self._reset_twin(seed), announce=False)
+        if not self._wait(self._done):
+            return False
+        label = None
+        if self.params.mode == "real":
+            self.get_logger().info(
+                f"episode {episode} ended: label it with {self.get_fully_qualified_name()}"
+                "/label_success (std_srvs/SetBool, data: true if it succeeded)")
+            if not self._wait(self._operator["label"]):
+                return False
+            label = self._label
+        with self._lock:
+            self._publish(self.tracker.finish(success=label))
+        return True
+
+    def _begin(self, episode: int, seed: int, min_stamp: int, announce: bool = True) -> None:
+        with self._lock:
+            event = self.tracker.start(episode, seed, min_stamp_ns=min_stamp)
+            if announce:
+                self._publish(event)
+            for stamp, msgs in list(self._recent):   # observations that beat the reset's reply
+                self._feed(stamp, msgs)
+
+    def _reset_twin(self, seed: int) -> int:
+        """Set the twin's seed, reset it; returns the stamp from which the episode counts."""
+        value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=seed)
+        request = SetParameters.Request(parameters=[ParameterMsg(name="seed", value=value)])
+        result = self._call(self.param_client, request)
+        if not result.results[0].successful:
+            msg = f"{self.params.sim_node} refused seed={seed}: {result.results[0].reason}"
+            raise FowmError(msg)
+        reply = self._call(self.reset_client, Trigger.Request())
+        if not reply.success:
+            msg = f"{self.params.sim_node} reset failed: {reply.message}"
+            raise FowmError(msg)
+        return int(json.loads(reply.message)["stamp_ns"])
+
+    def _wait_for_twin(self) -> None:
+        """The twin's services, and briefly a listener for the events (the planner resets and
+        re-seeds on "start", so the first one must not go out before it has matched)."""
+        deadline = time.monotonic() + 2.0
+        while self.episode_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for client in (self.param_client, self.reset_client):
+            if not client.wait_for_service(timeout_sec=self.params.service_timeout_s):
+                msg = (f"service {client.srv_name} not available after "
+                       f"{self.params.service_timeout_s} s; start {self.params.sim_node} or set "
+                       "sim_node to the twin's node name")
+                raise FowmError(msg)
+
+    def _call(self, client: Client, request: Any) -> Any:
+        """A service call from this worker thread (call_async + wait: works on Humble..Kilted)."""
+        timeout = self.params.service_timeout_s
+        done = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout) or future.result() is None:
+            msg = f"service {client.srv_name} did not answer within {timeout} s"
+            raise FowmError(msg)
+        return future.result()
+
+    def _wait(self, event: threading.Event) -> bool:
+        """Wait for ``event`` unless the node is shutting down; False means stop."""
+        while not self._stop.is_set():
+            if event.wait(0.1):
+                event.clear()
+                return True
+        return False
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        self.episode_pub.publish(String(data=event_json(event)))
+        self.get_logger().info(f"episode event: {event_json(event)}")
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        if self._worker.is_alive():
+            self._worker.join(5.0)
+        super().destroy_node()
+
+
+def _events_qos() -> Any:
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    # Reliable and deep enough that no start/end is lost when "end" and the next "start" come
+    # back to back (with depth 1 a subscriber keeps only the newer). Publishers and subscribers
+    # of /fowm/episode both use it.
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+EVENTS_QOS = _events_qos()
+
+
+def main(args: list[str] | None = None) -> None:
+    from fowm.bringup import spin_nodes
+
+    rclpy.init(args=args)
+    spin_nodes([EpisodeManagerNode])
+
+
+if __name__ == "__main__":
+    main()

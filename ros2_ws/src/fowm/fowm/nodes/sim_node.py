@@ -1,0 +1,347 @@
+"""fowm_sim: the MuJoCo twin (fowm_core.sim) on the real robot's topics.
+
+It publishes what realsense-ros, xarm_ros2 and an object tracker would (docs/design.md topic contract;
+every message of one sim step carries the same stamp) and executes /fowm/action with the arm
+driver's safety rule: a command older than command_timeout_s, or none, is a hold (zero motion),
+and each command is executed at most once. Two clocks:
+
+- real time: a monotonic-deadline thread steps the twin at rate_hz and stamps with the node clock;
+- lock-step: the twin owns time. It publishes /clock and steps only when the action answering its
+  current observation (same stamp) has arrived, so evaluation through ROS is reproducible. Before
+  the first ``~/reset`` call and after the episode's last step it publishes nothing new.
+
+``~/reset`` (std_srvs/Trigger) starts a new episode with the ``seed`` parameter (the episode
+manager sets it first); the reply's message is JSON {"seed": s, "stamp_ns": first stamp or reset
+time}.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_srvs.srv import Trigger
+
+from fowm.ros import qos
+from fowm.ros.params import declare_from_dataclass
+from fowm.ros.timing import FixedRateLoop, Tick
+from fowm_core.config import Modality
+from fowm_core.contract import topics
+from fowm_core.data import convert
+from fowm_core.errors import ConfigError, EnvError, FowmError
+from fowm_core.runtime.control import param_meta as _p
+from fowm_core.runtime.safety import command_to_execute
+from fowm_core.sim import JOINT_NAMES, make_env, tasks
+from fowm_core.sim.tasks import GRIPPER_QUAT
+from fowm_core.tasks import rewards
+
+AGENT_STEP_S = 0.16      # docs/algorithm.md §7.1: 2 env steps × 2 × 20 × 0.002 s
+
+
+@dataclass(frozen=True)
+class SimNodeParams:
+    task: str = field(default="lift", metadata=_p("twin task: reach, push or lift"))
+    obs_mode: str = field(default="all", metadata=_p(
+        "observation mode the twin renders for: state, rgb or all (FOWM: all)"))
+    seed: int = field(default=0, metadata=_p(
+        "seed of the next ~/reset (set by the episode manager)", 0, 2**31 - 1))
+    rate_hz: float = field(default=1.0 / AGENT_STEP_S, metadata=_p(
+        "real-time stepping rate (one agent step per tick)", 0.1, 100.0))
+    lockstep: bool = field(default=False, metadata=_p(
+        "own the clock: publish /clock and step only when the planner has answered"))
+    image_width: int = field(default=84, metadata=_p("camera image width (px)", 16, 1920))
+    image_height: int = field(default=84, metadata=_p("camera image height (px)", 16, 1080))
+    command_timeout_s: float = field(default=0.4, metadata=_p(
+        "real time: a command older than this is not executed (the arm holds)", 0.01, 10.0))
+    lockstep_timeout_s: float = field(default=10.0, metadata=_p(
+        "lock-step: wall seconds to wait for an answer before stepping with the hold", 0.1, 600.0))
+    episode_length: int = field(default=25, metadata=_p(
+        "agent steps per episode before the twin stops and waits for ~/reset", 1, 100000))
+
+
+class SimNode(Node):
+    """Node ``fowm_sim``: steps the twin and publishes the robot's topics."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("fowm_sim", **kwargs)
+        self.params = p = declare_from_dataclass(self, "", SimNodeParams)
+        try:
+            tasks.get_spec(p.task)
+            Modality(p.obs_mode)
+        except (FowmError, ValueError) as err:
+            msg = (f"fowm_sim cannot build the twin (task={p.task!r}, "
+                   f"obs_mode={p.obs_mode!r}): {err}")
+            raise ConfigError(msg) from err
+        self.action_dim = rewards.ACTION_DIM[p.task]
+        # MuJoCo's EGL context is current on one thread only: the twin is built, reset, stepped
+        # and rendered on the loop thread alone; ~/reset hands its request over and waits.
+        self.env: Any = None
+        self._lock = threading.RLock()
+        self._command: tuple[int, np.ndarray, float] | None = None   # stamp, action, recv time
+        self._command_event = threading.Event()
+        self._reset_request: _ResetRequest | None = None
+        self._obs_stamp: int | None = None       # stamp of the observation awaiting an answer
+        self._episode_over = p.lockstep           # lock-step waits for the first ~/reset
+        self._sim_time_ns = 1_000_000_000         # lock-step time starts at 1 s (0 = "unset")
+        self.executed_holds = 0
+        self.steps = 0
+        self._obs: dict[str, np.ndarray] = {}
+
+        self.image_pub = self.create_publisher(Image, topics.COLOR_IMAGE, qos.SENSOR_PUB)
+        self.info_pub = self.create_publisher(CameraInfo, topics.COLOR_INFO, qos.SENSOR_PUB)
+        self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos.SENSOR_PUB)
+        self.ee_pub = self.create_publisher(PoseStamped, topics.EE_POSE, qos.SENSOR_PUB)
+        self.object_pub = self.create_publisher(PoseStamped, topics.OBJECT_POSE, qos.SENSOR_PUB)
+        self.goal_pub = self.create_publisher(PoseStamped, topics.GOAL_POSE, qos.SENSOR_PUB)
+        self.clock_pub = (self.create_publisher(Clock, "/clock", qos.COMMAND)
+                          if p.lockstep else None)
+        self.create_subscription(JointState, topics.ACTION, self._on_action, qos.COMMAND)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        if p.lockstep:
+            self._publish_clock()
+            self.loop: Any = _LockstepLoop(self)
+        else:
+            self.loop = FixedRateLoop(1.0 / p.rate_hz, self._realtime_tick, name="fowm_sim")
+        self.loop.on_exit = self._close_env
+        self.loop.alive = self.context.ok
+        self.loop.start()
+
+    def ensure_env(self) -> None:
+        """Build the twin on the calling (loop) thread, once."""
+        if self.env is None:
+            p = self.params
+            self.env = make_env(p.task, p.obs_mode, episode_length=p.episode_length)
+            self._obs, _ = self.env.reset(seed=p.seed)
+
+    # -- commands and resets (executor side) ------------------------------------------------------
+    def _on_action(self, msg: JointState) -> None:
+        try:
+            action = convert.action_array(msg)
+        except FowmError as err:
+            self.get_logger().warning(f"ignoring action: {err}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._command = (convert.stamp_ns(msg), action, time.monotonic())
+        self._command_event.set()
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        seed = int(self.get_parameter("seed").value)
+        job = _ResetRequest(seed)
+        with self._lock:
+            self._reset_request = job
+        self._command_event.set()                       # wake a lock-step loop at once
+        if not job.done.wait(self.params.lockstep_timeout_s + 1.0 / self.params.rate_hz):
+            response.success, response.message = False, "the twin's loop did not run the reset"
+            return response
+        response.success = job.error is None
+        response.message = job.error or json.dumps({"seed": seed, "stamp_ns": job.stamp_ns})
+        return response
+
+    def serve_reset(self) -> None:
+        """Run a pending ~/reset on the loop thread (called at the top of every iteration)."""
+        with self._lock:
+            job, self._reset_request = self._reset_request, None
+            if job is None:
+                return
+            try:
+                self.ensure_env()
+                self._obs, _ = self.env.reset(seed=job.seed)
+            except (FowmError, ValueError) as err:
+                job.error = f"reset with seed {job.seed} failed: {err}"
+                job.done.set()
+                return
+            self._command, self._episode_over, self.steps = None, False, 0
+            if self.params.lockstep:
+                job.stamp_ns = self._advance_clock()
+                self._publish_observation(job.stamp_ns)
+            else:
+                job.stamp_ns = self.get_clock().now().nanoseconds
+        job.done.set()
+
+    # -- stepping --------------------------------------------------------------------------------
+    def _realtime_tick(self, tick: Tick) -> None:
+        self.serve_reset()
+        with self._lock:
+            self.ensure_env()
+            if self._obs_stamp is not None and not self._episode_over:
+                command = self._command
+                age = None if command is None else time.monotonic() - command[2]
+                action, _ = command_to_execute(None if command is None else command[1], age,
+                                               self.params.command_timeout_s, self.action_dim)
+                self._command = None                # each command is executed at most once
+                self._step(action)
+            self._publish_observation(self.get_clock().now().nanoseconds)
+
+    def _step(self, action: np.ndarray) -> None:
+        self.executed_holds += int(not np.any(action))
+        try:
+            self._obs, _, terminated, truncated, _ = self.env.step(action)
+        except EnvError as err:
+            self.get_logger().error(f"twin failed, holding until ~/reset: {err}")
+            self._episode_over = True
+            return
+        self.steps += 1
+        self._episode_over = terminated or truncated
+
+    def lockstep_step(self, waited_s: float) -> bool:
+        """Lock-step: step if the current observation has its answer (or the wait timed out)."""
+        self.serve_reset()
+        with self._lock:
+            self.ensure_env()
+            if self._episode_over or self._obs_stamp is None:
+                return False
+            command = self._command
+            if command is not None and command[0] == self._obs_stamp:
+                action, _ = command_to_execute(command[1], 0.0, 1.0, self.action_dim)
+            elif waited_s >= self.params.lockstep_timeout_s:
+                self.get_logger().warning(
+                    f"no answer to the observation at {self._obs_stamp} ns within "
+                    f"{self.params.lockstep_timeout_s} s: stepping with the hold (zero action)")
+                action = np.zeros(self.action_dim, np.float32)
+            else:
+                return False
+            self._command = None
+            self._step(action)
+            self._publish_observation(self._advance_clock())
+            return True
+
+    def _advance_clock(self) -> int:
+        self._sim_time_ns += round(AGENT_STEP_S * 1e9)
+        self._publish_clock()
+        return self._sim_time_ns
+
+    def _publish_clock(self) -> None:
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=_time_msg(self._sim_time_ns)))
+
+    # -- observations ----------------------------------------------------------------------------
+    def _publish_observation(self, stamp_ns: int) -> None:
+        """Every message of one step with one stamp (the obs the next action must answer)."""
+        env, stamp = self.env, _time_msg(stamp_ns)
+        state = env.task_state()
+        self.image_pub.publish(self._image(stamp))
+        self.info_pub.publish(self._camera_info(stamp))
+        joints = JointState(name=list(JOINT_NAMES),
+                            position=[float(v) for v in env.joint_positions()])
+        joints.header.stamp = stamp
+        self.joint_pub.publish(joints)
+        w, x, y, z = GRIPPER_QUAT
+        self.ee_pub.publish(_pose(stamp, state.eef, (x, y, z, w)))
+        pose = env.object_pose()
+        if pose is not None:
+            qw, qx, qy, qz = pose[1]
+            self.object_pub.publish(_pose(stamp, pose[0], (qx, qy, qz, qw)))
+        if state.goal is not None:
+            self.goal_pub.publish(_pose(stamp, state.goal, (0.0, 0.0, 0.0, 1.0)))
+        self._obs_stamp = stamp_ns
+
+    def _image(self, stamp: Time) -> Image:
+        p = self.params
+        rgb = self._obs.get("rgb")
+        if rgb is not None and rgb.shape[1:] == (p.image_height, p.image_width):
+            hwc = np.ascontiguousarray(rgb.transpose(1, 2, 0))   # the exact pixels of the env obs
+        else:
+            hwc = self.env.render(p.image_width, p.image_height)
+        msg = Image(height=hwc.shape[0], width=hwc.shape[1], encoding="rgb8", is_bigendian=0,
+                    step=3 * hwc.shape[1], data=hwc.tobytes())
+        msg.header.stamp, msg.header.frame_id = stamp, topics.CAMERA_FRAME
+        return msg
+
+    def _camera_info(self, stamp: Time) -> CameraInfo:
+        p = self.params
+        fovy = float(self.env.model.cam("camera0").fovy[0])
+        ref = convert.camera_info_msg(0, p.image_width, p.image_height, fovy)
+        msg = CameraInfo(height=p.image_height, width=p.image_width,
+                         distortion_model=ref.distortion_model, d=[float(v) for v in ref.d],
+                         k=[float(v) for v in ref.k], r=[float(v) for v in ref.r],
+                         p=[float(v) for v in ref.p])
+        msg.header.stamp, msg.header.frame_id = stamp, topics.CAMERA_FRAME
+        return msg
+
+    def _close_env(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    def destroy_node(self) -> None:
+        self.loop.stop()                  # closes the twin on its own thread (on_exit)
+        super().destroy_node()
+
+
+class _LockstepLoop:
+    """Waits for answers on its own thread (never inside the executor) and steps the twin."""
+
+    def __init__(self, node: SimNode) -> None:
+        self._node = node
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="fowm_sim", daemon=True)
+        self.on_exit: Any = None
+        self.alive = node.context.ok
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            if self._node.context.ok():
+                raise
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+
+    def _run(self) -> None:
+        since = time.monotonic()
+        while not self._stop.is_set() and self.alive():
+            self._node._command_event.wait(0.05)
+            self._node._command_event.clear()
+            if self._node.lockstep_step(time.monotonic() - since) or self._node._episode_over:
+                since = time.monotonic()
+
+
+@dataclass
+class _ResetRequest:
+    seed: int
+    done: threading.Event = field(default_factory=threading.Event)
+    stamp_ns: int = 0
+    error: str | None = None
+
+
+def _time_msg(stamp_ns: int) -> Time:
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def _pose(stamp: Time, xyz: np.ndarray, quat_xyzw: tuple[float, ...]) -> PoseStamped:
+    msg = PoseStamped()
+    msg.header.stamp, msg.header.frame_id = stamp, topics.BASE_FRAME
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in xyz)
+    o = msg.pose.orientation
+    o.x, o.y, o.z, o.w = (float(v) for v in quat_xyzw)
+    return msg
+
+
+def main(args: list[str] | None = None) -> None:
+    from fowm.bringup import spin_nodes
+
+    rclpy.init(args=args)
+    spin_nodes([SimNode])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Leaf helpers for the nodes: parameters, QoS profiles, timing, diagnostics, spinning."""

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MUJOCO_GL ?= egl
 
-.PHONY: setup sysdeps test lint demo bench clean
+.PHONY: setup sysdeps test test-fast lint demo bench clean
 
 # Debian/Ubuntu libraries that the wheels expect: libusb (pyrealsense2), EGL/Mesa (headless MuJoCo),
 # and a C compiler for the planner's fused row kernels (fowm_core/planner/native.py).
@@ -27,6 +27,10 @@ setup: $(BIN)/.installed
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The fast lane: everything but the end-to-end and launch runs and the tests marked slow.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/e2e --ignore=tests/launch
 
 lint: setup
 	$(BIN)/ruff check fowm_core tests benchmarks ros2_ws/src/fowm

@@ -41,6 +41,7 @@ def peak_job(name: str, done: Path, after: list[str] | None = None, size: str = 
                           after=after or [])
 
 
+@pytest.mark.slow
 def test_run_jobs_orders_skips_finished_and_reports_failures(tmp_path: Path, capsys) -> None:
     finished = tmp_path / "finished.json"
     finished.write_text("{}")

@@ -176,6 +176,7 @@ def test_a_work_dir_of_another_model_is_refused_not_resumed(
         LiveLearner(cfg)
 
 
+@pytest.mark.slow
 def test_a_learner_killed_mid_training_restarts_from_a_whole_checkpoint(
         data: dict[str, Path], tmp_path: Path) -> None:
     bag_dir, work = tmp_path / "bags", tmp_path / "work"

@@ -394,6 +394,7 @@ def synthetic_episodes(rng: np.random.Generator, count: int, steps: int = 10) ->
     return episodes
 
 
+@pytest.mark.slow
 def test_offline_training_reduces_the_losses() -> None:
     cfg = tiny_cfg(lr=1e-3)
     rng = np.random.default_rng(0)

@@ -48,6 +48,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_offline_training_then_planning_beats_the_behaviour_policy(one_thread) -> None:
     rng = np.random.default_rng(0)
     data = [point_mass_episode(rng, behaviour(rng)) for _ in range(200)]

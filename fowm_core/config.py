@@ -274,9 +274,9 @@ _NESTED: dict[str, type] = {
 }
 
 def _action_dim(task: str) -> int:
-    """The task's action size, from the task registry (fowm_core.tasks). Asked at call time
-    because the registry sits above config (it may use config's types), so config cannot
-    import it when it loads."""
+    """The task's action size, from the task registry (fowm_core.tasks). Asked at call time:
+    config is the bottom layer (it loads with nothing of fowm_core but errors), and the
+    registry is the one definition of the task's facts."""
     from fowm_core import tasks
 
     return tasks.get(task).action_dim

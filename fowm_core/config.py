@@ -273,8 +273,13 @@ _NESTED: dict[str, type] = {
     "ScheduleConfig": ScheduleConfig,
 }
 
-# Per-task facts of the reference configs (docs/algorithm.md §5.2, §7.1): action dims, state-mode obs dims.
-TASK_ACTION_DIM = {"reach": 3, "push": 3, "lift": 4}
+def _action_dim(task: str) -> int:
+    """The task's action size, from the task registry (fowm_core.tasks). Asked at call time:
+    config is the bottom layer (it loads with nothing of fowm_core but errors), and the
+    registry is the one definition of the task's facts."""
+    from fowm_core import tasks
+
+    return tasks.get(task).action_dim
 
 
 def paper(task: str = "lift", modality: Modality | str = Modality.ALL,
@@ -284,7 +289,7 @@ def paper(task: str = "lift", modality: Modality | str = Modality.ALL,
         preset="paper",
         task=task,
         model=ModelConfig(modality=Modality(modality), state_dim=state_dim,
-                          action_dim=TASK_ACTION_DIM.get(task, 4)),
+                          action_dim=_action_dim(task)),
     )
 
 
@@ -300,7 +305,7 @@ def cpu(task: str = "lift", modality: Modality | str = Modality.STATE,
         preset="cpu",
         task=task,
         model=ModelConfig(modality=Modality(modality), state_dim=state_dim,
-                          action_dim=TASK_ACTION_DIM.get(task, 4),
+                          action_dim=_action_dim(task),
                           latent_dim=32, mlp_dim=128, enc_dim=128),
         planner=PlannerConfig(iterations=3, num_samples=128, num_elites=16),
         learner=LearnerConfig(batch_size=128),

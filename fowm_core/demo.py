@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fowm_core import tasks
 from fowm_core.errors import FowmError
 from fowm_core.jobs import results, workflows
 from fowm_core.runtime.ingest import TRAINED_KEY
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Defaults: a small, noisy reach dataset, so the pretrained model is poor (~10-20 % success)
     # and 20-30 online episodes visibly raise it on 2 cores. With 800 medium episodes reach is
     # already solved offline (docs/results/sim_cpu.json); push and lift need far longer.
-    p.add_argument("--task", default="reach", choices=["reach", "push", "lift"])
+    p.add_argument("--task", default="reach", choices=tasks.names())
     p.add_argument("--out", default="runs/demo", help="results folder")
     p.add_argument("--offline-episodes", type=int, default=30)
     p.add_argument("--noise", type=float, default=0.6,

@@ -43,6 +43,7 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
 from rosbags.serde import SerdeError
 
+from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.data import bag_cache, convert
 from fowm_core.data.episode import Episode
@@ -193,7 +194,6 @@ class _Scan:
 
 OBS_TOPICS = (topics.EE_POSE, topics.JOINT_STATES, topics.OBJECT_POSE, topics.GOAL_POSE,
               topics.COLOR_IMAGE)
-_REWARD_NEEDS = {"reach": ("goal",), "push": ("obj", "goal"), "lift": ("obj",)}
 _KEY_TOPIC = {"obj": topics.OBJECT_POSE, "goal": topics.GOAL_POSE}
 
 
@@ -231,7 +231,7 @@ def _event(scan: _Scan, kind: str) -> dict[str, Any]:
 def _needed_topics(task: str, obs_mode: str, recompute: bool) -> list[str]:
     keys = set(convert.state_keys(task, obs_mode))
     if recompute:
-        keys.update(_REWARD_NEEDS[task])
+        keys.update(tasks.get(task).reward_needs)      # obj_init_z comes from the first obj
     needed = [topics.EE_POSE, topics.JOINT_STATES]
     needed += [_KEY_TOPIC[k] for k in ("obj", "goal") if k in keys]
     if obs_mode in ("rgb", "all"):
@@ -324,14 +324,13 @@ RewardFn = Callable[[str, Any, np.ndarray], float]
 
 def _recomputed(task: str, steps: list[dict[str, Any]], actions: np.ndarray,
                 obj_init_z: float | None, reward_fn: RewardFn | None) -> tuple[np.ndarray, bool]:
-    """Rewards of the state after each step (fowm_core.tasks.rewards), and whether any succeeded."""
-    from fowm_core.tasks import rewards  # the sim twin's module; only recompute needs it
-
-    fn = reward_fn or rewards.reward
-    states = [rewards.TaskState(p["eef"], p["gripper"], p["obj"], p["goal"], obj_init_z)
+    """Rewards of the state after each step (fowm_core.tasks, as the twin), and whether any
+    succeeded."""
+    fn = reward_fn or tasks.reward
+    states = [tasks.TaskState(p["eef"], p["gripper"], p["obj"], p["goal"], obj_init_z)
               for p in steps[1:]]
     values = np.asarray([fn(task, s, a) for s, a in zip(states, actions, strict=True)], np.float32)
-    return values, any(rewards.success(task, s) for s in states)
+    return values, any(tasks.success(task, s) for s in states)
 
 
 def read_episode_bag(path: str | Path, *, task: str | None = None, obs_mode: str = "state",
@@ -438,7 +437,7 @@ def _read_cached(bag: Path, cache_root: Path, read_kwargs: dict[str, Any]) -> Ep
         raise BagError(msg) from err
     opts = {k: (v.__dict__ if isinstance(v, SyncParams) else v) for k, v in read_kwargs.items()}
     # The state layout is part of the key: cached vectors built by an older build_state must miss.
-    layout = [convert.STATE_KEYS, convert.RELATIVE_PARTS]
+    layout = convert.state_layout()
     key = hashlib.sha256(json.dumps([CODEC, digest, opts, layout], sort_keys=True, default=str)
                          .encode()).hexdigest()[:32]
     file = cache_root / f"{key}.npz"

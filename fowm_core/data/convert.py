@@ -17,58 +17,52 @@ import torch
 import torch.nn.functional as F
 from rosbags.typesys import Stores, get_typestore
 
+from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.errors import FowmError
+from fowm_core.tasks.base import PROPRIO_KEYS, STATE_PART_DIMS
 
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 _T = TYPESTORE.types
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
 JOINT_NAMES = (*ARM_JOINTS, topics.GRIPPER_JOINT)
 
-# State layout per task in "state" mode; "rgb"/"all" carry the 4-d proprio only (docs/algorithm.md §7.1:
-# absolute eef xyz + gripper). Positions are absolute, in the base frame, metres.
-STATE_KEYS: dict[str, tuple[str, ...]] = {
-    "reach": ("eef", "gripper", "goal"),
-    "push": ("eef", "gripper", "obj", "goal"),
-    "lift": ("eef", "gripper", "obj"),
-}
-# After the positions, "state" mode appends the vectors between them, as the reference simxarm's
-# state observations do (its lift state holds eef − obj, its push state eef − obj and obj − goal).
-# Without them a small MLP must learn "the object moves only when the gripper is at it" from
-# absolute coordinates that differ in the second decimal; our first cpu-preset lift models did not,
-# and planned to close the gripper and rise in the air with the cube left on the table.
-RELATIVE_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "reach": (("goal", "eef"),),
-    "push": (("obj", "eef"), ("goal", "obj")),
-    "lift": (("obj", "eef"),),
-}
-PROPRIO_KEYS = ("eef", "gripper")
-_KEY_DIMS = {"eef": 3, "gripper": 1, "obj": 3, "goal": 3}
-
 
 # -- the state vector ----------------------------------------------------------------------------
+# In "state" mode the vector holds the task's state_keys, then the vectors between them (its
+# relative_parts), as the reference simxarm's state observations do. Without them a small MLP
+# must learn "the object moves only when the gripper is at it" from absolute coordinates that
+# differ in the second decimal; our first cpu-preset lift models did not, and planned to close the
+# gripper and rise in the air with the cube left on the table. "rgb"/"all" carry the 4-d proprio
+# only (docs/algorithm.md §7.1: absolute eef xyz + gripper). Positions are absolute, base frame, m.
 def state_keys(task: str, obs_mode: str) -> tuple[str, ...]:
     """The logged streams the state vector is built from (the planner node pairs these)."""
-    if task not in STATE_KEYS:
-        msg = f"unknown task {task!r}; expected one of {', '.join(STATE_KEYS)}"
-        raise FowmError(msg)
+    keys = tasks.get(task).state_keys
     mode = str(obs_mode)
     if mode not in ("state", "rgb", "all"):
         msg = f"obs_mode={mode!r} is invalid: expected 'state', 'rgb' or 'all'"
         raise FowmError(msg)
-    return STATE_KEYS[task] if mode == "state" else PROPRIO_KEYS
+    return keys if mode == "state" else PROPRIO_KEYS
 
 
 def relative_parts(task: str, obs_mode: str) -> tuple[tuple[str, str], ...]:
     """(a, b) pairs whose difference a − b follows the positions in ``build_state``'s vector."""
-    return RELATIVE_PARTS[task] if state_keys(task, obs_mode) == STATE_KEYS[task] else ()
+    state_keys(task, obs_mode)          # validates both
+    return tasks.get(task).relative_parts if str(obs_mode) == "state" else ()
 
 
 def state_dim(task: str, obs_mode: str) -> int:
     """Length of ``build_state``'s vector: 4 in rgb/all mode; in state mode reach 10, push 16,
     lift 10."""
-    return (sum(_KEY_DIMS[k] for k in state_keys(task, obs_mode))
+    return (sum(STATE_PART_DIMS[k] for k in state_keys(task, obs_mode))
             + 3 * len(relative_parts(task, obs_mode)))
+
+
+def state_layout() -> list[dict[str, Any]]:
+    """Every registered task's state-mode layout: [{task: state_keys}, {task: relative_parts}]
+    (the bag cache keys its vectors on it, so a layout change misses the cache)."""
+    every = [tasks.get(name) for name in tasks.names()]
+    return [{t.name: t.state_keys for t in every}, {t.name: t.relative_parts for t in every}]
 
 
 def build_state(task: str, obs_mode: str, eef: Sequence[float], gripper: float,
@@ -85,8 +79,8 @@ def build_state(task: str, obs_mode: str, eef: Sequence[float], gripper: float,
                    f"None; log {topics.OBJECT_POSE if key == 'obj' else topics.GOAL_POSE}")
             raise FowmError(msg)
         arr = np.asarray(value, dtype=np.float32).reshape(-1)
-        if arr.shape != (_KEY_DIMS[key],):
-            msg = f"state part {key} has shape {arr.shape}, expected ({_KEY_DIMS[key]},)"
+        if arr.shape != (STATE_PART_DIMS[key],):
+            msg = f"state part {key} has shape {arr.shape}, expected ({STATE_PART_DIMS[key]},)"
             raise FowmError(msg)
         out[key] = arr
     relative = [out[a] - out[b] for a, b in relative_parts(task, obs_mode)]

@@ -35,7 +35,7 @@ class StepRecord:
     @classmethod
     def from_task_state(cls, stamp_ns: int, state: Any, joints: Sequence[float],
                         rgb: np.ndarray | None = None) -> StepRecord:
-        """From a rewards.TaskState and the joint positions: joint1..joint7, optionally followed
+        """From a tasks.TaskState and the joint positions: joint1..joint7, optionally followed
         by the gripper joint (the sim's ``info["joint_pos"]``, (8,)); the gripper comes from
         ``state``."""
         arm = np.asarray(joints, dtype=np.float64).reshape(-1)[:7]

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from fowm_core import tasks
 from fowm_core.errors import FowmError
 
 
@@ -29,7 +30,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="reach", choices=["reach", "push", "lift"])
+    p.add_argument("--task", default="reach", choices=tasks.names())
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     p.add_argument("--obs", default="state", choices=["state", "rgb", "all"],
                    help="what the model sees (state vector, image, or both)")
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="scripted-policy dataset as rosbag2 (MCAP)")
-    p.add_argument("--task", default="reach", choices=["reach", "push", "lift"])
+    p.add_argument("--task", default="reach", choices=tasks.names())
     p.add_argument("--episodes", type=int, default=800)
     p.add_argument("--noise", type=float, default=None,
                    help="behaviour noise (default: the task's 'medium' level)")
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("experiment", help="tasks × seeds × λ: collect, pretrain, finetune, table")
-    p.add_argument("--tasks", default="reach,push,lift")
+    p.add_argument("--tasks", default=",".join(tasks.names()))
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--lams", type=_floats, default=[1.0, 0.0])
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fowm_core import tasks
 from fowm_core.config import FowmConfig, Modality
 from fowm_core.data import bags
 from fowm_core.data.episode import Episode
@@ -24,7 +25,7 @@ from fowm_core.jobs import results
 from fowm_core.learning import checkpoints
 from fowm_core.learning.train import Agent, EvalResult, evaluate, finetune, make_sampler, pretrain
 from fowm_core.sim import make_env, state_dim
-from fowm_core.sim.scripted import MEDIUM_NOISE, ScriptedPolicy
+from fowm_core.sim.scripted import ScriptedPolicy
 
 CAMERA_FOVY_DEG = 45.0
 
@@ -34,7 +35,7 @@ def collect(task: str, episodes: int, out: str | Path, *, noise: float | None = 
     """Run the scripted behaviour policy and write one rosbag2 (MCAP) per episode under `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    noise = MEDIUM_NOISE[task] if noise is None else noise
+    noise = tasks.get(task).medium_noise if noise is None else noise
     with_rgb = obs_mode in ("rgb", "all")
     env = make_env(task, obs_mode="all" if with_rgb else "state")
     camera = CameraSpec(env.image_size, env.image_size, CAMERA_FOVY_DEG) if with_rgb else None

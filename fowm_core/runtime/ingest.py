@@ -154,7 +154,7 @@ class LiveLearnerConfig:
     work_dir: Path                       # ledger.json and checkpoints/ live here
     checkpoint: Path | None = None       # the pretrained start; ignored once work_dir has one
     dataset_dir: Path | None = None      # offline dataset (rosbag2 episodes), docs/algorithm.md §6
-    recompute_reward: bool = True        # reward from rewards.py (True) or the logged /fowm/reward
+    recompute_reward: bool = True        # reward from fowm_core.tasks (True) or the logged /fowm/reward
     task: str | None = None              # relabel every bag for this task (needs recompute)
     checkpoint_every: int = 1            # write and announce after this many trained episodes
     keep_checkpoints: int = 3

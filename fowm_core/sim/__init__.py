@@ -1,8 +1,8 @@
 """The simulation twin: the reference's simxarm tasks (reach, push, lift) on the mujoco package.
 
-``make_env(task, obs_mode, seed)`` builds a gymnasium env (fowm_core.sim.base.XarmEnv); rewards
-and success are fowm_core.tasks.rewards; fowm_core.sim.scripted holds the behaviour policy that
-generates offline datasets.
+``make_env(task, obs_mode, seed)`` builds a gymnasium env (fowm_core.sim.base.XarmEnv) for a task
+of the registry (fowm_core.tasks: rewards, success, scene file, initial conditions);
+fowm_core.sim.scripted holds the behaviour policy that generates offline datasets.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from typing import Any
 
 from fowm_core.config import Modality
 from fowm_core.sim.base import JOINT_NAMES, XarmEnv, state_dim
-from fowm_core.tasks.rewards import TASKS
 
-__all__ = ["JOINT_NAMES", "TASKS", "XarmEnv", "make_env", "state_dim"]
+__all__ = ["JOINT_NAMES", "XarmEnv", "make_env", "state_dim"]
 
 
 def make_env(task: str, obs_mode: Modality | str = Modality.STATE, seed: int | None = None,

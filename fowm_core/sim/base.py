@@ -7,8 +7,8 @@ Semantics follow the reference (fyhMer/fowm benchmarks/simxarm; docs/algorithm.m
   2 × 20 physics steps of 0.002 s (0.08 s);
 - one gym step is one agent step = ``action_repeat`` env steps (FOWM: 2, i.e. 0.16 s), and an
   episode is ``episode_length`` agent steps (25), ended by truncation only;
-- reward and success come from fowm_core.tasks.rewards on the state after the agent step, so a
-  learner reading bags computes the same numbers (see that module for the approximation).
+- reward and success come from the task (fowm_core.tasks) on the state after the agent step, so a
+  learner reading bags computes the same numbers (see fowm_core.tasks.base for the approximation).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from fowm_core import tasks
 from fowm_core.config import Modality
 from fowm_core.contract.topics import GRIPPER_JOINT
 from fowm_core.data import convert
 from fowm_core.errors import EnvError
-from fowm_core.sim import tasks
+from fowm_core.sim import scene
 from fowm_core.sim.render import CameraRenderer
-from fowm_core.tasks import rewards
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
@@ -49,8 +49,8 @@ class XarmEnv(gym.Env):
 
     def __init__(self, task: str, obs_mode: Modality | str = Modality.STATE,
                  action_repeat: int = 2, episode_length: int = 25, image_size: int = 84,
-                 workspace: tasks.Workspace | None = None) -> None:
-        self.spec_task = tasks.get_spec(task)
+                 workspace: scene.Workspace | None = None) -> None:
+        self.spec_task = tasks.get(task)
         self.task = task
         self.obs_mode = _modality(obs_mode)
         if action_repeat < 1 or episode_length < 1 or image_size < 1:
@@ -60,9 +60,9 @@ class XarmEnv(gym.Env):
         self.action_repeat = action_repeat
         self.episode_length = episode_length
         self.image_size = image_size
-        self.workspace = workspace or tasks.Workspace()
+        self.workspace = workspace or scene.Workspace()
         self.render_mode = "rgb_array"
-        self.model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS, self.spec_task.xml))
+        self.model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS, self.spec_task.scene))
         self.data = mujoco.MjData(self.model)
         self._ids()
         self._camera = CameraRenderer(self.model, "camera0")
@@ -84,7 +84,8 @@ class XarmEnv(gym.Env):
         self._obj_site = m.site("object_site").id if self.spec_task.has_object else None
         self._obj_qpos = (int(m.joint("object_joint0").qposadr[0])
                           if self.spec_task.has_object else None)
-        self._goal_site = m.site("target0").id if self.task != "lift" else None
+        # A goal drawn at reset is shown by the scene's target0 site; a derived one is not.
+        self._goal_site = m.site("target0").id if self.spec_task.goal_start is not None else None
 
     def _observation_space(self) -> gym.spaces.Dict:
         spaces: dict[str, gym.Space] = {}
@@ -102,12 +103,12 @@ class XarmEnv(gym.Env):
         if seed is None and self._pending_seed is not None:
             seed, self._pending_seed = self._pending_seed, None
         super().reset(seed=seed)
-        init = tasks.sample_initial(self.task, self.np_random, self.workspace)
+        init = scene.sample_initial(self.task, self.np_random, self.workspace)
         self._place(init)
         self._steps = 0
         return self._obs(), self._info()
 
-    def _place(self, init: tasks.InitialConditions) -> None:
+    def _place(self, init: scene.InitialConditions) -> None:
         # mj_resetData also clears the solver warm start, so a seed fixes the whole trajectory.
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
@@ -117,9 +118,9 @@ class XarmEnv(gym.Env):
         self._goal = None if init.goal is None else init.goal.copy()
         if self._goal_site is not None:
             m.site_pos[self._goal_site] = init.goal
-        d.mocap_pos[self._mocap] = init.eef + tasks.TOOL_OFFSET
-        d.mocap_quat[self._mocap] = tasks.GRIPPER_QUAT
-        d.ctrl[:] = self.spec_task.gripper_cmd or 0.0
+        d.mocap_pos[self._mocap] = init.eef + scene.TOOL_OFFSET
+        d.mocap_quat[self._mocap] = scene.GRIPPER_QUAT
+        d.ctrl[:] = self.spec_task.fixed_gripper or 0.0
         mujoco.mj_forward(m, d)
         mujoco.mj_step(m, d, nstep=SETTLE_STEPS)
         self._check_finite()
@@ -127,8 +128,8 @@ class XarmEnv(gym.Env):
         if init.obj is not None:
             obj = d.site_xpos[self._obj_site]
             self._obj_init_z = float(obj[2])
-            if self.task == "lift":
-                self._goal = np.array([obj[0], obj[1], rewards.lift_target_z(float(obj[2]))])
+            if self.spec_task.goal_from_object is not None:
+                self._goal = self.spec_task.goal_from_object(obj.copy())
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
         a = self._clip(action)
@@ -138,7 +139,7 @@ class XarmEnv(gym.Env):
         self._check_finite()
         self._steps += 1
         state = self.task_state()
-        r = rewards.reward(self.task, state, a, self.action_repeat)
+        r = self.spec_task.reward(state, a, self.action_repeat)
         truncated = self._steps >= self.episode_length
         return self._obs(), r, False, truncated, self._info(state)
 
@@ -156,11 +157,11 @@ class XarmEnv(gym.Env):
         The target is anchored at link7's current position, as the reference's
         reset_mocap2body_xpos, so tracking lag never accumulates into a wind-up."""
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
-        eef_target = self.data.xpos[self._link7] - tasks.TOOL_OFFSET + a[:3] * MAX_STEP_M
-        target = self.workspace.clamp(eef_target) + tasks.TOOL_OFFSET
+        eef_target = self.data.xpos[self._link7] - scene.TOOL_OFFSET + a[:3] * MAX_STEP_M
+        target = self.workspace.clamp(eef_target) + scene.TOOL_OFFSET
         self.data.mocap_pos[self._mocap] = target
-        self.data.mocap_quat[self._mocap] = tasks.GRIPPER_QUAT
-        gripper = self.spec_task.gripper_cmd if self.spec_task.gripper_cmd is not None else a[3]
+        self.data.mocap_quat[self._mocap] = scene.GRIPPER_QUAT
+        gripper = self.spec_task.fixed_gripper if self.spec_task.fixed_gripper is not None else a[3]
         self.data.ctrl[:] = gripper
         return target.copy()
 
@@ -208,9 +209,9 @@ class XarmEnv(gym.Env):
         quat = self.data.qpos[self._obj_qpos + 3:self._obj_qpos + 7].copy()
         return self.data.site_xpos[self._obj_site].copy(), quat
 
-    def task_state(self) -> rewards.TaskState:
+    def task_state(self) -> tasks.TaskState:
         pose = self.object_pose()
-        return rewards.TaskState(eef=self.eef, gripper=self.gripper,
+        return tasks.TaskState(eef=self.eef, gripper=self.gripper,
                                  obj=None if pose is None else pose[0],
                                  goal=self._goal, obj_init_z=self._obj_init_z)
 
@@ -232,10 +233,10 @@ class XarmEnv(gym.Env):
             obs["rgb"] = np.ascontiguousarray(image.transpose(2, 0, 1))
         return obs
 
-    def _info(self, state: rewards.TaskState | None = None) -> dict[str, Any]:
+    def _info(self, state: tasks.TaskState | None = None) -> dict[str, Any]:
         if state is None:
             state = self.task_state()
-        return {"success": rewards.success(self.task, state), "task_state": state,
+        return {"success": self.spec_task.success(state), "task_state": state,
                 "joint_pos": self.joint_positions(), "joint_names": JOINT_NAMES,
                 "steps": self._steps}
 
@@ -265,9 +266,9 @@ def state_dim(task: str, obs_mode: Modality | str = Modality.STATE) -> int:
     the vectors between them (``convert.build_state``)."""
     if _modality(obs_mode) == Modality.ALL:
         return PROPRIO_DIM
-    return convert.state_dim(tasks.get_spec(task).name, "state")
+    return convert.state_dim(task, "state")
 
 
-def _state_vector(task: str, state: rewards.TaskState) -> np.ndarray:
+def _state_vector(task: str, state: tasks.TaskState) -> np.ndarray:
     # The bag reader's definition, so the twin and the logs cannot drift apart.
     return convert.build_state(task, "state", state.eef, state.gripper, state.obj, state.goal)

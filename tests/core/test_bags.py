@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.data import convert
 from fowm_core.data.bags import (
@@ -23,7 +25,6 @@ from fowm_core.data.bags import (
     write_episode_bag,
 )
 from fowm_core.errors import BagError, FowmError
-from fowm_core.tasks import rewards
 
 S0, PERIOD = 1_000_000_000, 160_000_000
 
@@ -38,11 +39,11 @@ def _log(task: str = "lift", steps: int = 5, size: int | None = 84, seed: int = 
             S0 + t * PERIOD, rng.uniform(-0.3, 0.3, 3), float(rng.uniform(0, 0.85)),
             rng.uniform(-1, 1, 7), rng.uniform(-0.3, 0.3, 3) if task != "reach" else None,
             rng.uniform(-0.3, 0.3, 3) if task != "lift" else None, rgb))
-    dim = rewards.ACTION_DIM[task]
+    dim = tasks.get(task).action_dim
     actions = rng.uniform(-1, 1, (steps, dim)).astype(np.float32)
     obj_init_z = float(records[0].obj[2]) if task == "lift" else None
-    reward = [rewards.reward(task, rewards.TaskState(r.eef, r.gripper, r.obj, r.goal, obj_init_z),
-                             a) for r, a in zip(records[1:], actions, strict=True)]
+    reward = [tasks.reward(task, tasks.TaskState(r.eef, r.gripper, r.obj, r.goal, obj_init_z),
+                           a) for r, a in zip(records[1:], actions, strict=True)]
     return EpisodeLog(task, records, actions, reward, episode=f"ep{seed}", seed=seed,
                       success=True, terminal=False, obj_init_z=obj_init_z,
                       camera=CameraSpec(size or 84, size or 84, 45.0) if size else None)
@@ -79,7 +80,7 @@ def test_recorder_builds_the_log_from_sim_infos(tmp_path: Path) -> None:
     log = _log("lift", steps=3, size=None)
 
     def info(s: StepRecord) -> dict:      # what the sim twin's reset/step return as info
-        return {"task_state": rewards.TaskState(s.eef, s.gripper, s.obj, None, log.obj_init_z),
+        return {"task_state": tasks.TaskState(s.eef, s.gripper, s.obj, None, log.obj_init_z),
                 "joint_pos": np.append(s.joints, s.gripper)}
 
     rec = EpisodeRecorder("lift", episode=7, seed=3)
@@ -104,7 +105,7 @@ def test_logged_and_recomputed_rewards_agree_and_relabel(tmp_path: Path) -> None
     assert np.allclose(recomputed.reward, logged.reward, rtol=0, atol=1e-6)
     # Relabel the push episode as reach: eef-to-goal instead of object-to-goal.
     reach = read_episode_bag(bag, task="reach", obs_mode="state", recompute_reward=True)
-    want = [rewards.reward("reach", rewards.TaskState(s.eef, s.gripper, s.obj, s.goal), a)
+    want = [tasks.reward("reach", tasks.TaskState(s.eef, s.gripper, s.obj, s.goal), a)
             for s, a in zip(log.steps[1:], log.actions, strict=True)]
     assert np.allclose(reach.reward, want, atol=1e-6)
     assert not np.allclose(reach.reward, logged.reward)
@@ -225,7 +226,9 @@ def test_dataset_cache_misses_when_the_state_layout_changes(tmp_path: Path, monk
     root = tmp_path / "data"
     write_episode_bag(root / "ep0", _log("push", steps=3, size=None, seed=0), camera=False)
     before = read_dataset(root, obs_mode="state").episodes[0].obs["state"]
-    monkeypatch.setitem(convert.RELATIVE_PARTS, "push", (("obj", "eef"),))
+    monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))
+    tasks.register(dataclasses.replace(tasks.get("push"), relative_parts=(("obj", "eef"),)),
+                   replace=True)
     after = read_dataset(root, obs_mode="state").episodes[0].obs["state"]
     assert before.shape[1] == 16
     assert after.shape[1] == 13, "a vector cached under the old layout was served"

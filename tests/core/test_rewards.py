@@ -1,25 +1,21 @@
-"""Reward and success formulas of fowm_core.tasks.rewards at hand-made states (docs/algorithm.md §7.1)."""
+"""Reward and success formulas of the tasks (fowm_core.tasks) at hand-made states
+(docs/algorithm.md §7.1)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from fowm_core import tasks
 from fowm_core.errors import ConfigError, FowmError
-from fowm_core.tasks.rewards import (
-    TASKS,
-    TaskState,
-    env_reward,
-    lift_target_z,
-    reward,
-    success,
-)
+from fowm_core.tasks import TaskState, env_reward, reward, success
+from fowm_core.tasks.lift import target_z as lift_target_z
 
 GOAL = np.array([1.5, 0.3, 0.58])
 
 
 def test_tasks_tuple():
-    assert TASKS == ("reach", "push", "lift")
+    assert tasks.names() == ("reach", "push", "lift")
 
 
 def test_reach_reward_is_distance_plus_action_penalty_times_repeat():

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from fowm_core import tasks
 from fowm_core.data import convert
 from fowm_core.errors import ConfigError, EnvError
-from fowm_core.sim import JOINT_NAMES, TASKS, XarmEnv, make_env, state_dim
-from fowm_core.sim import tasks as sim_tasks
+from fowm_core.sim import JOINT_NAMES, XarmEnv, make_env, scene, state_dim
 from fowm_core.sim.scripted import ScriptedPolicy, collect_episodes
-from fowm_core.tasks import rewards
+from fowm_core.tasks.base import TABLE_TOP_Z
+from fowm_core.tasks.lift import target_z as lift_target_z
 
-ACTION_DIMS = {"reach": 3, "push": 3, "lift": 4}
+ACTION_DIMS = {"reach": 3, "push": 3, "lift": 4}     # the reference's
 
 
 def _action(task: str, xyz, grip: float = 0.0) -> np.ndarray:
@@ -26,7 +27,7 @@ def _link7(env: XarmEnv) -> np.ndarray:
     return env.data.xpos[env.model.body("link7").id].copy()
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", tasks.names())
 def test_spaces_and_observations(task):
     env = make_env(task, "state", seed=0)
     obs, info = env.reset()
@@ -122,11 +123,11 @@ def test_workspace_limits_clamp_the_target():
     for _ in range(8):
         env.step(_action("lift", [1.0, 1.0, -1.0]))
     target = env.apply_action(_action("lift", [1.0, 1.0, -1.0]))
-    np.testing.assert_allclose(target - sim_tasks.TOOL_OFFSET, [ws.high[0], ws.high[1], ws.low[2]])
+    np.testing.assert_allclose(target - scene.TOOL_OFFSET, [ws.high[0], ws.high[1], ws.low[2]])
     assert env.eef[0] <= ws.high[0] + 0.003 and env.eef[1] <= ws.high[1] + 0.003
     assert env.eef[2] >= ws.low[2] - 0.003
     with pytest.raises(ConfigError, match="below high"):
-        sim_tasks.Workspace(low=(1.0, 0.0, 0.5), high=(0.9, 1.0, 1.0))
+        scene.Workspace(low=(1.0, 0.0, 0.5), high=(0.9, 1.0, 1.0))
 
 
 def test_seeded_episodes_are_deterministic():
@@ -155,12 +156,12 @@ def test_initial_conditions_follow_the_reference_ranges():
         s = info["task_state"]
         assert np.all(np.abs(s.obj[:2] - [1.405, 0.3]) <= 0.081)
         assert np.all(np.abs(s.goal[:2] - [1.6, 0.2]) <= 0.1)
-        assert np.all(np.abs(s.eef - sim_tasks.EEF_START) <= 0.05 + 0.003)
+        assert np.all(np.abs(s.eef - scene.EEF_START) <= 0.05 + 0.003)
         _, info = lift.reset(seed=seed)
         s = info["task_state"]
         assert np.all(np.abs(s.obj[:2] - [1.505, 0.2]) <= 0.051)
-        assert s.obj_init_z == pytest.approx(sim_tasks.TABLE_TOP_Z + 0.035, abs=0.002)
-        assert s.goal[2] == rewards.lift_target_z(s.obj_init_z)
+        assert s.obj_init_z == pytest.approx(TABLE_TOP_Z + 0.035, abs=0.002)
+        assert s.goal[2] == lift_target_z(s.obj_init_z)
 
 
 def test_lift_success_threshold_with_the_cube_placed_by_hand():
@@ -171,7 +172,7 @@ def test_lift_success_threshold_with_the_cube_placed_by_hand():
     for z, expected in ((init_z + 0.15, True), (init_z + 0.15 - 1e-6, False)):
         env.place_object([start[0], start[1], z])
         assert env.task_state().obj[2] == z
-        assert rewards.success("lift", env.task_state()) is expected
+        assert tasks.success("lift", env.task_state()) is expected
 
 
 def test_push_reward_and_success_with_the_cube_placed_by_hand():
@@ -181,12 +182,12 @@ def test_push_reward_and_success_with_the_cube_placed_by_hand():
     env.place_object(goal + np.array([0.03, 0.0, 0.021]))
     state = env.task_state()
     dist = np.hypot(0.03, 0.021)
-    assert rewards.success("push", state)
-    assert rewards.reward("push", state, np.array([1.0, 0, 0])) == pytest.approx(
+    assert tasks.success("push", state)
+    assert tasks.reward("push", state, np.array([1.0, 0, 0])) == pytest.approx(
         -2 * (dist + 0.15), abs=1e-9)
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", tasks.names())
 def test_env_reward_equals_the_pure_function_of_logged_state(task):
     env = make_env(task, seed=5)
     env.reset()
@@ -194,8 +195,8 @@ def test_env_reward_equals_the_pure_function_of_logged_state(task):
     for _ in range(8):
         a = rng.uniform(-1.3, 1.3, ACTION_DIMS[task])
         _, r, _, _, info = env.step(a)
-        assert r == rewards.reward(task, info["task_state"], a, env.action_repeat)
-        assert info["success"] == rewards.success(task, info["task_state"])
+        assert r == tasks.reward(task, info["task_state"], a, env.action_repeat)
+        assert info["success"] == tasks.success(task, info["task_state"])
 
 
 def test_two_envs_in_one_process_both_render():
@@ -222,7 +223,7 @@ def test_bad_arguments_raise_fowm_errors():
         env.step(np.zeros(4))
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", tasks.names())
 def test_clean_scripted_policy_solves_the_task(task):
     env = make_env(task)
     policy = ScriptedPolicy(task, noise=0.0)
@@ -241,15 +242,15 @@ def test_collect_episodes_records_what_rewards_need():
     assert ep.obs["state"].shape == (26, 4) and ep.action.shape == (25, 3)
     assert ep.terminal is False and ep.info["seed"] == 3
     for t in range(25):
-        state = rewards.TaskState(ep.info["eef"][t + 1], ep.info["gripper"][t + 1],
-                                  ep.info["obj"][t + 1], ep.info["goal"], ep.info["obj_init_z"])
-        assert ep.reward[t] == pytest.approx(rewards.reward("push", state, ep.action[t]), abs=1e-6)
-    final = rewards.TaskState(ep.info["eef"][-1], ep.info["gripper"][-1], ep.info["obj"][-1],
-                              ep.info["goal"])
-    assert ep.success == rewards.success("push", final)
+        state = tasks.TaskState(ep.info["eef"][t + 1], ep.info["gripper"][t + 1],
+                                ep.info["obj"][t + 1], ep.info["goal"], ep.info["obj_init_z"])
+        assert ep.reward[t] == pytest.approx(tasks.reward("push", state, ep.action[t]), abs=1e-6)
+    final = tasks.TaskState(ep.info["eef"][-1], ep.info["gripper"][-1], ep.info["obj"][-1],
+                            ep.info["goal"])
+    assert ep.success == tasks.success("push", final)
     policy = ScriptedPolicy("push", 0.0)
     np.testing.assert_allclose(policy.act({"state": convert.build_state(
         "push", "state", ep.info["eef"][0], ep.info["gripper"][0], ep.info["obj"][0],
         ep.info["goal"])}),
-        policy.act(rewards.TaskState(ep.info["eef"][0], ep.info["gripper"][0],
-                                     ep.info["obj"][0], ep.info["goal"])), atol=1e-5)
+        policy.act(tasks.TaskState(ep.info["eef"][0], ep.info["gripper"][0],
+                                   ep.info["obj"][0], ep.info["goal"])), atol=1e-5)

@@ -20,10 +20,10 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool, Trigger
 
+from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
 from fowm_core.sim import make_env
-from fowm_core.tasks import rewards
 
 ACTION = [0.2, -0.1, -0.5, 0.3]
 
@@ -123,5 +123,5 @@ def test_bad_parameters_stop_the_node_with_a_clear_message(
         _node(EpisodeManagerNode, **params)
 
 
-def test_rewards_module_is_the_one_the_twin_uses() -> None:
-    assert rewards.ACTION_DIM["lift"] == len(ACTION)
+def test_the_tasks_action_size_is_the_one_the_twin_uses() -> None:
+    assert tasks.get("lift").action_dim == len(ACTION)

@@ -1,6 +1,6 @@
 """fowm_episode_manager: starts and ends episodes, publishes rewards and episode events.
 
-Rewards come from fowm_core.tasks.rewards, the function the learner uses on bags and the twin uses
+Rewards come from fowm_core.tasks, the function the learner uses on bags and the twin uses
 in step(), computed on the paired observation after each agent step (fowm_core.runtime.control
 .EpisodeTracker). Episodes last episode_length agent steps (docs/algorithm.md §7.1: 25) or, if end_on_success,
 end at the first success. Events go to /fowm/episode as JSON (docs/design.md).
@@ -36,13 +36,13 @@ from std_srvs.srv import SetBool, Trigger
 
 from fowm.ros import qos
 from fowm.ros.params import declare_from_dataclass
+from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.data import convert
 from fowm_core.data.sync import ApproxTimeSync
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.control import EpisodeTracker, event_json
 from fowm_core.runtime.control import param_meta as _p
-from fowm_core.tasks import rewards
 
 MODES = ("sim", "real")
 NEVER = 2**63 - 1
@@ -80,12 +80,12 @@ class EpisodeManagerNode(Node):
         if p.mode not in MODES:
             msg = f"parameter mode={p.mode!r} is invalid: expected one of {MODES}"
             raise ConfigError(msg)
-        if p.task not in rewards.TASKS:
-            msg = f"parameter task={p.task!r} is invalid: expected one of {rewards.TASKS}"
+        if p.task not in tasks.names():
+            msg = f"parameter task={p.task!r} is invalid: expected one of {tasks.names()}"
             raise ConfigError(msg)
         self.tracker = EpisodeTracker(
-            task=p.task, reward_fn=lambda task, s, a: rewards.reward(task, s, a),
-            success_fn=rewards.success, action_dim=rewards.ACTION_DIM[p.task],
+            task=p.task, reward_fn=lambda task, s, a: tasks.reward(task, s, a),
+            success_fn=tasks.success, action_dim=tasks.get(p.task).action_dim,
             max_steps=p.episode_length, end_on_success=p.end_on_success,
             strict_pairing=p.lockstep)
         self.events: list[dict[str, Any]] = []       # every event published, for callers/tests
@@ -102,7 +102,7 @@ class EpisodeManagerNode(Node):
         self.streams = {"ee_pose": (PoseStamped, topics.EE_POSE),
                         "joint_states": (JointState, topics.JOINT_STATES),
                         "goal_pose": (PoseStamped, topics.GOAL_POSE)}
-        if p.task != "reach":
+        if tasks.get(p.task).has_object:
             self.streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
         self._sync = ApproxTimeSync(len(self.streams), 10, p.sync_slop_s)
         self.create_subscription(JointState, topics.ACTION, self._on_action, qos.COMMAND)
@@ -143,7 +143,7 @@ class EpisodeManagerNode(Node):
         obj = convert.pose_arrays(msgs["object_pose"])[0] if "object_pose" in msgs else None
         if self.tracker.is_first(stamp):
             self._obj_init_z = None if obj is None else float(obj[2])
-        state = rewards.TaskState(
+        state = tasks.TaskState(
             eef=convert.pose_arrays(msgs["ee_pose"])[0],
             gripper=convert.joint_state_arrays(msgs["joint_states"])[1],
             obj=obj, goal=convert.pose_arrays(msgs["goal_pose"])[0],

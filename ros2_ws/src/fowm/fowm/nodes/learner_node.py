@@ -53,7 +53,7 @@ class LearnerNodeParams:
     dataset_dir: str = field(default="", metadata=_p(
         "offline dataset (episode bags) for the offline half of every batch (docs/algorithm.md §6)"))
     recompute_reward: bool = field(default=True, metadata=_p(
-        "recompute rewards from observations (fowm_core.tasks.rewards); false: logged rewards"))
+        "recompute rewards from observations (fowm_core.tasks); false: logged rewards"))
     task: str = field(default="", metadata=_p(
         "relabel bags for this task (needs recompute_reward); empty: the checkpoint's task"))
     checkpoint_every: int = field(default=1, metadata=_p(

@@ -35,22 +35,22 @@ from std_srvs.srv import Trigger
 from fowm.ros import qos
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.timing import FixedRateLoop, Tick
+from fowm_core import tasks
 from fowm_core.config import Modality
 from fowm_core.contract import topics
 from fowm_core.data import convert
 from fowm_core.errors import ConfigError, EnvError, FowmError
 from fowm_core.runtime.control import param_meta as _p
 from fowm_core.runtime.safety import command_to_execute
-from fowm_core.sim import JOINT_NAMES, make_env, tasks
-from fowm_core.sim.tasks import GRIPPER_QUAT
-from fowm_core.tasks import rewards
+from fowm_core.sim import JOINT_NAMES, make_env
+from fowm_core.sim.scene import GRIPPER_QUAT
 
 AGENT_STEP_S = 0.16      # docs/algorithm.md §7.1: 2 env steps × 2 × 20 × 0.002 s
 
 
 @dataclass(frozen=True)
 class SimNodeParams:
-    task: str = field(default="lift", metadata=_p("twin task: reach, push or lift"))
+    task: str = field(default="lift", metadata=_p(f"twin task: {', '.join(tasks.names())}"))
     obs_mode: str = field(default="all", metadata=_p(
         "observation mode the twin renders for: state, rgb or all (FOWM: all)"))
     seed: int = field(default=0, metadata=_p(
@@ -76,13 +76,13 @@ class SimNode(Node):
         super().__init__("fowm_sim", **kwargs)
         self.params = p = declare_from_dataclass(self, "", SimNodeParams)
         try:
-            tasks.get_spec(p.task)
+            tasks.get(p.task)
             Modality(p.obs_mode)
         except (FowmError, ValueError) as err:
             msg = (f"fowm_sim cannot build the twin (task={p.task!r}, "
                    f"obs_mode={p.obs_mode!r}): {err}")
             raise ConfigError(msg) from err
-        self.action_dim = rewards.ACTION_DIM[p.task]
+        self.action_dim = tasks.get(p.task).action_dim
         # MuJoCo's EGL context is current on one thread only: the twin is built, reset, stepped
         # and rendered on the loop thread alone; ~/reset hands its request over and waits.
         self.env: Any = None

@@ -64,7 +64,7 @@ def test_a_contradiction_is_refused_at_start_naming_both_values(
 
 @pytest.mark.parametrize("cls", [SimNode, EpisodeManagerNode])
 def test_no_checkpoint_and_no_task_is_refused(ros: None, cls: type) -> None:
-    with pytest.raises(ConfigError, match="task.* is empty and no checkpoint is set"):
+    with pytest.raises(ConfigError, match=r"task.* is empty and no checkpoint is set"):
         _make(cls)
 
 

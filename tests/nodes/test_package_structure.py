@@ -10,9 +10,8 @@ import importlib
 import inspect
 from pathlib import Path
 
-import pytest
-
 import fowm
+import pytest
 
 PKG = Path(fowm.__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ lateness/jitter and the planning latency distribution (median/p95/max), with tor
 callback that sleeps: the worst case of rclpy#1223) and reports how many ticks the control thread
 made meanwhile; ``--executor multi`` uses a MultiThreadedExecutor instead.
 
-    PYTHONPATH=.:ros2_ws/src/fowm python benchmarks/control_timing.py --duration 30 [--checkpoint C]
+    .venv/bin/python benchmarks/control_timing.py --duration 30 [--checkpoint C]
 """
 
 from __future__ import annotations
@@ -21,17 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rclpy
+from fowm.nodes.planner_node import PlannerNode
+from fowm.nodes.sim_node import SimNode
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "fowm"))
+from fowm_core.config import cpu
+from fowm_core.learning.checkpoints import save_agent
+from fowm_core.model import WorldModel
 
 
 def default_checkpoint(path: Path, task: str) -> Path:
     """Random weights at the cpu preset's sizes (planning cost does not depend on the values)."""
-    from fowm_core.config import cpu
-    from fowm_core.learning.checkpoints import save_agent
-    from fowm_core.model import WorldModel
-
     cfg = cpu(task, "all")
     save_agent(path, WorldModel(cfg.model), cfg, step=0, metrics={})
     return path
@@ -39,19 +42,10 @@ def default_checkpoint(path: Path, task: str) -> Path:
 
 def run(checkpoint: Path, rate_hz: float, duration_s: float, threads: int, stall_s: float,
         multi: bool) -> dict[str, Any]:
-    import rclpy
-    from fowm.nodes.planner_node import PlannerNode
-    from fowm.nodes.sim_node import SimNode
-    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-
-    from fowm_core.learning.checkpoints import load_agent
-
-    task = load_agent(checkpoint).cfg.task
     rclpy.init()
     executor = MultiThreadedExecutor(num_threads=4) if multi else SingleThreadedExecutor()
-    sim = SimNode(parameter_overrides=[Parameter("task", value=task),
+    # The twin takes task and obs mode from the checkpoint (fowm.ros.checkpoint_task).
+    sim = SimNode(parameter_overrides=[Parameter("checkpoint", value=str(checkpoint)),
                                        Parameter("rate_hz", value=rate_hz)])
     planner = PlannerNode(parameter_overrides=[
         Parameter("checkpoint", value=str(checkpoint)), Parameter("rate_hz", value=rate_hz),

@@ -7,7 +7,7 @@ planner directly. Lock-step makes both deterministic, so success per seed should
 returns equal up to float32 round-off; any difference is a bug in the ROS path (pairing, stamps,
 conversions, resets).
 
-    PYTHONPATH=.:ros2_ws/src/fowm python benchmarks/ros_parity.py --checkpoint ckpt.safetensors \
+    .venv/bin/python benchmarks/ros_parity.py --checkpoint ckpt.safetensors \
         --episodes 10 > parity.json
 """
 
@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fowm.bringup import run_stack
+
+from fowm_core.learning.checkpoints import load_agent
+from fowm_core.planner.mppi import Planner
+from fowm_core.sim import make_env
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "fowm"))
-
-from fowm_core.learning.checkpoints import load_agent  # noqa: E402
-from fowm_core.planner.mppi import Planner  # noqa: E402
-from fowm_core.sim import make_env  # noqa: E402
 
 
 def python_eval(checkpoint: str | Path, seeds: list[int], episode_length: int = 25,
@@ -62,18 +62,15 @@ def python_eval(checkpoint: str | Path, seeds: list[int], episode_length: int = 
 
 def ros_eval(checkpoint: str | Path, seeds: list[int], config: str | Path,
              episode_length: int = 25) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The same episodes through ROS topics (lock-step); seeds must be consecutive."""
-    from fowm.bringup import run_stack
-
+    """The same episodes through ROS topics (lock-step); seeds must be consecutive. The twin
+    and the episode manager take task and obs mode from the checkpoint (ros.checkpoint_task)."""
     if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
         msg = f"seeds {seeds} must be consecutive: the episode manager uses base_seed + n"
         raise ValueError(msg)
-    cfg = load_agent(checkpoint).cfg
-    task, mode = cfg.task, cfg.model.modality.value
     overrides = {
-        "fowm_sim": {"task": task, "obs_mode": mode, "episode_length": episode_length},
+        "fowm_sim": {"episode_length": episode_length},
         "fowm_planner": {"torch_threads": 2},
-        "fowm_episode_manager": {"task": task, "base_seed": seeds[0],
+        "fowm_episode_manager": {"base_seed": seeds[0],
                                  "episode_length": episode_length, "service_timeout_s": 60.0},
     }
     result = run_stack(config, checkpoint, duration_s=60.0 + 30.0 * len(seeds), lockstep=True,

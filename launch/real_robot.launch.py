@@ -22,6 +22,8 @@ from launch import LaunchDescription
 
 def generate_launch_description() -> LaunchDescription:
     config = LaunchConfiguration("config")
+    # The planner's weights and, for the episode manager, the task (fowm.ros.checkpoint_task).
+    checkpoint = {"checkpoint": LaunchConfiguration("checkpoint")}
     return LaunchDescription([
         DeclareLaunchArgument("robot_ip", description="IP address of the xArm controller"),
         DeclareLaunchArgument(
@@ -39,9 +41,9 @@ def generate_launch_description() -> LaunchDescription:
              parameters=[config, {"robot_ip": LaunchConfiguration("robot_ip")}]),
         Node(package="fowm", executable="planner_node", name="fowm_planner", output="screen",
              emulate_tty=True,
-             parameters=[config, {"checkpoint": LaunchConfiguration("checkpoint")}]),
+             parameters=[config, checkpoint]),
         Node(package="fowm", executable="episode_manager", name="fowm_episode_manager",
-             output="screen", emulate_tty=True, parameters=[config]),
+             output="screen", emulate_tty=True, parameters=[config, checkpoint]),
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
              arguments=["-d", PathJoinSubstitution(
                  [FindPackageShare("fowm"), "config", "fowm.rviz"])],

@@ -20,6 +20,8 @@ from launch import LaunchDescription
 def generate_launch_description() -> LaunchDescription:
     config = LaunchConfiguration("config")
     lockstep = LaunchConfiguration("lockstep")
+    # One checkpoint for all three: the planner's weights, the others' task and obs mode.
+    checkpoint = {"checkpoint": LaunchConfiguration("checkpoint")}
     common = {"lockstep": lockstep}
     follower = {"lockstep": lockstep, "use_sim_time": lockstep}   # the twin owns /clock
     return LaunchDescription([
@@ -36,12 +38,12 @@ def generate_launch_description() -> LaunchDescription:
         # 640×480 images between processes need Fast DDS's large-data transport (§1.7).
         SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
         Node(package="fowm", executable="sim_node", name="fowm_sim", output="screen",
-             emulate_tty=True, parameters=[config, common]),
+             emulate_tty=True, parameters=[config, common, checkpoint]),
         Node(package="fowm", executable="planner_node", name="fowm_planner", output="screen",
              emulate_tty=True,
-             parameters=[config, follower, {"checkpoint": LaunchConfiguration("checkpoint")}]),
+             parameters=[config, follower, checkpoint]),
         Node(package="fowm", executable="episode_manager", name="fowm_episode_manager",
-             output="screen", emulate_tty=True, parameters=[config, follower]),
+             output="screen", emulate_tty=True, parameters=[config, follower, checkpoint]),
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
              arguments=["-d", PathJoinSubstitution(
                  [FindPackageShare("fowm"), "config", "fowm.rviz"])],

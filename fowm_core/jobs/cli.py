@@ -6,8 +6,11 @@
     fowm eval       success rate of a checkpoint (eval mode: no exploration noise)
     fowm experiment tasks × seeds × λ, the README table and docs/results JSON
     fowm bench      plan | update | peak: one JSON line each
-    fowm run        the ROS 2 stack from a YAML config, all nodes in one process
-    fowm demo       the whole loop on the twin (README's main command)
+
+More verbs come from installed packages through the entry point group ``fowm.commands``, as
+ros2cli finds its verbs: the ROS 2 package (ros2_ws/src/fowm) adds ``run`` (the stack from a YAML
+config, all nodes in one process) and ``demo`` (the whole loop on the twin, README's main
+command). Each gets the arguments after its name and returns an exit code.
 """
 
 from __future__ import annotations
@@ -15,10 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from fowm_core import tasks
 from fowm_core.errors import FowmError
+
+COMMAND_GROUP = "fowm.commands"
+# Where the ROS verbs come from, for the message when one is asked for and not installed.
+INSTALL_HINT = ("the ROS 2 verbs (run, demo) come with the ROS package in ros2_ws/src/fowm: run "
+                "`make setup` (it pip-installs the package into .venv), or on a ROS install "
+                "`colcon build` in ros2_ws and `source install/setup.bash`")
 
 
 def _ints(text: str) -> list[int]:
@@ -106,25 +116,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args.bench_args)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def installed_commands(core: set[str] | frozenset[str] = frozenset()) -> dict[str, EntryPoint]:
+    """Verbs that installed packages register under ``fowm.commands`` (core verbs win)."""
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP) if ep.name not in core}
+
+
+def run_installed(ep: EntryPoint, argv: list[str]) -> int:
+    """Load a package's verb and run it with the arguments after its name."""
     try:
-        from fowm import bringup as stack
+        func = ep.load()
     except ImportError as err:
-        msg = ("`fowm run` needs the ROS 2 package `fowm` (ros2_ws/src/fowm) and rclpy: "
-               "run `make setup`, or on a ROS install `colcon build` and source the workspace "
-               f"({err})")
+        msg = (f"`fowm {ep.name}` ({ep.value}) is registered but does not import: {err}; "
+               f"{INSTALL_HINT}")
         raise FowmError(msg) from err
-    return stack.main(args.stack_args)
+    return int(func(argv) or 0)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from fowm_core import demo
-
-    return demo.main(args.demo_args)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fowm", description=__doc__,
+def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.ArgumentParser:
+    installed = installed_commands(CORE) if installed is None else installed
+    epilog = (f"installed verbs ({COMMAND_GROUP}): {', '.join(sorted(installed))}" if installed
+              else f"no {COMMAND_GROUP} verbs installed: {INSTALL_HINT}")
+    parser = argparse.ArgumentParser(prog="fowm", description=__doc__, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -195,27 +207,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("run", help="the ROS 2 stack from a YAML config", add_help=False)
-    p.add_argument("stack_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("demo", help="the whole loop on the twin", add_help=False)
-    p.add_argument("demo_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_demo)
+    for name, ep in sorted(installed.items()):
+        dist = ep.dist.name if ep.dist is not None else ep.value
+        sub.add_parser(name, help=f"from {dist} ({ep.value}); `fowm {name} -h` for its options",
+                       add_help=False)
     return parser
 
 
 # Sub-commands with their own argument parsers: everything after the name is theirs (argparse's
 # REMAINDER does not pass on arguments that start with "--").
-PASSTHROUGH = {"bench": "bench_args", "run": "stack_args", "demo": "demo_args"}
+PASSTHROUGH = {"bench": "bench_args"}
+CORE = frozenset({"collect", "pretrain", "finetune", "eval", "experiment", "bench"})
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    if argv and argv[0] in PASSTHROUGH:
+    installed = installed_commands(CORE)
+    parser = build_parser(installed)
+    command = argv[0] if argv else ""
+    if command and not command.startswith("-") and command not in CORE | set(installed):
+        print(f"fowm: unknown command {command!r}: the core verbs are {', '.join(sorted(CORE))}; "
+              f"{INSTALL_HINT}", file=sys.stderr)
+        return 2
+    if command in installed:
+        args = argparse.Namespace(command=command, func=lambda _: run_installed(
+            installed[command], argv[1:]))
+    elif command in PASSTHROUGH:
         args = parser.parse_args(argv[:1])
-        setattr(args, PASSTHROUGH[argv[0]], argv[1:])
+        setattr(args, PASSTHROUGH[command], argv[1:])
     else:
         args = parser.parse_args(argv)
     try:

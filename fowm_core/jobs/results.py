@@ -60,3 +60,38 @@ def plot_success_curves(path: str | Path, curves: dict[str, dict[str, Any]], tit
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_demo(path: str | Path, summary: dict[str, Any]) -> Path:
+    """`fowm demo`'s figure: success before/after (bars) and each online episode's success with
+    its running mean. ``summary``: the demo's demo.json (success_before/after, eval_episodes,
+    task, swaps, tick_misses_with_learner, online.success)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    s = summary
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(["before", "after"], [s["success_before"], s["success_after"]],
+             color=["#999999", "#2b7bba"])
+    left.set_ylim(0, 1)
+    left.set_ylabel("success rate")
+    left.set_title(f"{s['task']}: eval over {s['eval_episodes']} episodes")
+    online = np.asarray(s["online"]["success"], float)
+    if len(online):
+        x = np.arange(1, len(online) + 1)
+        window = max(1, min(5, len(online)))
+        mean = np.convolve(online, np.ones(window) / window, mode="valid")
+        right.plot(x, online, "o", alpha=0.4, label="episode success")
+        right.plot(x[window - 1:], mean, "-", label=f"running mean ({window})")
+    right.set_ylim(-0.05, 1.05)
+    right.set_xlabel("online episode (live finetuning)")
+    right.set_title(f"{s['swaps']} hot-swaps, {s['tick_misses_with_learner']} missed ticks")
+    right.legend(loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

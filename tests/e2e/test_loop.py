@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import rclpy
 import torch
-from fowm.bringup import stack_factories
-from fowm.nodes.learner_node import loop_factories
+from fowm.bringup import loop_factories, stack_factories
 from helpers.loop import collect, tiny_checkpoint
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy

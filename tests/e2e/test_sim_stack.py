@@ -46,7 +46,7 @@ def test_lockstep_ros_evaluation_equals_python_on_the_same_seeds(
 
 def test_fowm_run_ends_cleanly_on_sigint(domain: str, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'ros2_ws' / 'src' / 'fowm'}")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     code = ("import sys; from fowm.bringup import main; "
             f"sys.exit(main(['--config', {str(CONFIG)!r}, '--checkpoint', {str(ckpt)!r}]))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO,

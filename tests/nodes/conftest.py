@@ -20,7 +20,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The ROS package is not pip-installed in the venv: import it from the source tree.
+# The ROS package `fowm` is pip-installed into the venv by `make setup` (editable), like fowm_core.
 
 _test_index = itertools.count()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fowm.nodes.episode_manager import EVENTS_QOS, EpisodeManagerNode
+from fowm.nodes.episode_manager import EpisodeManagerNode
 from fowm.nodes.planner_node import PlannerNode
 from fowm.nodes.sim_node import SimNode
 from fowm.ros import qos
@@ -38,7 +38,7 @@ def _qos_for(topic: str) -> Any:
     if topic in SENSORS:
         return qos.SENSOR_SUB
     if topic == topics.EPISODE:
-        return EVENTS_QOS
+        return qos.EVENTS
     return qos.DIAGNOSTICS if topic == topics.DIAGNOSTICS else qos.COMMAND
 
 
@@ -53,8 +53,9 @@ def test_running_stack_keeps_the_topic_contract(
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
     planner = PlannerNode(parameter_overrides=[Parameter("checkpoint", value=str(ckpt)),
                                                Parameter("rate_hz", value=RATE_HZ)])
-    for node in (SimNode(parameter_overrides=[Parameter("rate_hz", value=RATE_HZ)]), planner,
-                 EpisodeManagerNode()):
+    same = Parameter("checkpoint", value=str(ckpt))       # task and obs mode from its sidecar
+    for node in (SimNode(parameter_overrides=[same, Parameter("rate_hz", value=RATE_HZ)]),
+                 planner, EpisodeManagerNode(parameter_overrides=[same])):
         executor.add_node(node)
     enough = {topics.EE_POSE: 10, topics.ACTION: 4, topics.REWARD: 3, topics.EPISODE: 1,
               topics.PLAN_MARKERS: 2, topics.DIAGNOSTICS: 2}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from fowm.nodes.episode_manager import EVENTS_QOS, EpisodeManagerNode
+from fowm.nodes.episode_manager import EpisodeManagerNode
 from fowm.nodes.sim_node import SimNode
 from fowm.ros import qos
 from geometry_msgs.msg import PoseStamped
@@ -29,6 +29,8 @@ ACTION = [0.2, -0.1, -0.5, 0.3]
 
 
 def _node(cls: type, **params: object) -> Node:
+    """Nodes without a checkpoint: the task (and the twin's obs_mode) set here."""
+    params = {"task": "lift", **({"obs_mode": "all"} if cls is SimNode else {}), **params}
     return cls(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
 
 
@@ -58,7 +60,7 @@ def test_sim_episodes_have_fixed_length_seeded_resets_and_shared_rewards(
     Answerer(helper)
     rewards_rec, events_rec = Recorder(), Recorder()
     helper.create_subscription(Float32, topics.REWARD, rewards_rec, qos.COMMAND)
-    helper.create_subscription(String, topics.EPISODE, events_rec, EVENTS_QOS)
+    helper.create_subscription(String, topics.EPISODE, events_rec, qos.EVENTS)
     executor.add_node(helper)
     # The twin comes up after the listener has matched, so the first "start" is not missed.
     assert spin_until(lambda: helper.count_publishers(topics.EPISODE) == 0, timeout_s=1)

@@ -12,7 +12,6 @@ import pytest
 import rclpy
 import yaml
 from fowm.bringup import stack_factories
-from fowm.nodes.episode_manager import EVENTS_QOS
 from fowm.nodes.recorder_node import RecorderNode, header_stamp_ns
 from fowm.ros import qos
 from geometry_msgs.msg import PoseStamped
@@ -80,7 +79,7 @@ def test_an_episode_is_cut_to_its_stamps_and_written_from_the_wire_bytes(
     pub_node = rclpy.create_node("episode_source")
     executor.add_node(rec)
     executor.add_node(pub_node)
-    qos_of = {topics.EPISODE: EVENTS_QOS, topics.ACTION: qos.COMMAND, topics.REWARD: qos.COMMAND}
+    qos_of = {topics.EPISODE: qos.EVENTS, topics.ACTION: qos.COMMAND, topics.REWARD: qos.COMMAND}
     classes = {topics.EPISODE: String, topics.ACTION: JointState, topics.REWARD: Float32,
                topics.EE_POSE: PoseStamped, topics.OBJECT_POSE: PoseStamped,
                topics.GOAL_POSE: PoseStamped, topics.JOINT_STATES: JointState}

@@ -28,6 +28,8 @@ STREAMS = {topics.COLOR_IMAGE: Image, topics.COLOR_INFO: CameraInfo,
 
 
 def _sim(**params: object) -> SimNode:
+    """A twin without a checkpoint: task and obs_mode set here (fowm.ros.checkpoint_task)."""
+    params = {"task": "lift", "obs_mode": "all", **params}
     return SimNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
 
 

@@ -29,6 +29,12 @@ NODES = {
     "recorder_node": "fowm.nodes.recorder_node",
     "learner_node": "fowm.nodes.learner_node",
 }
+# Verbs of the `fowm` command (fowm_core.jobs.cli finds them by this entry point group, as ros2cli
+# finds its verbs): each is called with the arguments after the verb and returns an exit code.
+COMMANDS = {
+    "run": "fowm.bringup:main",
+    "demo": "fowm.demo:main",
+}
 
 
 def _share(folder: str, *patterns: str) -> tuple[str, list[str]]:
@@ -58,5 +64,6 @@ setup(
     extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [f"{name} = {module}:main" for name, module in NODES.items()],
+        "fowm.commands": [f"{name} = {target}" for name, target in COMMANDS.items()],
     },
 )

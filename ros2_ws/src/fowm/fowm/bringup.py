@@ -1,81 +1,82 @@
 """The whole sim stack in one process, without ROS's launch (`fowm run --config config/sim.yaml`).
 
-The same node classes as the launch files, composed in one executor (ros2/examples composed.py),
-with parameters from the same YAML (--params-file). A SingleThreadedExecutor serves the
-callbacks: the control loops run on their own threads (fowm.ros.timing), so nothing here depends on
-the executor's timing, and the single-threaded one does not show the stalls of rclpy#1223.
-SIGINT/SIGTERM end it cleanly: ExternalShutdownException/KeyboardInterrupt → destroy the nodes →
-rclpy.try_shutdown() (docs/platform.md §1.8).
+The same node classes as the launch files, composed in one executor (ros2/examples composed.py,
+fowm.ros.spin), with parameters from the same YAML (--params-file). With a bag directory the
+recorder joins them and the learner runs in its own process (``spawn_learner_process``).
+SIGINT/SIGTERM end it cleanly (fowm.ros.spin, docs/platform.md §1.8). ``run_stack`` returns what
+the run did (``StackResult``); `fowm run` and `fowm demo` (fowm.demo) print from it.
+
+The planner's checkpoint goes to the twin and the episode manager too: they take the task and
+observation mode from its sidecar (fowm.ros.checkpoint_task). No node imports this module.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from fowm.nodes.episode_manager import EpisodeManagerNode
+from fowm.nodes.learner_node import LearnerNode
+from fowm.nodes.planner_node import PlannerNode
+from fowm.nodes.recorder_node import RecorderNode
+from fowm.nodes.sim_node import SimNode
+from fowm.ros.spin import NodeFactory, spin_nodes
 from fowm_core.errors import ConfigError, FowmError
+from fowm_core.learning.checkpoints import read_meta
+from fowm_core.runtime.ingest import TRAINED_KEY, BagLedger, latest_checkpoint
 
-NodeFactory = Callable[[], Node]
+Overrides = dict[str, dict[str, Any]]
+
+
+@dataclass
+class LearnerReport:
+    """The learner process's trace in its work directory: ledger and newest checkpoint."""
+
+    checkpoint: str | None = None          # newest valid checkpoint it wrote (None: none yet)
+    step: int | None = None                # its update step
+    trained_episodes: int = 0              # ledger entries whose updates it holds
+    ingested: int = 0                      # bags in the ledger
+    refused_bags: int = 0                  # bags it could not read
+    exit_code: int | None = None           # the process's exit status once stopped
 
 
 @dataclass
 class StackResult:
-    """What a run left behind: the episode events and the planner's loop statistics."""
+    """What a run did: episode events, the planner's loop and swaps, recorder and learner."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
     planner_timing: dict[str, float] = field(default_factory=dict)
     planner_holds: dict[str, int] = field(default_factory=dict)
+    swaps: int = 0
+    refused_swaps: list[tuple[str, str]] = field(default_factory=list)     # (path, why)
+    live_weights: dict[str, Any] = field(default_factory=dict)            # {"path", "step"}
+    bags: list[str] = field(default_factory=list)             # names of the bags recorded
+    recorder_dropped: list[str] = field(default_factory=list)  # why episodes went unrecorded
+    learner: LearnerReport | None = None                       # None: no bag directory
+    started: bool = False                                      # every node came up
 
-
-def spin_nodes(factories: Sequence[NodeFactory], duration_s: float | None = None,
-               until: Callable[[list[Node]], bool] | None = None) -> list[Node]:
-    """Build the nodes, spin them until shutdown, ``duration_s`` or ``until(nodes)``, clean up.
-
-    rclpy must be initialised; it is shut down on return. Returns the (destroyed) nodes so callers
-    can read what they recorded.
-    """
-    nodes: list[Node] = []
-    executor = SingleThreadedExecutor()
-    try:
-        for factory in factories:
-            nodes.append(factory())
-            executor.add_node(nodes[-1])
-        deadline = None if duration_s is None else time.monotonic() + duration_s
-        while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
-            executor.spin_once(timeout_sec=0.1)
-            if until is not None and until(nodes):
-                break
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        for node in reversed(nodes):
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
-    return nodes
+    @property
+    def ends(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "end"]
 
 
 def stack_factories(checkpoint: str, lockstep: bool | None = None,
-                    overrides: dict[str, dict[str, Any]] | None = None) -> list[NodeFactory]:
-    """Factories of the twin, the planner and the episode manager with per-node overrides."""
-    from fowm.nodes.episode_manager import EpisodeManagerNode
-    from fowm.nodes.planner_node import PlannerNode
-    from fowm.nodes.sim_node import SimNode
-
-    per_node: dict[str, dict[str, Any]] = {"fowm_sim": {}, "fowm_planner": {},
-                                           "fowm_episode_manager": {}}
-    per_node["fowm_planner"]["checkpoint"] = str(checkpoint)
+                    overrides: Overrides | None = None) -> list[NodeFactory]:
+    """Factories of the twin, the planner and the episode manager with per-node overrides.
+    All three get ``checkpoint``: the planner's weights, the others' task and obs mode."""
+    per_node: Overrides = {name: {"checkpoint": str(checkpoint)}
+                           for name in ("fowm_sim", "fowm_planner", "fowm_episode_manager")}
     if lockstep is not None:
         for name, values in per_node.items():
             values["lockstep"] = lockstep
@@ -83,29 +84,95 @@ def stack_factories(checkpoint: str, lockstep: bool | None = None,
                 values["use_sim_time"] = lockstep
     for name, values in (overrides or {}).items():
         per_node.setdefault(name, {}).update(values)
+    return [_factory(SimNode, per_node["fowm_sim"]),
+            _factory(PlannerNode, per_node["fowm_planner"]),
+            _factory(EpisodeManagerNode, per_node["fowm_episode_manager"])]
 
-    def make(cls: type[Node], name: str) -> NodeFactory:
-        params = [Parameter(k, value=v) for k, v in per_node[name].items()]
-        return lambda: cls(parameter_overrides=params)
 
-    return [make(SimNode, "fowm_sim"), make(PlannerNode, "fowm_planner"),
-            make(EpisodeManagerNode, "fowm_episode_manager")]
+def loop_factories(bag_dir: str | Path, checkpoint: str | Path,
+                   overrides: Overrides | None = None) -> list[NodeFactory]:
+    """Factories of the recorder and the learner for a stack that learns while it runs
+    (`fowm run --bag-dir DIR`): bags go to DIR, the learner starts from the planner's checkpoint.
+    ``overrides`` ({node name: {parameter: value}}) win, e.g. the learner's dataset_dir."""
+    per_node: Overrides = {
+        "fowm_recorder": {"bag_dir": str(bag_dir)},
+        "fowm_learner": {"bag_dir": str(bag_dir), "checkpoint": str(checkpoint)}}
+    for name, values in (overrides or {}).items():
+        if name in per_node:
+            per_node[name].update(values)
+    return [_factory(RecorderNode, per_node["fowm_recorder"]),
+            _factory(LearnerNode, per_node["fowm_learner"])]
+
+
+def _factory(cls: type[Node], values: dict[str, Any]) -> NodeFactory:
+    params = [Parameter(k, value=v) for k, v in values.items()]
+    return lambda: cls(parameter_overrides=params)
+
+
+def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
+                          params: dict[str, Any] | None = None,
+                          params_file: str | Path | None = None) -> subprocess.Popen:
+    """Start ``fowm_learner`` in its own process, below the control loop in the OS scheduler.
+
+    In the planner's process the learner's Python work competes with the control thread for the
+    GIL (the planner missed ~1 % of its ticks that way); in its own process at nice 10 it takes
+    only idle cycles (0 misses in the demo's measurement)."""
+    values = {"bag_dir": bag_dir, "checkpoint": checkpoint, "torch_threads": 1, **(params or {})}
+    argv = [sys.executable, "-m", "fowm.nodes.learner_node", "--ros-args"]
+    if params_file is not None:
+        argv += ["--params-file", str(params_file)]
+    for name, value in values.items():
+        argv += ["-p", f"{name}:={value}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(argv, env=env, preexec_fn=lambda: os.nice(10))
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:
+    """SIGINT first (rclpy shuts down cleanly and frees its /dev/shm segments), SIGKILL last."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def learner_report(work_dir: Path, exit_code: int | None = None) -> LearnerReport:
+    """The learner's progress from its files (it runs in another process)."""
+    report = LearnerReport(exit_code=exit_code)
+    path = latest_checkpoint(work_dir / "checkpoints")
+    if path is not None:
+        meta = read_meta(path)
+        report.checkpoint, report.step = str(path), meta.get("step")
+        report.trained_episodes = int(meta.get(TRAINED_KEY) or 0)
+    ledger_path = work_dir / "ledger.json"
+    if ledger_path.is_file():
+        ledger = BagLedger(ledger_path)
+        report.ingested, report.refused_bags = len(ledger.ingested), len(ledger.failed)
+    return report
 
 
 def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float | None = None,
               bag_dir: str | Path | None = None, *, lockstep: bool | None = None,
-              episodes: int | None = None,
-              overrides: dict[str, dict[str, Any]] | None = None) -> StackResult:
+              episodes: int | None = None, overrides: Overrides | None = None,
+              wait_for_learner: bool = False,
+              on_episode: Callable[[dict[str, Any]], None] | None = None) -> StackResult:
     """Run twin + planner + episode manager with ``config_path``'s parameters.
 
     Args:
         config_path: ROS parameter YAML (config/sim.yaml).
-        checkpoint: the planner's .safetensors checkpoint.
+        checkpoint: the planner's .safetensors checkpoint (it also sets the task and obs mode).
         duration_s: stop after this many seconds (None: until SIGINT).
-        bag_dir: record the run as rosbag2 there (needs fowm's recorder node).
+        bag_dir: record every episode as rosbag2 there and finetune on them live (recorder in
+            this process, learner in its own).
         lockstep: force the clock mode for every node (None: as the YAML says).
         episodes: stop after this many finished episodes.
         overrides: {node name: {parameter: value}} applied over the YAML.
+        wait_for_learner: with ``bag_dir`` and ``episodes``, also wait until the learner has
+            trained on every episode (or its process has ended).
+        on_episode: called with each "end" event as it arrives.
     """
     config_path = Path(config_path)
     if not config_path.is_file():
@@ -116,42 +183,67 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
     overrides = dict(overrides or {})
     if episodes is not None:
         overrides.setdefault("fowm_episode_manager", {})["num_episodes"] = episodes
+    learner_params = overrides.get("fowm_learner", {})
     rclpy.init(args=["--ros-args", "--params-file", str(config_path)])
     factories = stack_factories(str(checkpoint), lockstep, overrides)
-    learner = None
+    learner: subprocess.Popen | None = None
+    work_dir: Path | None = None
     if bag_dir is not None:          # record every episode and learn; built first: hear every event
-        from fowm.nodes.learner_node import loop_factories, spawn_learner_process
+        work_dir = Path(learner_params.get("work_dir") or Path(bag_dir) / ".learner")
         # The recorder only copies bytes and stays here; the learner gets its own process.
         factories = loop_factories(bag_dir, checkpoint, overrides)[:1] + factories
-        learner = spawn_learner_process(bag_dir, checkpoint,
-                                        (overrides or {}).get("fowm_learner"), config_path)
+        learner = spawn_learner_process(bag_dir, checkpoint, learner_params, config_path)
+    seen = [0]
 
     def finished(nodes: list[Node]) -> bool:
-        if episodes is None or len(nodes) < len(factories):
+        if len(nodes) < len(factories):
             return False
-        manager = next(n for n in nodes if n.get_name() == "fowm_episode_manager")
-        return sum(e["event"] == "end" for e in manager.events) >= episodes
+        manager = next(n for n in nodes if isinstance(n, EpisodeManagerNode))
+        ends = [e for e in manager.events if e["event"] == "end"]
+        for event in ends[seen[0]:]:
+            if on_episode is not None:
+                on_episode(event)
+        seen[0] = len(ends)
+        if episodes is None or len(ends) < episodes:
+            return False
+        if not (wait_for_learner and learner is not None and work_dir is not None):
+            return True
+        return (learner_report(work_dir).trained_episodes >= episodes
+                or learner.poll() is not None)
 
     try:
         nodes = spin_nodes(factories, duration_s, finished)
     finally:
-        if learner is not None:
-            from fowm.nodes.learner_node import stop_process
-            stop_process(learner)
-    result = StackResult()
+        exit_code = stop_process(learner) if learner is not None else None
+    result = _result(nodes, started=len(nodes) == len(factories))
+    if work_dir is not None:
+        result.learner = learner_report(work_dir, exit_code)
+    return result
+
+
+def _result(nodes: list[Node], started: bool) -> StackResult:
+    result = StackResult(started=started)
     for node in nodes:
-        if hasattr(node, "events"):
+        if isinstance(node, EpisodeManagerNode):
             result.events = list(node.events)
-        if hasattr(node, "loop") and hasattr(node, "counters"):
-            result.planner_timing = node.loop.stats.summary()
-            result.planner_holds = dict(node.counters.holds_by_reason)
+        elif isinstance(node, PlannerNode):
+            stats = node.stats()
+            result.planner_timing, result.planner_holds = stats.timing, stats.holds
+            result.swaps, result.refused_swaps = stats.swaps, stats.refused
+            result.live_weights = {"path": stats.live_path, "step": stats.live_step}
+        elif isinstance(node, RecorderNode):
+            recorded = node.stats()
+            result.bags = [p.name for p in recorded.written]
+            result.recorder_dropped = recorded.dropped
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`fowm run` (entry point group fowm.commands) and the console script ``stack``."""
     parser = argparse.ArgumentParser(prog="fowm run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/sim.yaml", help="ROS parameter YAML")
-    parser.add_argument("--checkpoint", required=True, help="planner checkpoint (.safetensors)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="planner checkpoint (.safetensors); also sets task and obs mode")
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     parser.add_argument("--episodes", type=int, default=None, help="stop after N episodes")
     parser.add_argument("--bag-dir", default=None,
@@ -172,17 +264,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FowmError as err:
         print(f"fowm run: {err}", file=sys.stderr)
         return 2
-    ends = [e for e in result.events if e["event"] == "end"]
+    _print_result(result)
+    return 0
+
+
+def _print_result(result: StackResult) -> None:
+    ends = result.ends
     if ends:
         rate = sum(e["success"] for e in ends) / len(ends)
         print(f"{len(ends)} episodes, success rate {rate:.2f}")
-    timing = result.planner_timing or {}
+    timing = result.planner_timing
     if timing:
         print(f"planner: {timing.get('deadline_misses', 0)} of {timing.get('ticks', 0)} ticks "
               f"missed at {timing.get('rate_hz', 0):.2f} Hz, plan latency median "
               f"{timing.get('latency_ms_median', 0):.0f} ms, p95 "
               f"{timing.get('latency_ms_p95', 0):.0f} ms; holds {result.planner_holds}")
-    return 0
+    if result.learner is not None:
+        print(f"learner: {len(result.bags)} bags recorded, {result.learner.ingested} trained on, "
+              f"step {result.learner.step}; {result.swaps} hot-swaps")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import rclpy
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
@@ -37,6 +36,7 @@ from fowm.hardware.realsense import (
 from fowm.ros import qos
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
 
 ALIGNED_DEPTH_IMAGE = "/camera/camera/aligned_depth_to_color/image_raw"
@@ -158,10 +158,8 @@ class CameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    from fowm.bringup import spin_nodes
-
-    rclpy.init(args=args)
-    spin_nodes([CameraNode])
+    """Console script `ros2 run fowm camera_node`: this node until SIGINT/SIGTERM."""
+    run_nodes([CameraNode], args)
 
 
 if __name__ == "__main__":

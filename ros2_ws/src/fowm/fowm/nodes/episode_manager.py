@@ -5,6 +5,10 @@ in step(), computed on the paired observation after each agent step (fowm_core.r
 .EpisodeTracker). Episodes last episode_length agent steps (docs/algorithm.md §7.1: 25) or, if end_on_success,
 end at the first success. Events go to /fowm/episode as JSON (docs/design.md).
 
+The task is the planner's ``checkpoint``'s: leave ``task`` empty and it comes from the sidecar; a
+task set anyway must equal it (fowm.ros.checkpoint_task), so rewards are never scored for another
+task than the one planned.
+
 Resets run on a worker thread, never in the executor (a blocking call in a callback deadlocks a
 single-threaded executor, docs/platform.md §1.5):
 - sim: publish "start" (the planner clears its warm start and re-seeds on it), set the twin's
@@ -23,7 +27,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
@@ -34,8 +37,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool, Trigger
 
-from fowm.ros import qos
+from fowm.ros import checkpoint_task, qos
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.spin import run_nodes
 from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.data import convert
@@ -50,7 +54,10 @@ NEVER = 2**63 - 1
 
 @dataclass(frozen=True)
 class EpisodeManagerParams:
-    task: str = field(default="lift", metadata=_p("task whose reward/success are computed"))
+    checkpoint: str = field(default="", metadata=_p(
+        "the planner's checkpoint: the task comes from its sidecar (fowm.ros.checkpoint_task)"))
+    task: str = field(default="", metadata=_p(
+        "task whose reward/success are computed; empty: the checkpoint's (set: must equal it)"))
     mode: str = field(default="sim", metadata=_p(
         "sim: reset the twin by service; real: wait for the operator's confirm/label services"))
     episode_length: int = field(default=25, metadata=_p(
@@ -76,7 +83,8 @@ class EpisodeManagerNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_episode_manager", **kwargs)
-        self.params = p = declare_from_dataclass(self, "", EpisodeManagerParams)
+        self.params = p = checkpoint_task.resolve(
+            self.get_name(), declare_from_dataclass(self, "", EpisodeManagerParams))
         if p.mode not in MODES:
             msg = f"parameter mode={p.mode!r} is invalid: expected one of {MODES}"
             raise ConfigError(msg)
@@ -98,7 +106,7 @@ class EpisodeManagerNode(Node):
         self._recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=8)
 
         self.reward_pub = self.create_publisher(Float32, topics.REWARD, qos.COMMAND)
-        self.episode_pub = self.create_publisher(String, topics.EPISODE, EVENTS_QOS)
+        self.episode_pub = self.create_publisher(String, topics.EPISODE, qos.EVENTS)
         self.streams = {"ee_pose": (PoseStamped, topics.EE_POSE),
                         "joint_states": (JointState, topics.JOINT_STATES),
                         "goal_pose": (PoseStamped, topics.GOAL_POSE)}
@@ -270,31 +278,19 @@ class EpisodeManagerNode(Node):
         self.get_logger().info(f"episode event: {event_json(event)}")
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        if self._worker.is_alive():
-            self._worker.join(5.0)
+        # None: refused at start (bad parameters) before the worker existed; rclpy's shutdown
+        # still destroys the half-built node.
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            self._stop.set()
+            if worker.is_alive():
+                worker.join(5.0)
         super().destroy_node()
 
 
-def _events_qos() -> Any:
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-
-    # Reliable and deep enough that no start/end is lost when "end" and the next "start" come
-    # back to back (with depth 1 a subscriber keeps only the newer). Publishers and subscribers
-    # of /fowm/episode both use it.
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
-
-
-EVENTS_QOS = _events_qos()
-
-
 def main(args: list[str] | None = None) -> None:
-    from fowm.bringup import spin_nodes
-
-    rclpy.init(args=args)
-    spin_nodes([EpisodeManagerNode])
+    """Console script `ros2 run fowm episode_manager`: this node until SIGINT/SIGTERM."""
+    run_nodes([EpisodeManagerNode], args)
 
 
 if __name__ == "__main__":

@@ -20,26 +20,23 @@ hidden so it is never taken for a bag); a restarted learner resumes from them.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import rclpy
 import torch
 from rclpy.node import Node
 from std_msgs.msg import String
 
 from fowm.ros import qos
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.learning.checkpoints import CheckpointInfo
 from fowm_core.runtime.control import param_meta as _p
+from fowm_core.runtime.hotswap import Weights
 from fowm_core.runtime.ingest import LiveLearner, LiveLearnerConfig, announcement, run_forever
 
 
@@ -125,8 +122,6 @@ class LearnerNode(Node):
             f"{learner.owed_updates} updates owed, step {learner.agent.learner.step}"
             + (f", resumed from {learner.resumed_from.name}" if learner.resumed_from else ""))
         if learner.resumed_from is not None:
-            from fowm_core.runtime.hotswap import Weights
-
             w = Weights.of_checkpoint(learner.resumed_from)
             self._publish({"path": w.path, "sha256": w.sha256, "step": w.step})
 
@@ -146,67 +141,9 @@ class LearnerNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    from fowm.bringup import spin_nodes
-
-    rclpy.init(args=args)
-    spin_nodes([LearnerNode])
+    """Console script `ros2 run fowm learner_node`: this node until SIGINT/SIGTERM."""
+    run_nodes([LearnerNode], args)
 
 
 if __name__ == "__main__":
     main()
-
-
-def loop_factories(bag_dir: str | Path, checkpoint: str | Path,
-                   overrides: dict[str, dict[str, Any]] | None = None) -> list[Any]:
-    """Factories of the recorder and the learner for a stack that learns while it runs
-    (`fowm run --bag-dir DIR`): bags go to DIR, the learner starts from the planner's checkpoint.
-    ``overrides`` ({node name: {parameter: value}}) win, e.g. the learner's dataset_dir."""
-    from rclpy.parameter import Parameter
-
-    from fowm.nodes.recorder_node import RecorderNode
-
-    per_node: dict[str, dict[str, Any]] = {
-        "fowm_recorder": {"bag_dir": str(bag_dir)},
-        "fowm_learner": {"bag_dir": str(bag_dir), "checkpoint": str(checkpoint)}}
-    for name, values in (overrides or {}).items():
-        if name in per_node:
-            per_node[name].update(values)
-
-    def make(cls: type[Node], name: str) -> Any:
-        params = [Parameter(k, value=v) for k, v in per_node[name].items()]
-        return lambda: cls(parameter_overrides=params)
-
-    return [make(RecorderNode, "fowm_recorder"), make(LearnerNode, "fowm_learner")]
-
-
-def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
-                          params: dict[str, Any] | None = None,
-                          params_file: str | Path | None = None) -> subprocess.Popen:
-    """Start ``fowm_learner`` in its own process, below the control loop in the OS scheduler.
-
-    In the planner's process the learner's Python work competes with the control thread for the
-    GIL (the planner missed ~1 % of its ticks that way); in its own process at nice 10 it takes
-    only idle cycles (0 misses in the demo's measurement)."""
-    values = {"bag_dir": bag_dir, "checkpoint": checkpoint, "torch_threads": 1, **(params or {})}
-    argv = [sys.executable, "-c", "from fowm.nodes.learner_node import main; main()", "--ros-args"]
-    if params_file is not None:
-        argv += ["--params-file", str(params_file)]
-    for name, value in values.items():
-        argv += ["-p", f"{name}:={value}"]
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
-                                         if p)}
-    return subprocess.Popen(argv, env=env, preexec_fn=lambda: os.nice(10))
-
-
-def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:
-    """SIGINT first (rclpy shuts down cleanly and frees its /dev/shm segments), SIGKILL last."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import rclpy
 import torch
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped
 from rclpy.node import Node
@@ -29,10 +29,10 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import ColorRGBA, String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from fowm.nodes.episode_manager import EVENTS_QOS
 from fowm.ros import qos
 from fowm.ros.hot_swap import PlannerWeights
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
 from fowm_core.config import FowmConfig
 from fowm_core.contract import topics
@@ -85,6 +85,18 @@ class PlannerNodeParams:
     stacked_blocks: bool = field(default=False, metadata=_p(
         "one matmul per layer over all stacked heads instead of one head at a time: slower on "
         "idle cores, far faster when other busy processes share them (fewer OpenMP barriers)"))
+
+
+@dataclass(frozen=True)
+class PlannerStats:
+    """A running planner's record: loop timing, holds by reason and weight hot-swaps."""
+
+    timing: dict[str, float]            # fowm.ros.timing loop summary (ticks, misses, latency)
+    holds: dict[str, int]               # held ticks by HoldReason value
+    swaps: int                          # validated checkpoints installed between ticks
+    refused: list[tuple[str, str]]      # (path, why) of announcements that failed validation
+    live_path: str                      # the weights planning now
+    live_step: int | None
 
 
 @dataclass
@@ -142,7 +154,7 @@ class PlannerNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
         # The episode subscription is created first so a start event is taken before the
         # observations that follow the reset it announces (executors serve in creation order).
-        self.create_subscription(String, topics.EPISODE, self._on_episode, EVENTS_QOS)
+        self.create_subscription(String, topics.EPISODE, self._on_episode, qos.EVENTS)
         for index, (name, (msg_type, topic)) in enumerate(self.streams.items()):
             self.create_subscription(msg_type, topic, self._stream_callback(index, name),
                                      qos.SENSOR_SUB)
@@ -375,6 +387,15 @@ class PlannerNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(msg)
 
+    def stats(self) -> PlannerStats:
+        """What the planner has done so far (for fowm.bringup.run_stack and tests)."""
+        swaps = self.weights.swapper.stats
+        live = self.weights.live
+        return PlannerStats(timing=self.loop.stats.summary(),
+                            holds=dict(self.counters.holds_by_reason), swaps=swaps.swaps,
+                            refused=list(swaps.refused), live_path=str(live.path),
+                            live_step=live.step)
+
     def destroy_node(self) -> None:
         self.loop.stop()
         self.weights.close()
@@ -385,18 +406,14 @@ def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _time_msg(stamp_ns: int) -> Any:
-    from builtin_interfaces.msg import Time
-
+def _time_msg(stamp_ns: int) -> Time:
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
     return Time(sec=sec, nanosec=nanosec)
 
 
 def main(args: list[str] | None = None) -> None:
-    from fowm.bringup import spin_nodes
-
-    rclpy.init(args=args)
-    spin_nodes([PlannerNode])
+    """Console script `ros2 run fowm planner_node`: this node until SIGINT/SIGTERM."""
+    run_nodes([PlannerNode], args)
 
 
 if __name__ == "__main__":

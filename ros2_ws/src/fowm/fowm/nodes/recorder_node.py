@@ -29,6 +29,7 @@ offline datasets and logged online episodes are one format and go through one re
 
 from __future__ import annotations
 
+import importlib
 import queue
 import struct
 import threading
@@ -38,13 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from std_msgs.msg import String
 
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
 from fowm_core.data import bags, convert
 from fowm_core.errors import ConfigError, FowmError
@@ -72,6 +73,14 @@ class RecorderParams:
     depth: int = field(default=200, metadata=_p(
         "reliable subscription depth per topic (messages queued while the executor is busy)",
         1, 100000))
+
+
+@dataclass(frozen=True)
+class RecorderStats:
+    """What a recorder has done: the bags it wrote and why any episode was not written."""
+
+    written: list[Path]
+    dropped: list[str]
 
 
 @dataclass
@@ -288,6 +297,10 @@ class RecorderNode(Node):
             time.sleep(0.01)
         return True
 
+    def stats(self) -> RecorderStats:
+        """The bags written so far and the episodes dropped (for fowm.bringup.run_stack)."""
+        return RecorderStats(written=list(self.written), dropped=list(self.dropped))
+
     def destroy_node(self) -> None:
         """Write the episode that has ended, drop an unfinished one, stop the writer."""
         with self._lock:
@@ -308,17 +321,13 @@ def _is_live(raw: bytes) -> bool:
 
 
 def _msg_class(topic: str) -> type:
-    import importlib
-
     package, _, name = topics.MSG_TYPES[topic].split("/")
     return getattr(importlib.import_module(f"{package}.msg"), name)
 
 
 def main(args: list[str] | None = None) -> None:
-    from fowm.bringup import spin_nodes
-
-    rclpy.init(args=args)
-    spin_nodes([RecorderNode])
+    """Console script `ros2 run fowm recorder_node`: this node until SIGINT/SIGTERM."""
+    run_nodes([RecorderNode], args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ and each command is executed at most once. Two clocks:
   current observation (same stamp) has arrived, so evaluation through ROS is reproducible. Before
   the first ``~/reset`` call and after the episode's last step it publishes nothing new.
 
+Task and observation mode: the planner's ``checkpoint`` owns them; leave ``task`` and ``obs_mode``
+empty and they come from its sidecar, a value set anyway must equal it (fowm.ros.checkpoint_task).
+
 ``~/reset`` (std_srvs/Trigger) starts a new episode with the ``seed`` parameter (the episode
 manager sets it first); the reply's message is JSON {"seed": s, "stamp_ns": first stamp or reset
 time}.
@@ -24,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -32,8 +34,9 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 
-from fowm.ros import qos
+from fowm.ros import checkpoint_task, qos
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick
 from fowm_core import tasks
 from fowm_core.config import Modality
@@ -50,9 +53,13 @@ AGENT_STEP_S = 0.16      # docs/algorithm.md §7.1: 2 env steps × 2 × 20 × 0.
 
 @dataclass(frozen=True)
 class SimNodeParams:
-    task: str = field(default="lift", metadata=_p(f"twin task: {', '.join(tasks.names())}"))
-    obs_mode: str = field(default="all", metadata=_p(
-        "observation mode the twin renders for: state, rgb or all (FOWM: all)"))
+    checkpoint: str = field(default="", metadata=_p(
+        "the planner's checkpoint: task and obs_mode come from its sidecar (fowm.ros."
+        "checkpoint_task)"))
+    task: str = field(default="", metadata=_p(
+        f"twin task: {', '.join(tasks.names())}; empty: the checkpoint's (set: must equal it)"))
+    obs_mode: str = field(default="", metadata=_p(
+        "observation mode the twin renders for: state, rgb or all; empty: the checkpoint's"))
     seed: int = field(default=0, metadata=_p(
         "seed of the next ~/reset (set by the episode manager)", 0, 2**31 - 1))
     rate_hz: float = field(default=1.0 / AGENT_STEP_S, metadata=_p(
@@ -74,7 +81,8 @@ class SimNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_sim", **kwargs)
-        self.params = p = declare_from_dataclass(self, "", SimNodeParams)
+        self.params = p = checkpoint_task.resolve(
+            self.get_name(), declare_from_dataclass(self, "", SimNodeParams))
         try:
             tasks.get(p.task)
             Modality(p.obs_mode)
@@ -274,7 +282,9 @@ class SimNode(Node):
             self.env = None
 
     def destroy_node(self) -> None:
-        self.loop.stop()                  # closes the twin on its own thread (on_exit)
+        # A node refused at start (bad parameters) has no loop; rclpy's shutdown still destroys it.
+        if hasattr(self, "loop"):
+            self.loop.stop()              # closes the twin on its own thread (on_exit)
         super().destroy_node()
 
 
@@ -337,10 +347,8 @@ def _pose(stamp: Time, xyz: np.ndarray, quat_xyzw: tuple[float, ...]) -> PoseSta
 
 
 def main(args: list[str] | None = None) -> None:
-    from fowm.bringup import spin_nodes
-
-    rclpy.init(args=args)
-    spin_nodes([SimNode])
+    """Console script `ros2 run fowm sim_node`: this node until SIGINT/SIGTERM."""
+    run_nodes([SimNode], args)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -40,6 +39,7 @@ from fowm.hardware.xarm import (
 from fowm.ros import qos
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
 from fowm_core.runtime.arm import ArmCommander, ArmGate, ArmLimits, GateState, HoldReason
@@ -278,10 +278,8 @@ class XArmNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    from fowm.bringup import spin_nodes
-
-    rclpy.init(args=args)
-    spin_nodes([XArmNode])
+    """Console script `ros2 run fowm xarm_node`: this node until SIGINT/SIGTERM."""
+    run_nodes([XArmNode], args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ data, and subscribed best-effort with depth 1, so a slow consumer sees the newes
 a backlog (a reliable subscriber to a best-effort publisher would get nothing, docs/platform.md §1.6).
 Commands are reliable depth 1: the newest command wins and none is silently lost on the wire.
 Announcements (weights, robot_description) are transient-local so late joiners get the last one.
+Episode events are reliable and deep (EVENTS), so no start/end is lost.
 """
 
 from __future__ import annotations
@@ -25,5 +26,10 @@ LATCHED = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # /diagnostics as diagnostic_updater publishes it (reliable, depth 10), so rqt/aggregators match.
 DIAGNOSTICS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# /fowm/episode, publishers and subscribers alike: reliable and deep enough that no start/end is
+# lost when "end" and the next "start" come back to back (depth 1 would keep only the newer).
+EVENTS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=10,
     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)

@@ -12,9 +12,9 @@
   7. prints success before/after, swaps, tick misses with and without the learner; writes
      demo.json and demo.png under --out
 
-The ROS part is fowm.bringup's node composition (one process, one executor) plus
-fowm.nodes.learner_node.loop_factories, so it is what `fowm run --bag-dir` runs. rclpy is imported
-only here, inside functions: the rest of fowm_core never needs ROS.
+The ROS part is fowm.bringup.run_stack, what `fowm run --bag-dir` runs (one process, one executor,
+the learner in its own process), and the statistics come from its StackResult. The rest (dataset,
+pretraining, evaluation, results JSON and plot) are calls into fowm_core.jobs.
 """
 
 from __future__ import annotations
@@ -27,12 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fowm.bringup import StackResult, run_stack
+from fowm.ros.checkpoint_task import checkpoint_values
 from fowm_core import tasks
-from fowm_core.errors import FowmError
+from fowm_core.errors import ConfigError, FowmError
 from fowm_core.jobs import results, workflows
-from fowm_core.runtime.ingest import TRAINED_KEY
 
-REPO = Path(__file__).resolve().parents[1]
+# The package's source tree (ros2_ws/src/fowm/fowm) and a colcon install
+# (install/fowm/lib/pythonX.Y/site-packages/fowm) both sit four levels below where config/ is found.
+_ROOT = Path(__file__).resolve().parents[4]
+DEFAULT_CONFIG = next((c for c in (_ROOT / "config" / "sim.yaml",
+                                   _ROOT / "share" / "fowm" / "config" / "sim.yaml")
+                       if c.is_file()), Path("config/sim.yaml"))
 EVAL_SEED = 10_000_000            # disjoint from collection (workflows) and online seeds
 ONLINE_SEED = 1_000_000
 
@@ -58,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-hz", type=float, default=6.25,
                    help="control rate of twin and planner (the twin's agent step is 0.16 s of "
                         "sim time whatever the rate): lower it on a slow machine so a plan fits")
-    p.add_argument("--config", default=str(REPO / "config" / "sim.yaml"))
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="ROS parameter YAML")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for pretrain and eval (2 threads on a busy 2-core "
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if args.checkpoint:
+        _check_task(Path(args.checkpoint), args.task)
     workflows.set_threads(args.threads)
     out = Path(args.out)
     start = time.monotonic()
@@ -93,9 +101,18 @@ def main(argv: list[str] | None = None) -> int:
                                EVAL_SEED)
     summary = _summary(args, ckpt, before, after, baseline, online, time.monotonic() - start)
     results.write_json(out / "demo.json", summary)
-    _plot(out / "demo.png", summary)
+    results.plot_demo(out / "demo.png", summary)
     _print_summary(summary, out)
     return 0
+
+
+def _check_task(ckpt: Path, task: str) -> None:
+    """The dataset is collected for --task and the stack runs the checkpoint's: they must agree."""
+    saved = checkpoint_values(str(ckpt))["task"]
+    if saved != task:
+        msg = (f"--checkpoint {ckpt} was trained for task {saved!r} but --task is {task!r}: "
+               f"pass --task {saved} or a checkpoint trained for {task}")
+        raise ConfigError(msg)
 
 
 def _pretrain(args: argparse.Namespace, data: Path, out: Path) -> Path:
@@ -109,103 +126,56 @@ def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Pat
                episodes: int, *, learn: bool) -> dict[str, Any]:
     """The real-time stack for ``episodes`` episodes; with ``learn`` also recorder + learner,
     and it waits until the learner has trained on every recorded episode."""
-    import rclpy
-
-    sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "fowm"))
-    from fowm.bringup import spin_nodes, stack_factories
-    from fowm.nodes.learner_node import loop_factories, spawn_learner_process, stop_process
-
     # Each demo run's online phase is self-contained: bags and learner state left by an earlier
     # run (possibly of another model) would be ingested or resumed.
     shutil.rmtree(bag_dir, ignore_errors=True)
     period = 1.0 / args.rate_hz
-    overrides = {
-        "fowm_sim": {"task": args.task, "obs_mode": "state", "rate_hz": args.rate_hz,
-                     "episode_length": args.episode_length, "command_timeout_s": 2.5 * period},
+    overrides = {            # task and obs mode: the checkpoint's (fowm.ros.checkpoint_task)
+        "fowm_sim": {"rate_hz": args.rate_hz, "episode_length": args.episode_length,
+                     "command_timeout_s": 2.5 * period},
         "fowm_planner": {"eval_mode": False,          # exploration noise while collecting
                          "rate_hz": args.rate_hz, "max_obs_age_s": 3.0 * period},
-        "fowm_episode_manager": {"task": args.task, "episode_length": args.episode_length,
-                                 "num_episodes": episodes, "base_seed": ONLINE_SEED,
-                                 "service_timeout_s": 60.0},
+        "fowm_episode_manager": {"episode_length": args.episode_length,
+                                 "base_seed": ONLINE_SEED, "service_timeout_s": 60.0},
         "fowm_learner": {"dataset_dir": str(dataset), "seed": args.seed},
     }
-    rclpy.init(args=["--ros-args", "--params-file", str(args.config)])
-    factories = stack_factories(str(ckpt), lockstep=False, overrides=overrides)
-    learner_proc = None
-    if learn:
-        # The recorder shares the stack's process (it only copies bytes); the learner gets its own
-        # process, as on a robot: in-process, its Python work competes with the control thread for
-        # the GIL and the planner missed ~1 % of its ticks (10 of 786 in one run).
-        factories = loop_factories(bag_dir, ckpt, overrides)[:1] + factories
-        learner_proc = spawn_learner_process(
-            bag_dir, ckpt, {"dataset_dir": dataset, "seed": args.seed})
-    progress: dict[str, Any] = {"ends": 0, "nodes": {}}
 
-    def finished(nodes: list[Any]) -> bool:
-        if len(nodes) < len(factories):
-            return False
-        by_name = progress["nodes"] = progress["nodes"] or {n.get_name(): n for n in nodes}
-        ends = [e for e in by_name["fowm_episode_manager"].events if e["event"] == "end"]
-        if len(ends) > progress["ends"]:
-            progress["ends"] = len(ends)
-            e = ends[-1]
-            _say(f"      episode {len(ends)}/{episodes}: success={e['success']} "
-                 f"return={e['return']:.2f}")
-        if len(ends) < episodes:
-            return False
-        if not learn:
-            return True
-        trained = _learner_progress(bag_dir)
-        return trained.get(TRAINED_KEY, 0) >= episodes or learner_proc.poll() is not None
+    done = [0]
 
-    try:
-        spin_nodes(factories, 120.0 + 30.0 * episodes, finished)
-    finally:
-        if learner_proc is not None:
-            stop_process(learner_proc)
-    if not progress["nodes"]:
+    def progress(event: dict[str, Any]) -> None:
+        done[0] += 1
+        _say(f"      episode {done[0]}/{episodes}: success={event['success']} "
+             f"return={event['return']:.2f}")
+
+    # The recorder shares the stack's process (it only copies bytes); the learner gets its own
+    # process, as on a robot: in-process, its Python work competes with the control thread for
+    # the GIL and the planner missed ~1 % of its ticks (10 of 786 in one run).
+    result = run_stack(args.config, ckpt, 120.0 + 30.0 * episodes, bag_dir if learn else None,
+                       lockstep=False, episodes=episodes, overrides=overrides,
+                       wait_for_learner=learn, on_episode=progress)
+    if not result.started:
         msg = "the ROS stack stopped before all its nodes were up; see the log above"
         raise FowmError(msg)
-    return _collect_stats(progress["nodes"], ckpt, bag_dir if learn else None,
-                          learner_proc.returncode if learner_proc else None)
+    return _stats(result, ckpt)
 
 
-def _learner_progress(bag_dir: Path) -> dict[str, Any]:
-    """The newest learner checkpoint's sidecar: its step and how many episodes it has trained on."""
-    from fowm_core.learning import checkpoints
-    from fowm_core.runtime.ingest import latest_checkpoint
-
-    path = latest_checkpoint(bag_dir / ".learner" / "checkpoints")
-    if path is None:
-        return {}
-    return {**checkpoints.read_meta(path), "path": str(path)}
-
-
-def _collect_stats(nodes: dict[str, Any], ckpt: Path, bag_dir: Path | None,
-                   learner_exit: int | None) -> dict[str, Any]:
-    planner = nodes["fowm_planner"]
-    ends = [e for e in nodes["fowm_episode_manager"].events if e["event"] == "end"]
+def _stats(result: StackResult, ckpt: Path) -> dict[str, Any]:
+    """demo.json's record of one stack run."""
+    ends = result.ends
     out: dict[str, Any] = {
         "episodes": len(ends), "success": [bool(e["success"]) for e in ends],
         "returns": [float(e["return"]) for e in ends],
-        "planner_timing": planner.loop.stats.summary(),
-        "planner_holds": dict(planner.counters.holds_by_reason),
-        "swaps": planner.weights.swapper.stats.swaps,
-        "refused": planner.weights.swapper.stats.refused,
-        "live_weights": {"path": planner.weights.live.path, "step": planner.weights.live.step},
-        "final_checkpoint": str(ckpt),
+        "planner_timing": result.planner_timing, "planner_holds": result.planner_holds,
+        "swaps": result.swaps, "refused": result.refused_swaps,
+        "live_weights": result.live_weights, "final_checkpoint": str(ckpt),
     }
-    if bag_dir is not None:
-        from fowm_core.runtime.ingest import BagLedger
-
-        recorder = nodes["fowm_recorder"]
-        ledger = BagLedger(bag_dir / ".learner" / "ledger.json")
-        last = _learner_progress(bag_dir)
-        out.update(bags=[p.name for p in recorder.written], recorder_dropped=recorder.dropped,
-                   ingested=len(ledger.ingested), refused_bags=len(ledger.failed),
-                   learner_step=last.get("step"), learner_exit=learner_exit)
-        if "path" in last:
-            out["final_checkpoint"] = last["path"]
+    learner = result.learner
+    if learner is not None:
+        out.update(bags=result.bags, recorder_dropped=result.recorder_dropped,
+                   ingested=learner.ingested, refused_bags=learner.refused_bags,
+                   learner_step=learner.step, learner_exit=learner.exit_code)
+        if learner.checkpoint is not None:
+            out["final_checkpoint"] = learner.checkpoint
     return out
 
 
@@ -222,36 +192,6 @@ def _summary(args: argparse.Namespace, ckpt: Path, before: Any, after: Any,
         "ticks_with_learner": online["planner_timing"].get("ticks", 0),
         "baseline": baseline, "online": online,
     }
-
-
-def _plot(path: Path, s: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(["before", "after"], [s["success_before"], s["success_after"]],
-             color=["#999999", "#2b7bba"])
-    left.set_ylim(0, 1)
-    left.set_ylabel("success rate")
-    left.set_title(f"{s['task']}: eval over {s['eval_episodes']} episodes")
-    online = np.asarray(s["online"]["success"], float)
-    if len(online):
-        x = np.arange(1, len(online) + 1)
-        window = max(1, min(5, len(online)))
-        mean = np.convolve(online, np.ones(window) / window, mode="valid")
-        right.plot(x, online, "o", alpha=0.4, label="episode success")
-        right.plot(x[window - 1:], mean, "-", label=f"running mean ({window})")
-    right.set_ylim(-0.05, 1.05)
-    right.set_xlabel("online episode (live finetuning)")
-    right.set_title(f"{s['swaps']} hot-swaps, {s['tick_misses_with_learner']} missed ticks")
-    right.legend(loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _print_summary(s: dict[str, Any], out: Path) -> None:

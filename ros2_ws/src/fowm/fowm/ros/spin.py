@@ -1,0 +1,60 @@
+"""Spinning nodes and shutting down cleanly, the same way on Humble and Jazzy.
+
+Every node module's ``main(args=None)`` (its console script, `ros2 run fowm <name>`) calls
+``run_nodes([NodeClass], args)``; fowm.bringup composes several nodes with ``spin_nodes``. Both end
+on SIGINT/SIGTERM the way both distributions expect: KeyboardInterrupt or
+ExternalShutdownException → destroy the nodes → ``rclpy.try_shutdown()`` (docs/platform.md §1.8).
+A SingleThreadedExecutor serves the callbacks: the control loops run on their own threads
+(fowm.ros.timing), so nothing depends on the executor's timing, and the single-threaded one does
+not show the stalls of rclpy#1223.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+
+NodeFactory = Callable[[], Node]
+
+
+def spin_nodes(factories: Sequence[NodeFactory], duration_s: float | None = None,
+               until: Callable[[list[Node]], bool] | None = None) -> list[Node]:
+    """Build the nodes, spin them until shutdown, ``duration_s`` or ``until(nodes)``, clean up.
+
+    rclpy must be initialised; it is shut down on return. Returns the (destroyed) nodes so callers
+    can read what they recorded; fewer than ``factories`` if shutdown came during start-up.
+    """
+    nodes: list[Node] = []
+    executor = SingleThreadedExecutor()
+    try:
+        for factory in factories:
+            nodes.append(factory())
+            executor.add_node(nodes[-1])
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
+            executor.spin_once(timeout_sec=0.1)
+            if until is not None and until(nodes):
+                break
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in reversed(nodes):
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+    return nodes
+
+
+def run_nodes(factories: Sequence[NodeFactory], args: list[str] | None = None) -> None:
+    """A console script's main: ``rclpy.init(args)``, spin until SIGINT/SIGTERM, shut down."""
+    try:
+        rclpy.init(args=args)
+        spin_nodes(factories)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        rclpy.try_shutdown()

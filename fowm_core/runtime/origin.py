@@ -27,6 +27,7 @@ from torch import nn
 from fowm_core.config import FowmConfig
 from fowm_core.errors import ConfigError
 from fowm_core.learning import checkpoints
+from fowm_core.model import WorldModel
 from fowm_core.runtime.trust import (
     ROLE_LEARNER,
     SIGNATURE,
@@ -232,8 +233,6 @@ def _sidecar(path: Path, digest: str, size: int) -> dict[str, Any]:
 def model_from_bytes(path: Path, data: bytes, meta: Mapping[str, Any],
                      cfg: FowmConfig) -> nn.Module:
     """A WorldModel for ``cfg`` from safetensors bytes already checked (never unpickled)."""
-    from fowm_core.model import WorldModel
-
     try:
         tensors = st_load(data)
     except SafetensorError as err:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fowm_core.config import FowmConfig
 from fowm_core.errors import CheckpointError, ConfigError
 from fowm_core.runtime.control import param_meta as _p
 from fowm_core.runtime.gate import GateConfig, MonitorConfig
@@ -175,6 +176,18 @@ def signed(key: bytes | None, **fields: Any) -> dict[str, Any]:
     if key is not None:
         body[SIGNATURE] = sign(key, body)
     return body
+
+
+def announcement(key: bytes | None, *, path: str | Path, sha256: str, step: int | None,
+                 cfg: FowmConfig, sender: str, role: str = ROLE_LEARNER,
+                 **extra: Any) -> dict[str, Any]:
+    """The signed /fowm/weights body: the learner's announcement of a checkpoint (role
+    "learner"), or with role ROLE_PLANNER_LIVE and live=True the planner's own live message."""
+    if role not in ROLES:
+        msg = f"role {role!r} is not one of {ROLES}"
+        raise TrustError(msg)
+    return signed(key, path=str(path), sha256=sha256, step=step, task=cfg.task,
+                  obs_mode=cfg.model.modality.value, role=role, sender=sender, **extra)
 
 
 def authentic_live(key: bytes, body: Mapping[str, Any]) -> bool:

@@ -20,7 +20,8 @@ from fowm_core.planner.fused import (
     mish_exp,
     tanh_exp,
 )
-from fowm_core.planner.mppi import Planner, reference_value, weighted_moments
+from fowm_core.planner.mppi import Planner, weighted_moments
+from fowm_core.planner.scoring import FusedScorer, ReferenceScorer, reference_value
 
 torch.set_num_threads(1)
 
@@ -86,9 +87,10 @@ def test_score_equals_hand_computed_penalised_return(lam: float, fast: bool) -> 
     z = torch.rand(1, L)
     gauss = torch.rand(cfg.horizon, cfg.planner.num_samples, A, generator=gen(2)) * 2 - 1
     with torch.no_grad():
-        rollout = planner.pi_rollout(z)
+        rollout = planner.scorer.pi_rollout(z, planner.generator)
         state = g.get_state()
-        values = planner.iteration_values(z, gauss, rollout, planner._z_part(z))
+        shared = planner.scorer.prepare(z)
+        values = planner.scorer.values(z, gauss, rollout, shared, planner.generator)
     # The terminal draws, in the reference order: π noise for every candidate, then the head pair.
     g.set_state(state)
     n_all = cfg.planner.num_samples + cfg.planner.num_pi_trajs
@@ -119,9 +121,10 @@ def test_fused_path_matches_model_methods(lam: float) -> None:
         scores = []
         for fast in (True, False):
             planner = Planner(model, cfg, gen(5), fast=fast)
-            rollout = planner.pi_rollout(z[:1])
+            rollout = planner.scorer.pi_rollout(z[:1], planner.generator)
             gauss = torch.rand(cfg.horizon, cfg.planner.num_samples, A, generator=gen(6)) * 2 - 1
-            scores.append(planner.iteration_values(z[:1], gauss, rollout, planner._z_part(z[:1])))
+            shared = planner.scorer.prepare(z[:1])
+            scores.append(planner.scorer.values(z[:1], gauss, rollout, shared, planner.generator))
     torch.testing.assert_close(scores[0], scores[1], atol=1e-5, rtol=1e-5)
 
 
@@ -176,6 +179,25 @@ def disagreement_model(cfg: FowmConfig) -> WorldModel:
         model._pi[1].weight.fill_(1.0), model._pi[4].weight.fill_(1.0)
         model._pi[6].bias[0] = -5.0
     return model
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.0])
+def test_whole_decisions_agree_between_the_two_scorers(lam: float) -> None:
+    """One loop, two scorers: the same draws in the same order (the generators end equal) and
+    the same decisions to float rounding, warm start included."""
+    cfg = tiny_cfg(uncertainty_cost=lam, iterations=3)
+    model = random_model(cfg, seed=4)
+    planners = [Planner(model, cfg, gen(11), fast=fast) for fast in (True, False)]
+    assert isinstance(planners[0].scorer, FusedScorer)
+    assert isinstance(planners[1].scorer, ReferenceScorer)
+    obs = {"state": np.array([0.1, -0.2, 0.3], np.float32)}
+    for t in range(3):
+        fast, ref = (p.plan(obs, t0=t == 0, eval_mode=False) for p in planners)
+        np.testing.assert_allclose(fast.action, ref.action, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(fast.mean, ref.mean, rtol=0, atol=1e-5)
+        assert fast.value == pytest.approx(ref.value, abs=1e-5)
+        assert fast.uncertainty == pytest.approx(ref.uncertainty, abs=1e-5)
+    assert torch.equal(planners[0].generator.get_state(), planners[1].generator.get_state())
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -246,8 +268,8 @@ def test_pi_rollouts_are_drawn_once_per_decision_and_reused() -> None:
     model = random_model(cfg)
     planner = Planner(model, cfg, gen(0))
     calls: list[int] = []
-    assert planner.fused is not None
-    original_pi = planner.fused.pi   # the fast path's π (the model's when there are no kernels)
+    assert isinstance(planner.scorer, FusedScorer)
+    original_pi = planner.scorer.fused.pi   # the fast path's π (the model's without kernels)
 
     def counting_pi(z: torch.Tensor, std: float = 0.0, generator=None) -> torch.Tensor:
         calls.append(z.shape[0])
@@ -260,7 +282,7 @@ def test_pi_rollouts_are_drawn_once_per_decision_and_reused() -> None:
         seen.append(actions[:, cfg.planner.num_samples:].clone())
         return original_elites(value, actions)
 
-    planner.fused.pi = counting_pi
+    planner.scorer.fused.pi = counting_pi
     planner._elites = capturing_elites
     planner.plan({"state": torch.rand(3)}, t0=True, eval_mode=True)
     n, n_pi, H = cfg.planner.num_samples, cfg.planner.num_pi_trajs, cfg.horizon
@@ -380,6 +402,6 @@ def test_planner_sees_every_learner_update() -> None:
     planner.plan({"state": np.zeros(3, np.float32)}, t0=True, eval_mode=True)
     learner = Learner(model, cfg, torch.Generator().manual_seed(1))
     learner.update(buffer.sample(8, rng))
-    assert planner.fused is not None
-    assert planner.fused.refresh(), "the planner kept stale weights after a learner update"
-    torch.testing.assert_close(planner.fused.w2[2:], model._qs.w2.detach())
+    assert isinstance(planner.scorer, FusedScorer)
+    assert planner.scorer.fused.refresh(), "the planner kept stale weights after a learner update"
+    torch.testing.assert_close(planner.scorer.fused.w2[2:], model._qs.w2.detach())

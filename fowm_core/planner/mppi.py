@@ -1,4 +1,5 @@
-"""MPPI planning with FOWM's uncertainty penalty (docs/algorithm.md §4, §13.5), the reference code's semantics.
+"""MPPI planning with FOWM's uncertainty penalty (docs/algorithm.md §4, §13.5), the reference
+code's semantics.
 
 Symbols: z latent, a action, H horizon, N = num_samples Gaussian candidates, Nπ = ⌊mixture_coef·N⌋
 policy candidates, λ = uncertainty_cost. The loop below is written once; what a candidate is
@@ -97,7 +98,8 @@ class Planner:
 
     def initial_mean(self, t0: bool) -> torch.Tensor:
         """μ before the first iteration (H, A): zeros, or with a warm start (not t0) the previous
-        decision's smoothed mean shifted one step earlier, its last slot 0 (docs/algorithm.md §4 step 3)."""
+        decision's smoothed mean shifted one step earlier, its last slot 0
+        (docs/algorithm.md §4 step 3)."""
         mean = torch.zeros(self.cfg.horizon, self.cfg.model.action_dim)
         if not t0 and self._prev_mean is not None:
             mean[:-1] = self._prev_mean[1:]
@@ -111,7 +113,7 @@ class Planner:
             return self._policy_action(z, eval_mode, start)
         return self.plan_latent(z, t0=t0, eval_mode=eval_mode, start=start)
 
-    # -- MPPI (docs/algorithm.md §4 steps 2-5) -------------------------------------------------------------
+    # -- MPPI (docs/algorithm.md §4 steps 2-5) ----------------------------------------------------
     @torch.inference_mode()
     def plan_latent(self, z: torch.Tensor, *, t0: bool, eval_mode: bool,
                     start: float | None = None) -> PlanResult:
@@ -133,14 +135,15 @@ class Planner:
 
     def _elites(self, value: torch.Tensor, actions: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Top num_elites by Ĝ and normalised scores exp(temperature·(Ĝ − max)) (docs/algorithm.md §4.3-4)."""
+        """Top num_elites by Ĝ and normalised scores exp(temperature·(Ĝ − max))
+        (docs/algorithm.md §4.3-4)."""
         p = self.cfg.planner
         idx = torch.topk(value.squeeze(1), p.num_elites, dim=0).indices
         elite_value, elites = value[idx], actions[:, idx]
         score = torch.exp(p.temperature * (elite_value - elite_value.max(0).values))
         return elite_value, elites, score / score.sum(0)
 
-    # -- output (docs/algorithm.md §4 step 5) --------------------------------------------------------------
+    # -- output (docs/algorithm.md §4 step 5) -----------------------------------------------------
     def _output(self, z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                 elite_value: torch.Tensor, elites: torch.Tensor, score: torch.Tensor,
                 eval_mode: bool, start: float) -> PlanResult:
@@ -160,7 +163,8 @@ class Planner:
         )
 
     def _policy_action(self, z: torch.Tensor, eval_mode: bool, start: float) -> PlanResult:
-        """mpc False: a = π(z) with σ = min_std while collecting, 0 at eval (docs/algorithm.md §4)."""
+        """mpc False: a = π(z) with σ = min_std while collecting, 0 at eval
+        (docs/algorithm.md §4)."""
         p, H = self.cfg.planner, self.cfg.horizon
         sigma = 0.0 if eval_mode else p.min_std
         action = self.model.pi(z, sigma, generator=self.generator)[0].clamp(-1.0, 1.0)

@@ -204,8 +204,10 @@ class FowmConfig:
         return FowmConfig.from_dict(_deep_merge(self.to_dict(), overrides))
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> FowmConfig:
-        """Load a YAML file holding a ``preset`` name and overrides of that preset's values."""
+    def from_yaml(cls, path: str | Path, base: FowmConfig | None = None) -> FowmConfig:
+        """Load a YAML file holding a ``preset`` name and overrides of that preset's values; with
+        ``base`` (e.g. the preset the command line chose) its overrides apply to ``base`` instead
+        and a ``preset`` key in it is ignored."""
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
@@ -214,6 +216,8 @@ class FowmConfig:
         if not isinstance(data, dict):
             msg = f"config {path} must hold a mapping, found {type(data).__name__}"
             raise ConfigError(msg)
+        if base is not None:
+            return base.with_overrides({k: v for k, v in data.items() if k != "preset"})
         # The preset derives action/state sizes from the task and modality, so build it with them.
         model = data.get("model") if isinstance(data.get("model"), dict) else {}
         kwargs = {k: v for k, v in (("task", data.get("task")),

@@ -173,6 +173,7 @@ def bench_plan(cfg: FowmConfig, repeats: int = 7, *, fast: bool = True, compile:
                native: bool = True, peak_size: int = 2048) -> dict[str, Any]:
     """Median seconds per decision, batch 1, warm-started like a control loop (t0 only first)."""
     from fowm_core.planner.mppi import Planner
+    from fowm_core.planner.scoring import FusedScorer
 
     gen = torch.Generator().manual_seed(0)
     model = _random_model(cfg)
@@ -190,7 +191,8 @@ def bench_plan(cfg: FowmConfig, repeats: int = 7, *, fast: bool = True, compile:
     return {
         "bench": "plan", "preset": cfg.preset, "lam": cfg.planner.uncertainty_cost,
         "modality": cfg.model.modality.value, "fast": fast, "compiled": compile,
-        "native_kernels": bool(planner.fused is not None and planner.fused.native is not None),
+        "native_kernels": (isinstance(planner.scorer, FusedScorer)
+                           and planner.scorer.fused.native is not None),
         "stacked_blocks": cfg.planner.stacked_blocks,
         "compile_s": round(planner.compile_s, 2), "compile_error": planner.compile_error,
         "setup_s": round(setup_s, 2), "iterations": cfg.planner.iterations,

@@ -48,14 +48,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):
+    from fowm_core.config import FowmConfig
     from fowm_core.jobs import workflows
 
     cfg = workflows.preset_for(args.preset, args.task, args.obs)
     if args.config:
-        import yaml
-
-        overrides = yaml.safe_load(args.config.read_text()) or {}
-        cfg = cfg.with_overrides({k: v for k, v in overrides.items() if k != "preset"})
+        cfg = FowmConfig.from_yaml(args.config, base=cfg)
     if getattr(args, "steps", None) is not None:
         cfg = cfg.with_overrides({"schedule": {"offline_steps": args.steps}})
     return cfg

@@ -18,14 +18,17 @@ from tqdm import tqdm
 from fowm_core import tasks
 from fowm_core.config import FowmConfig, Modality
 from fowm_core.data import bags
-from fowm_core.data.episode import Episode
 from fowm_core.data.episode_log import CameraSpec, EpisodeRecorder
-from fowm_core.errors import BagError
 from fowm_core.jobs import results
-from fowm_core.learning import checkpoints
-from fowm_core.learning.train import Agent, EvalResult, evaluate, finetune, make_sampler, pretrain
+from fowm_core.learning.agent import Agent, load, load_dataset, make_sampler, obs_mode, save
+from fowm_core.learning.train import EvalResult, evaluate, finetune, pretrain
 from fowm_core.sim import make_env, state_dim
-from fowm_core.sim.scripted import ScriptedPolicy
+from fowm_core.sim.scripted import ScriptedPolicy, scripted_rollout
+
+# The agent's checkpoint and dataset functions live in learning/agent.py (the live learner uses
+# them too); the jobs and their callers reach them through this module as well.
+__all__ = ["Agent", "collect", "load", "load_dataset", "make_sampler", "preset_for",
+           "run_eval", "run_finetune", "run_pretrain", "save", "set_threads"]
 
 CAMERA_FOVY_DEG = 45.0
 
@@ -46,59 +49,20 @@ def collect(task: str, episodes: int, out: str | Path, *, noise: float | None = 
         name = out / f"{task}_{seed:03d}_{i:05d}"
         if (name / "metadata.yaml").exists():          # resumable: keep what was written
             continue
-        obs, info = env.reset(seed=ep_seed)
+        run = scripted_rollout(env, policy, ep_seed)
         rec = EpisodeRecorder(task, episode=i, seed=ep_seed, camera=camera)
-        rec.reset(info, obs.get("rgb"))
-        done = False
-        while not done:
-            action = policy.act(env.task_state())
-            obs, reward, terminated, truncated, info = env.step(action)
+        rec.reset(run.infos[0], run.observations[0].get("rgb"))
+        for action, reward, info, obs in zip(run.actions, run.rewards, run.infos[1:],
+                                             run.observations[1:], strict=True):
             rec.step(action, reward, info, obs.get("rgb"))
-            done = terminated or truncated
-        successes.append(bool(info["success"]))
-        bags.write_episode_bag(name, rec.finish(success=info["success"], noise=noise),
+        successes.append(run.success)
+        bags.write_episode_bag(name, rec.finish(success=run.success, noise=noise),
                                camera=with_rgb)
     env.close()
     summary = {"task": task, "episodes": episodes, "noise": noise, "seed": seed,
                "obs_mode": obs_mode, "success_rate_new": float(np.mean(successes or [np.nan]))}
     results.write_json(out / "dataset.json", summary)
     return summary
-
-
-def load_dataset(data: str | Path, cfg: FowmConfig, *, progress: bool = True) -> list[Episode]:
-    mode = "state" if cfg.model.modality == Modality.STATE else str(cfg.model.modality)
-    read = bags.read_dataset(data, task=cfg.task, obs_mode=mode, img_size=cfg.model.img_size,
-                             progress=progress)
-    for bag, why in read.failures:
-        tqdm.write(f"skipped {bag}: {why}")
-    if not read.episodes:
-        msg = f"no readable episode bags under {data}"
-        raise BagError(msg)
-    return read.episodes
-
-
-def save(agent: Agent, path: Path, step: int, metrics: dict[str, Any]) -> Path:
-    checkpoints.save_agent(path, agent.model, agent.cfg, step,
-                           {k: v for k, v in metrics.items() if isinstance(v, int | float)},
-                           target=agent.learner.target,
-                           optimizers={"model": agent.learner.optim,
-                                       "pi": agent.learner.pi_optim})
-    return path
-
-
-def load(path: str | Path, cfg_overrides: dict[str, Any] | None = None, seed: int = 0) -> Agent:
-    """An agent (model, learner state, planner) from a checkpoint, with optional config overrides
-    that must not change the model's shape (e.g. planner.uncertainty_cost)."""
-    loaded = checkpoints.load_agent(path)
-    cfg = loaded.cfg.with_overrides(cfg_overrides or {})
-    if cfg.model != loaded.cfg.model:
-        msg = "overrides may not change the model's architecture"
-        raise ValueError(msg)
-    agent = Agent.create(cfg, seed=seed)
-    checkpoints.load_agent(path, model=agent.model, cfg=cfg, target=agent.learner.target,
-                           optimizers={"model": agent.learner.optim, "pi": agent.learner.pi_optim})
-    agent.learner.step = int(loaded.meta.get("step", 0))
-    return agent
 
 
 def run_pretrain(cfg: FowmConfig, data: str | Path, out: str | Path, *, seed: int = 0,
@@ -112,7 +76,7 @@ def run_pretrain(cfg: FowmConfig, data: str | Path, out: str | Path, *, seed: in
     history: list[dict[str, float]] = []
     metrics = pretrain(agent, sampler, cfg.schedule.offline_steps, progress=progress,
                        on_log=lambda i, m: history.append({"step": i, **m}))
-    ckpt = save(agent, out / "checkpoints" / "offline.safetensors", agent.learner.step, metrics)
+    ckpt = save(agent, out / "checkpoints" / "offline.safetensors", metrics).path
     summary = {"task": cfg.task, "seed": seed, "data": str(data), "episodes": len(episodes),
                "offline_steps": cfg.schedule.offline_steps, "checkpoint": str(ckpt),
                "seconds": round(time.perf_counter() - start, 1), "final": metrics,
@@ -122,7 +86,7 @@ def run_pretrain(cfg: FowmConfig, data: str | Path, out: str | Path, *, seed: in
 
 
 def run_eval(agent: Agent, episodes: int, seed: int) -> EvalResult:
-    env = make_env(agent.cfg.task, obs_mode=_env_obs_mode(agent.cfg))
+    env = make_env(agent.cfg.task, obs_mode=obs_mode(agent.cfg))
     try:
         return evaluate(env, agent.planner, episodes, seed=seed)
     finally:
@@ -140,7 +104,7 @@ def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, e
     cfg = agent.cfg
     results.write_json(out / "config.json", cfg.to_dict())
     sampler = make_sampler(cfg, load_dataset(data, cfg, progress=progress))
-    env = make_env(cfg.task, obs_mode=_env_obs_mode(cfg))
+    env = make_env(cfg.task, obs_mode=obs_mode(cfg))
     # Evaluation seeds are disjoint from collection seeds and the same for every λ and count.
     eval_seed = 10_000_000 + 1000 * seed
     train_log: list[dict[str, Any]] = []
@@ -153,7 +117,7 @@ def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, e
                               "return": float(ep.reward.sum())}))
     finally:
         env.close()
-    ckpt = save(agent, out / "checkpoints" / "final.safetensors", agent.learner.step, {})
+    ckpt = save(agent, out / "checkpoints" / "final.safetensors", {}).path
     summary = {"task": cfg.task, "seed": seed, "lam": cfg.planner.uncertainty_cost,
                "checkpoint": str(ckpt), "episodes": episodes,
                "eval": {str(n): r.to_dict() for n, r in evals.items()},
@@ -163,10 +127,6 @@ def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, e
     results.plot_success_curves(out / "success.png", {f"λ={summary['lam']:g}": curve},
                                 f"{cfg.task}: success vs online episodes (seed {seed})")
     return summary
-
-
-def _env_obs_mode(cfg: FowmConfig) -> str:
-    return "state" if cfg.model.modality == Modality.STATE else str(cfg.model.modality)
 
 
 def preset_for(preset: str, task: str, obs: str) -> FowmConfig:

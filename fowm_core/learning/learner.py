@@ -8,7 +8,9 @@ Optimisers, matching the reference's parameter groups: the model Adam holds *all
 (π included, as in the reference's ``Adam(model.parameters())``; π never gets a gradient from the
 model loss, so Adam skips it), and the π Adam holds π's parameters only. Both use lr and clip 10.
 
-Speed (docs/algorithm.md §9; ``fast=True``, the default) changes only how the same numbers are computed:
+One update routine (``Learner.update``); how its numbers are computed is an ``UpdateVariant``,
+chosen once at construction. ``FAST`` (``fast=True``, the default; docs/algorithm.md §9) changes
+only how the same numbers are computed:
 - the random shift is an integer crop of the uint8 images (augment.py), in channels_last layout,
   which the oneDNN convolutions run about twice as fast as NCHW;
 - the H·B next observations are scaled to float once and fed to both the online and the target
@@ -16,13 +18,15 @@ Speed (docs/algorithm.md §9; ``fast=True``, the default) changes only how the s
 - the reward head runs once on all H rolled-out latents instead of once per step;
 - the min-2 target Q evaluates only the 2 drawn heads (the same draws, in the same order);
 - Adam runs fused (one kernel over all tensors) instead of the per-tensor loop.
-``fast=False`` keeps the straightforward formulation (bilinear shift, per-step reward, all K target
-heads, per-tensor Adam) as the reference the tests and ``benchmarks/update_profile.py`` compare to.
+``REFERENCE`` (``fast=False``) keeps the straightforward formulation (bilinear shift, per-step
+reward, all K target heads, per-tensor Adam): the oracle tests/core/test_learner_fast.py and
+``benchmarks/update_profile.py`` compare to.
 """
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,24 +85,97 @@ def keep_freed_heap() -> bool:
     return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 2**31 - 1))
 
 
+# -- the two ways to compute an update -------------------------------------------------------------
+# A forward returns what the losses need: z_all (H+1, B, L) the rolled-out latents (with gradient),
+# z_hat (H, B, L) the target encoder's next latents, y (H, B) the TD targets, r_hat (H, B) rewards.
+Forward = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _forward_fast(learner: Learner, batch: Batch) -> Forward:
+    """Both targets encode the same augmented next observations: scale them once; the reward
+    head runs once on all H rolled-out latents."""
+    H, B, a, model = batch.horizon, batch.batch_size, batch.action, learner.model
+    with torch.no_grad(), record_function("fowm.targets"):
+        scaled = WorldModel.scale_obs({k: v.flatten(0, 1) for k, v in batch.next_obs.items()})
+        next_z = model.encode(scaled, scaled=True).view(H, B, -1)
+        z_hat = learner.target.encode(scaled, scaled=True).view(H, B, -1)
+        y = learner.td_target(next_z, batch.reward, batch.mask)          # (H, B)
+    z = model.encode(batch.obs)
+    zs = [z]
+    for t in range(H):
+        z = model.next(z, a[t])
+        zs.append(z)
+    z_all = torch.stack(zs)                                               # (H+1, B, L)
+    return z_all, z_hat, y, model.reward(z_all[:-1], a).squeeze(-1)      # (H, B), one pass
+
+
+def _forward_reference(learner: Learner, batch: Batch) -> Forward:
+    """The straightforward formulation: separate encodes, the reward head step by step."""
+    H, B, a, model = batch.horizon, batch.batch_size, batch.action, learner.model
+    with torch.no_grad():
+        flat = {k: v.flatten(0, 1) for k, v in batch.next_obs.items()}
+        next_z = model.encode(flat).view(H, B, -1)
+        z_hat = learner.target.encode(flat).view(H, B, -1)
+        y = learner.td_target(next_z, batch.reward, batch.mask)
+    z = model.encode(batch.obs)
+    zs, r_hat = [z], []
+    for t in range(H):
+        r_hat.append(model.reward(z, a[t]))
+        z = model.next(z, a[t])
+        zs.append(z)
+    return torch.stack(zs), z_hat, y, torch.cat(r_hat, -1).T
+
+
+def _min2_fast(target: WorldModel, z: torch.Tensor, a: torch.Tensor,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """Only the 2 drawn heads are evaluated (the same draw as ``q_min2``)."""
+    heads = random_head_pair(target.cfg.num_q, generator)
+    q = target._qs.forward_heads(torch.cat([z, a], dim=-1), heads)
+    return torch.minimum(q[0], q[1]).squeeze(-1)
+
+
+def _min2_reference(target: WorldModel, z: torch.Tensor, a: torch.Tensor,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    return target.q_min2(z, a, generator=generator).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class UpdateVariant:
+    """How ``Learner.update`` computes its numbers; both variants compute the same ones."""
+
+    name: str
+    forward: Callable[[Learner, Batch], Forward]
+    min2_target: Callable[[WorldModel, torch.Tensor, torch.Tensor, torch.Generator | None],
+                          torch.Tensor]
+    bilinear_shift: bool          # the reference's grid_sample shift, or the integer crop
+    adam: Mapping[str, bool]      # fused Adam is the same rule in one kernel; CPU's default loops
+    keep_freed_heap: bool         # see keep_freed_heap (CPU only)
+
+
+FAST = UpdateVariant("fast", _forward_fast, _min2_fast, bilinear_shift=False,
+                     adam={"fused": True}, keep_freed_heap=True)
+REFERENCE = UpdateVariant("reference", _forward_reference, _min2_reference, bilinear_shift=True,
+                          adam={"foreach": False}, keep_freed_heap=False)
+
+
 class Learner:
     """Owns the target network, both optimisers and the update counter.
 
     ``generator`` (a CPU torch.Generator, also for a CUDA model) drives the random shifts and the
     random Q-head pairs, so a seeded learner is reproducible; None uses torch's global RNG.
+    ``fast`` picks the ``UpdateVariant``: ``FAST`` or ``REFERENCE``.
     """
 
     def __init__(self, model: WorldModel, cfg: FowmConfig,
                  generator: torch.Generator | None = None, *, fast: bool = True) -> None:
-        self.model, self.cfg, self.generator, self.fast = model, cfg, generator, fast
-        if fast and next(model.parameters()).device.type == "cpu":
+        self.model, self.cfg, self.generator = model, cfg, generator
+        self.variant = FAST if fast else REFERENCE
+        if self.variant.keep_freed_heap and next(model.parameters()).device.type == "cpu":
             keep_freed_heap()
         self.target = model.target_copy()
         lc = cfg.learner
-        # Fused Adam is the same update rule in one kernel; the CPU default is a per-tensor loop.
-        kind = {"fused": True} if fast else {"foreach": False}
-        self.optim = torch.optim.Adam(model.parameters(), lr=lc.lr, **kind)
-        self.pi_optim = torch.optim.Adam(model.pi_parameters(), lr=lc.lr, **kind)
+        self.optim = torch.optim.Adam(model.parameters(), lr=lc.lr, **self.variant.adam)
+        self.pi_optim = torch.optim.Adam(model.pi_parameters(), lr=lc.lr, **self.variant.adam)
         self.step = 0
         device = next(model.parameters()).device
         self._rho = lc.rho ** torch.arange(cfg.horizon, device=device, dtype=torch.float32)
@@ -107,6 +184,11 @@ class Learner:
     @property
     def device(self) -> torch.device:
         return self._rho.device
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Both Adams by the names checkpoints store them under."""
+        return {"model": self.optim, "pi": self.pi_optim}
 
     # -- targets (no gradient) ------------------------------------------------------------------
     @torch.no_grad()
@@ -118,11 +200,7 @@ class Learner:
     @torch.no_grad()
     def value_target(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """q̄ = min of 2 distinct random *target* Q heads at (sg(z), a), one pair per call (§3.2)."""
-        if not self.fast:
-            return self.target.q_min2(z, a, generator=self.generator).squeeze(-1)
-        heads = random_head_pair(self.cfg.model.num_q, self.generator)
-        q = self.target._qs.forward_heads(torch.cat([z, a], dim=-1), heads)
-        return torch.minimum(q[0], q[1]).squeeze(-1)
+        return self.variant.min2_target(self.target, z, a, self.generator)
 
     @torch.no_grad()
     def awr_weights(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,48 +217,14 @@ class Learner:
                    "build the replay buffer with cfg.horizon")
             raise FowmError(msg)
         batch = batch.to(self.device)
-        bilinear = not self.fast
+        bilinear = self.variant.bilinear_shift
         batch.obs = augment_obs(batch.obs, self._pad, self.generator, bilinear=bilinear)
         batch.next_obs = augment_obs(batch.next_obs, self._pad, self.generator, bilinear=bilinear)
         return batch
 
     def losses(self, batch: Batch) -> Losses:
         """Spec §3.2-3.3 on a prepared batch; gradients flow into the encoder and the rollout."""
-        if not self.fast:
-            return self._losses_reference(batch)
-        H, B = batch.horizon, batch.batch_size
-        a = batch.action
-        with torch.no_grad(), record_function("fowm.targets"):
-            # Both targets encode the same augmented next observations: scale them once.
-            scaled = WorldModel.scale_obs({k: v.flatten(0, 1) for k, v in batch.next_obs.items()})
-            next_z = self.model.encode(scaled, scaled=True).view(H, B, -1)
-            z_hat = self.target.encode(scaled, scaled=True).view(H, B, -1)
-            y = self.td_target(next_z, batch.reward, batch.mask)          # (H, B)
-        z = self.model.encode(batch.obs)
-        zs = [z]
-        for t in range(H):
-            z = self.model.next(z, a[t])
-            zs.append(z)
-        z_all = torch.stack(zs)                                           # (H+1, B, L)
-        r_hat = self.model.reward(z_all[:-1], a).squeeze(-1)              # (H, B), one pass
-        return self._assemble(batch, z_all, z_hat, y, r_hat)
-
-    def _losses_reference(self, batch: Batch) -> Losses:
-        """The straightforward formulation: separate encodes, the reward head step by step."""
-        H, B = batch.horizon, batch.batch_size
-        a = batch.action
-        with torch.no_grad():
-            flat = {k: v.flatten(0, 1) for k, v in batch.next_obs.items()}
-            next_z = self.model.encode(flat).view(H, B, -1)
-            z_hat = self.target.encode(flat).view(H, B, -1)
-            y = self.td_target(next_z, batch.reward, batch.mask)
-        z = self.model.encode(batch.obs)
-        zs, r_hat = [z], []
-        for t in range(H):
-            r_hat.append(self.model.reward(z, a[t]))
-            z = self.model.next(z, a[t])
-            zs.append(z)
-        return self._assemble(batch, torch.stack(zs), z_hat, y, torch.cat(r_hat, -1).T)
+        return self._assemble(batch, *self.variant.forward(self, batch))
 
     def _assemble(self, batch: Batch, z_all: torch.Tensor, z_hat: torch.Tensor, y: torch.Tensor,
                   r_hat: torch.Tensor) -> Losses:
@@ -260,45 +304,3 @@ class Learner:
         """φ ← (1 − τ)φ + τθ on the target's encoder and Q ensemble only (docs/algorithm.md §2.6)."""
         torch._foreach_lerp_(self.target.ema_parameters(), self.model.ema_parameters(),
                              self.cfg.learner.tau)
-
-    # -- state ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """{"tensors": flat name → tensor (safetensors-ready), "meta": JSON-ready values}."""
-        tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {"step": self.step}
-        for prefix, module in (("model", self.model), ("target", self.target)):
-            for name, value in module.state_dict().items():
-                tensors[f"{prefix}.{name}"] = value.detach()
-        for prefix, optim in (("optim", self.optim), ("pi_optim", self.pi_optim)):
-            state = optim.state_dict()
-            for index, slots in state["state"].items():
-                for key, value in slots.items():
-                    tensors[f"{prefix}.state.{index}.{key}"] = torch.as_tensor(value)
-            meta[f"{prefix}.param_groups"] = [
-                {k: list(v) if isinstance(v, tuple) else v for k, v in group.items()}
-                for group in state["param_groups"]
-            ]
-        if self.generator is not None:
-            tensors["generator"] = self.generator.get_state()
-        return {"tensors": tensors, "meta": meta}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        tensors, meta = state["tensors"], state["meta"]
-        for prefix, module in (("model", self.model), ("target", self.target)):
-            own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-            module.load_state_dict(own)
-        for prefix, optim in (("optim", self.optim), ("pi_optim", self.pi_optim)):
-            slots: dict[int, dict[str, torch.Tensor]] = {}
-            head = f"{prefix}.state."
-            for name, value in tensors.items():
-                if name.startswith(head):
-                    index, key = name[len(head):].split(".", 1)
-                    slots.setdefault(int(index), {})[key] = value
-            # How Adam runs (fused / foreach) is this learner's choice, not the checkpoint's.
-            impl = {k: optim.param_groups[0][k] for k in ("fused", "foreach")}
-            groups = [{**{k: tuple(v) if k == "betas" else v for k, v in group.items()}, **impl}
-                      for group in meta[f"{prefix}.param_groups"]]
-            optim.load_state_dict({"state": slots, "param_groups": groups})
-        if self.generator is not None and "generator" in tensors:
-            self.generator.set_state(tensors["generator"])
-        self.step = int(meta["step"])

@@ -15,35 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from fowm_core.config import FowmConfig
 from fowm_core.data.episode import Episode
-from fowm_core.learning import replay
-from fowm_core.learning.learner import Learner
+from fowm_core.data.rollout import Env, rollout
+from fowm_core.learning.agent import Agent
 from fowm_core.learning.replay import BalancedSampler
-from fowm_core.model import WorldModel
 from fowm_core.planner.mppi import Planner
-
-
-@dataclass
-class Agent:
-    """The model and the two things that use it: the learner (training) and the planner (acting)."""
-
-    cfg: FowmConfig
-    model: WorldModel
-    learner: Learner
-    planner: Planner
-    rng: np.random.Generator
-
-    @classmethod
-    def create(cls, cfg: FowmConfig, seed: int = 0) -> Agent:
-        torch.manual_seed(seed)
-        model = WorldModel(cfg.model)
-        learner = Learner(model, cfg, generator=torch.Generator().manual_seed(seed + 1))
-        planner = Planner(model, cfg, generator=torch.Generator().manual_seed(seed + 2))
-        return cls(cfg, model, learner, planner, np.random.default_rng(seed + 3))
 
 
 @dataclass
@@ -56,12 +34,6 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         return {"success_rate": self.success_rate, "mean_return": self.mean_return,
                 "episodes": len(self.successes), "seconds": round(self.seconds, 2)}
-
-
-def make_sampler(cfg: FowmConfig, offline: list[Episode]) -> BalancedSampler:
-    """The offline buffer filled with the dataset, an empty online buffer, and 50/50 batches."""
-    off = replay.offline_buffer(offline, cfg)
-    return BalancedSampler(off, replay.online_buffer(cfg), cfg.replay.offline_fraction)
 
 
 def pretrain(agent: Agent, sampler: BalancedSampler, steps: int, *, progress: bool = True,
@@ -84,32 +56,19 @@ def update_once(agent: Agent, sampler: BalancedSampler) -> dict[str, float]:
     return agent.learner.update(batch)
 
 
-def run_episode(env, planner: Planner, *, eval_mode: bool, seed: int | None = None
+def run_episode(env: Env, planner: Planner, *, eval_mode: bool, seed: int | None = None
                 ) -> tuple[Episode, bool]:
     """Roll out one episode; returns it and whether success was reported at any step."""
-    obs, _ = env.reset(seed=seed)
     planner.reset()
-    observations, actions, rewards = [obs], [], []
-    success_any, done, t = False, False, 0
-    while not done:
-        result = planner.plan(obs, t0=t == 0, eval_mode=eval_mode)
-        obs, reward, terminated, truncated, info = env.step(result.action)
-        observations.append(obs)
-        actions.append(result.action)
-        rewards.append(reward)
-        success_any = success_any or bool(info.get("success", False))
-        done, t = terminated or truncated, t + 1
-    keys = observations[0].keys()
-    episode = Episode(
-        obs={k: np.stack([o[k] for o in observations]) for k in keys},
-        action=np.stack(actions), reward=np.asarray(rewards, dtype=np.float32),
-        terminal=bool(terminated), success=bool(info.get("success", False)),
-        info={"success_any": success_any, "seed": seed},
-    )
-    return episode, success_any
+
+    def act(t: int, obs: dict[str, np.ndarray], info: dict[str, Any]) -> np.ndarray:
+        return planner.plan(obs, t0=t == 0, eval_mode=eval_mode).action
+
+    run = rollout(env, act, seed)
+    return run.episode({"success_any": run.success_any, "seed": seed}), run.success_any
 
 
-def evaluate(env, planner: Planner, episodes: int, *, seed: int, progress: bool = False
+def evaluate(env: Env, planner: Planner, episodes: int, *, seed: int, progress: bool = False
              ) -> EvalResult:
     start = time.perf_counter()
     successes, returns = [], []
@@ -121,7 +80,7 @@ def evaluate(env, planner: Planner, episodes: int, *, seed: int, progress: bool 
                       time.perf_counter() - start)
 
 
-def finetune(agent: Agent, env, sampler: BalancedSampler, episodes: int,
+def finetune(agent: Agent, env: Env, sampler: BalancedSampler, episodes: int,
              *, eval_at: Iterable[int] = (), eval_fn: Callable[[int], EvalResult] | None = None,
              seed: int = 0, progress: bool = True,
              on_episode: Callable[[int, Episode, dict], None] | None = None

@@ -30,9 +30,9 @@ from typing import Any
 from fowm_core.data import bag_cache, bags
 from fowm_core.data.episode import Episode
 from fowm_core.errors import BagError, CheckpointError, ConfigError, FowmError
-from fowm_core.jobs import workflows
+from fowm_core.learning import agent as agents
 from fowm_core.learning import checkpoints, train
-from fowm_core.learning.checkpoints import CheckpointInfo
+from fowm_core.learning.checkpoints import AgentFile, CheckpointInfo
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +176,12 @@ class LiveLearner:
         self.ledger = BagLedger(Path(cfg.work_dir) / "ledger.json")
         self.scanner = BagScanner(Path(cfg.bag_dir))
         remove_partial_writes(self.ckpt_dir)
-        start, resumed = self._start_checkpoint()
-        self.agent = workflows.load(start, seed=cfg.seed)
-        # workflows.load checked the whole checkpoint; the counter needs only its sidecar.
-        meta = checkpoints.read_meta(start) if resumed else {}
-        self.trained_entries = int(meta.get(TRAINED_KEY, 0))
-        self.resumed_from = start if resumed else None
+        start, resumed = self._start_checkpoint()       # read once, restored from memory
+        self.agent = agents.from_checkpoint(start, seed=cfg.seed)
+        self.trained_entries = int(start.meta.get(TRAINED_KEY, 0)) if resumed else 0
+        self.resumed_from = start.info.path if resumed else None
         self.read_kwargs = self._read_kwargs()
-        self.sampler = workflows.make_sampler(self.agent.cfg, self._offline())
+        self.sampler = agents.make_sampler(self.agent.cfg, self._offline())
         self.queue: deque[tuple[int, int]] = deque()     # (ledger index, updates still owed)
         self.episodes_since_ckpt = 0
         self.last_checkpoint: CheckpointInfo | None = None
@@ -191,16 +189,16 @@ class LiveLearner:
         self._restore_online()
 
     # -- start-up ----------------------------------------------------------------------------------
-    def _start_checkpoint(self) -> tuple[Path, bool]:
-        latest = latest_checkpoint(self.ckpt_dir)
+    def _start_checkpoint(self) -> tuple[AgentFile, bool]:
+        latest = latest_agent_file(self.ckpt_dir)
         if latest is not None:
-            self._check_resumable(latest)
+            self._check_resumable(latest.info.path)
             return latest, True
         if self.cfg.checkpoint is None:
             msg = (f"no checkpoint to start from: {self.ckpt_dir} has none and no pretrained "
                    "checkpoint was given; pass the offline checkpoint (fowm pretrain)")
             raise ConfigError(msg)
-        return Path(self.cfg.checkpoint), False
+        return checkpoints.read_agent(self.cfg.checkpoint), False
 
     def _check_resumable(self, latest: Path) -> None:
         """A work dir left by a run of another model (other sizes or observation layout) must not
@@ -222,7 +220,7 @@ class LiveLearner:
             msg = (f"task={task!r} relabels bags logged for {self.agent.cfg.task!r}: that needs "
                    "recompute_reward=True")
             raise ConfigError(msg)
-        return {"task": task, "obs_mode": workflows._env_obs_mode(self.agent.cfg),
+        return {"task": task, "obs_mode": agents.obs_mode(self.agent.cfg),
                 "recompute_reward": self.cfg.recompute_reward, "img_size": mcfg.img_size}
 
     def _offline(self) -> list[Episode]:
@@ -230,7 +228,7 @@ class LiveLearner:
             msg = ("no offline dataset: FOWM finetunes on 50/50 offline/online batches (docs/algorithm.md §6); "
                    "pass the dataset directory the checkpoint was pretrained on")
             raise ConfigError(msg)
-        return workflows.load_dataset(self.cfg.dataset_dir, self.agent.cfg, progress=False)
+        return agents.load_dataset(self.cfg.dataset_dir, self.agent.cfg, progress=False)
 
     def _restore_online(self) -> None:
         for index, entry in enumerate(self.ledger.entries):
@@ -300,12 +298,9 @@ class LiveLearner:
         path = self.ckpt_dir / f"{CKPT_PREFIX}{step:08d}{checkpoints.SUFFIX}"
         online = [e for e in self.ledger.entries[: self.trained_entries]
                   if e.status == "ingested"]
-        info = checkpoints.save_agent(
-            path, agent.model, agent.cfg, step, {"online_episodes": float(len(online))},
-            target=agent.learner.target,
-            optimizers={"model": agent.learner.optim, "pi": agent.learner.pi_optim},
-            extra_meta={TRAINED_KEY: self.trained_entries,
-                        "online_success": [e.success for e in online]})
+        info = agents.save(agent, path, {"online_episodes": float(len(online))},
+                           extra_meta={TRAINED_KEY: self.trained_entries,
+                                       "online_success": [e.success for e in online]})
         self.episodes_since_ckpt = 0
         self.last_checkpoint = info
         self._prune(keep=path)
@@ -330,15 +325,19 @@ def _model_spec(path: Path) -> dict[str, Any]:
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint that loads and checks out (hash, sidecar, finite); a half-written
-    or damaged one is skipped with a warning."""
+    """The newest checkpoint that loads and checks out (hash, sidecar, finite, config); a
+    half-written or damaged one is skipped with a warning."""
+    found = latest_agent_file(ckpt_dir)
+    return None if found is None else found.info.path
+
+
+def latest_agent_file(ckpt_dir: Path) -> AgentFile | None:
+    """``latest_checkpoint``, read: the caller restores from it without reading it again."""
     for path in sorted(Path(ckpt_dir).glob(f"{CKPT_PREFIX}*{checkpoints.SUFFIX}"), reverse=True):
         try:
-            checkpoints.load_checkpoint(path)
+            return checkpoints.read_agent(path)
         except CheckpointError as err:
             log.warning("skipping checkpoint %s: %s", path.name, err)
-            continue
-        return path
     return None
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from fowm_core import tasks
 from fowm_core.config import Modality
 from fowm_core.data.episode import Episode
+from fowm_core.data.rollout import Rollout, rollout
 from fowm_core.errors import EnvError
 from fowm_core.sim.base import XarmEnv, state_dim
 from fowm_core.tasks import TaskState
@@ -88,24 +89,19 @@ def collect_episodes(task: str, n: int, noise: float | None = None, seed: int = 
     env = XarmEnv(task, obs_mode, **env_kw)
     policy = ScriptedPolicy(task, noise, np.random.default_rng(seed))
     try:
-        return [_rollout(env, policy, seed + i) for i in range(n)]
+        return [_episode(env, policy, seed + i) for i in range(n)]
     finally:
         env.close()
 
 
-def _rollout(env: XarmEnv, policy: ScriptedPolicy, seed: int) -> Episode:
-    obs, info = env.reset(seed=seed)
-    observations, states = [obs], [info["task_state"]]
-    actions, rewards_, success = [], [], False
-    truncated = False
-    while not truncated:
-        action = policy.act(states[-1])
-        obs, reward, _, truncated, info = env.step(action)
-        observations.append(obs)
-        states.append(info["task_state"])
-        actions.append(action)
-        rewards_.append(reward)
-        success = info["success"]
+def scripted_rollout(env: XarmEnv, policy: ScriptedPolicy, seed: int) -> Rollout:
+    """One episode of the scripted policy, acting on the task state the env reports."""
+    return rollout(env, lambda t, obs, info: policy.act(info["task_state"]), seed)
+
+
+def _episode(env: XarmEnv, policy: ScriptedPolicy, seed: int) -> Episode:
+    run = scripted_rollout(env, policy, seed)
+    states = [info["task_state"] for info in run.infos]
     first = states[0]
     record = {
         "task": env.task, "seed": seed, "noise": policy.noise,
@@ -115,6 +111,4 @@ def _rollout(env: XarmEnv, policy: ScriptedPolicy, seed: int) -> Episode:
         "gripper": np.array([s.gripper for s in states]),
         "obj": None if first.obj is None else np.stack([s.obj for s in states]),
     }
-    stacked = {k: np.stack([o[k] for o in observations]) for k in observations[0]}
-    return Episode(obs=stacked, action=np.stack(actions), reward=np.array(rewards_),
-                   terminal=False, success=bool(success), info=record)
+    return run.episode(record)

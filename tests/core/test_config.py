@@ -45,6 +45,20 @@ def test_round_trip_through_dict_and_yaml(tmp_path) -> None:
     assert loaded == expected
 
 
+def test_yaml_overrides_apply_to_a_given_base_preset(tmp_path) -> None:
+    """`fowm pretrain --preset cpu --task push --config f.yaml`: the command line picks the
+    preset, the file only overrides it (its preset key is ignored)."""
+    base = config.cpu(task="push")
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: paper\nplanner:\n  iterations: 2\n")
+    loaded = config.FowmConfig.from_yaml(path, base=base)
+    assert loaded == dataclasses.replace(base, planner=dataclasses.replace(base.planner,
+                                                                           iterations=2))
+    path.write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match="must hold a mapping, found list"):
+        config.FowmConfig.from_yaml(path, base=base)
+
+
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [

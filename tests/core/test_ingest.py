@@ -130,6 +130,41 @@ def test_restart_resumes_from_ledger_and_checkpoint_without_loss_or_duplicates(
     assert again.poll().ingested == []                  # and neither bag is read as new
 
 
+def test_starting_and_resuming_read_each_checkpoint_file_once(
+        data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+
+    def counting(path: Path) -> bytes:
+        if path.suffix == checkpoints.SUFFIX:
+            reads.append(path.name)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    bag_dir, work = tmp_path / "bags", tmp_path / "work"
+    shutil.copytree(_bags(data["online"])[0], bag_dir / "ep0")
+    first = _learner(data, bag_dir, work)
+    assert reads == [data["ckpt"].name]                 # the pretrained start, once
+    first.poll()
+    while first.owed_updates:
+        first.train_one()
+    assert first.last_checkpoint is not None
+    reads.clear()
+    again = _learner(data, bag_dir, work)
+    assert again.resumed_from == first.last_checkpoint.path
+    assert reads == [first.last_checkpoint.path.name]   # found, checked and restored: one read
+    assert again.trained_entries == 1 and again.owed_updates == 0
+
+
+def test_the_live_learner_imports_nothing_from_jobs() -> None:
+    """runtime sits below jobs: the learner node must not pull in the CLI's workflows."""
+    code = ("import sys, fowm_core.runtime.ingest, fowm_core.runtime.hotswap; "
+            "print(sorted(m for m in sys.modules if m.startswith('fowm_core.jobs')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
 def test_half_written_checkpoints_are_never_picked_and_temp_files_are_cleaned(
         data: dict[str, Path], tmp_path: Path) -> None:
     ckpt_dir = tmp_path / "checkpoints"

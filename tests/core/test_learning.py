@@ -14,7 +14,8 @@ import torch
 
 from fowm_core import config
 from fowm_core.data.episode import Episode
-from fowm_core.learning.train import Agent, make_sampler, pretrain
+from fowm_core.learning.agent import Agent, make_sampler
+from fowm_core.learning.train import pretrain
 
 STEPS = 20
 

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from fowm_core.planner import native
 from fowm_core.planner.fused import FusedModel
 from fowm_core.planner.mppi import Planner
+from fowm_core.planner.scoring import FusedScorer
 
 torch.set_num_threads(1)
 
@@ -111,13 +112,15 @@ def test_planner_values_agree_with_and_without_kernels(lib, stacked: bool) -> No
     values = []
     for use_c in (True, False):
         planner = Planner(model, cfg, gen(3), native_kernels=use_c)
-        assert (planner.fused.native is not None) == use_c
-        assert planner.fused.per_block is not stacked
+        assert isinstance(planner.scorer, FusedScorer)
+        assert (planner.scorer.fused.native is not None) == use_c
+        assert planner.scorer.fused.per_block is not stacked
         z = torch.rand(1, L, generator=gen(4))
         gauss = torch.rand(cfg.horizon, cfg.planner.num_samples, A, generator=gen(6)) * 2 - 1
         with torch.no_grad():
-            rollout = planner.pi_rollout(z)
-            values.append(planner.iteration_values(z, gauss, rollout, planner._z_part(z)))
+            rollout = planner.scorer.pi_rollout(z, planner.generator)
+            shared = planner.scorer.prepare(z)
+            values.append(planner.scorer.values(z, gauss, rollout, shared, planner.generator))
     torch.testing.assert_close(values[0], values[1], atol=1e-5, rtol=1e-5)
 
 
@@ -147,5 +150,5 @@ def test_disabled_or_unbuildable_kernels_fall_back_with_a_reason(monkeypatch, tm
     assert "false" in native.status()
     cfg = tiny_cfg()
     planner = Planner(random_model(cfg), cfg, gen(0))
-    assert planner.fused is not None and planner.fused.native is None
+    assert isinstance(planner.scorer, FusedScorer) and planner.scorer.fused.native is None
     planner.plan({"state": torch.zeros(3)}, t0=True, eval_mode=True)

@@ -20,7 +20,8 @@ from fowm_core.planner.fused import (
     mish_exp,
     tanh_exp,
 )
-from fowm_core.planner.mppi import Planner, reference_value, weighted_moments
+from fowm_core.planner.mppi import Planner, weighted_moments
+from fowm_core.planner.scoring import FusedScorer, reference_value
 
 torch.set_num_threads(1)
 
@@ -86,9 +87,10 @@ def test_score_equals_hand_computed_penalised_return(lam: float, fast: bool) -> 
     z = torch.rand(1, L)
     gauss = torch.rand(cfg.horizon, cfg.planner.num_samples, A, generator=gen(2)) * 2 - 1
     with torch.no_grad():
-        rollout = planner.pi_rollout(z)
+        rollout = planner.scorer.pi_rollout(z, planner.generator)
         state = g.get_state()
-        values = planner.iteration_values(z, gauss, rollout, planner._z_part(z))
+        shared = planner.scorer.prepare(z)
+        values = planner.scorer.values(z, gauss, rollout, shared, planner.generator)
     # The terminal draws, in the reference order: π noise for every candidate, then the head pair.
     g.set_state(state)
     n_all = cfg.planner.num_samples + cfg.planner.num_pi_trajs
@@ -119,9 +121,10 @@ def test_fused_path_matches_model_methods(lam: float) -> None:
         scores = []
         for fast in (True, False):
             planner = Planner(model, cfg, gen(5), fast=fast)
-            rollout = planner.pi_rollout(z[:1])
+            rollout = planner.scorer.pi_rollout(z[:1], planner.generator)
             gauss = torch.rand(cfg.horizon, cfg.planner.num_samples, A, generator=gen(6)) * 2 - 1
-            scores.append(planner.iteration_values(z[:1], gauss, rollout, planner._z_part(z[:1])))
+            shared = planner.scorer.prepare(z[:1])
+            scores.append(planner.scorer.values(z[:1], gauss, rollout, shared, planner.generator))
     torch.testing.assert_close(scores[0], scores[1], atol=1e-5, rtol=1e-5)
 
 
@@ -246,8 +249,8 @@ def test_pi_rollouts_are_drawn_once_per_decision_and_reused() -> None:
     model = random_model(cfg)
     planner = Planner(model, cfg, gen(0))
     calls: list[int] = []
-    assert planner.fused is not None
-    original_pi = planner.fused.pi   # the fast path's π (the model's when there are no kernels)
+    assert isinstance(planner.scorer, FusedScorer)
+    original_pi = planner.scorer.fused.pi   # the fast path's π (the model's without kernels)
 
     def counting_pi(z: torch.Tensor, std: float = 0.0, generator=None) -> torch.Tensor:
         calls.append(z.shape[0])
@@ -260,7 +263,7 @@ def test_pi_rollouts_are_drawn_once_per_decision_and_reused() -> None:
         seen.append(actions[:, cfg.planner.num_samples:].clone())
         return original_elites(value, actions)
 
-    planner.fused.pi = counting_pi
+    planner.scorer.fused.pi = counting_pi
     planner._elites = capturing_elites
     planner.plan({"state": torch.rand(3)}, t0=True, eval_mode=True)
     n, n_pi, H = cfg.planner.num_samples, cfg.planner.num_pi_trajs, cfg.horizon
@@ -380,6 +383,6 @@ def test_planner_sees_every_learner_update() -> None:
     planner.plan({"state": np.zeros(3, np.float32)}, t0=True, eval_mode=True)
     learner = Learner(model, cfg, torch.Generator().manual_seed(1))
     learner.update(buffer.sample(8, rng))
-    assert planner.fused is not None
-    assert planner.fused.refresh(), "the planner kept stale weights after a learner update"
-    torch.testing.assert_close(planner.fused.w2[2:], model._qs.w2.detach())
+    assert isinstance(planner.scorer, FusedScorer)
+    assert planner.scorer.fused.refresh(), "the planner kept stale weights after a learner update"
+    torch.testing.assert_close(planner.scorer.fused.w2[2:], model._qs.w2.detach())

@@ -10,6 +10,7 @@ import pytest
 from fowm_core.data import bags, convert
 from fowm_core.jobs import cli, workflows
 from fowm_core.sim import make_env
+from fowm_core.sim.scripted import MEDIUM_NOISE, collect_episodes
 
 TINY = """
 model: {latent_dim: 8, mlp_dim: 32, enc_dim: 32}
@@ -39,6 +40,18 @@ def test_collected_bags_read_back_as_the_episodes_the_twin_produced(dataset) -> 
         np.testing.assert_allclose(ep.obs["state"][t + 1], obs["state"], atol=1e-5)
         assert ep.reward[t] == pytest.approx(reward, abs=1e-5)
     env.close()
+
+
+def test_fowm_collect_and_collect_episodes_run_the_same_loop(dataset) -> None:
+    """`fowm collect --seed 0` and collect_episodes(seed=0) reset with the same seeds and draw
+    the same policy noise: the same episodes, one through bags, one in memory."""
+    read = bags.read_dataset(dataset, task="reach", obs_mode="state", cache=False)
+    logged = sorted(read.episodes, key=lambda e: e.info["seed"])
+    direct = collect_episodes("reach", 4, noise=MEDIUM_NOISE["reach"], seed=0, obs_mode="state")
+    for bag_ep, ep in zip(logged, direct, strict=True):
+        np.testing.assert_allclose(bag_ep.action, ep.action, atol=1e-6)
+        np.testing.assert_allclose(bag_ep.obs["state"], ep.obs["state"], atol=1e-5)
+        assert bag_ep.success == ep.success
 
 
 def test_state_layout_agrees_between_twin_and_bag_codec() -> None:
@@ -77,6 +90,14 @@ def test_pretrain_finetune_eval_smoke(dataset, tmp_path, capsys) -> None:
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--episodes", "2"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["episodes"] == 2 and 0.0 <= line["success_rate"] <= 1.0
+
+
+def test_a_config_file_that_is_not_a_mapping_is_a_clear_error(dataset, tmp_path, capsys) -> None:
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    assert cli.main(["pretrain", "--task", "reach", "--data", str(dataset), "--config", str(bad),
+                     "--out", str(tmp_path / "pre")]) == 2
+    assert "must hold a mapping" in capsys.readouterr().err
 
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path, capsys) -> None:

@@ -9,8 +9,9 @@ import torch
 
 from fowm_core.config import FowmConfig
 from fowm_core.jobs import workflows
+from fowm_core.learning import agent as agents
+from fowm_core.learning.agent import Agent
 from fowm_core.learning.checkpoints import save_agent
-from fowm_core.learning.train import Agent
 from fowm_core.model import WorldModel
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -31,7 +32,7 @@ def tiny_checkpoint(path: Path, task: str = "lift", seed: int = 0, step: int = 0
     """A whole agent checkpoint (model, target, both Adams) as `fowm pretrain` writes, untrained."""
     agent = Agent.create(tiny_config(task), seed=seed)
     agent.learner.step = step
-    return workflows.save(agent, path, step, {})
+    return agents.save(agent, path, {}).path
 
 
 def tiny_model_checkpoint(path: Path, task: str = "lift", seed: int = 0, step: int = 0) -> Path:

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from fowm_core import tasks
 from fowm_core.data import bags, convert
 from fowm_core.jobs import cli, workflows
 from fowm_core.sim import make_env
-from fowm_core.sim.scripted import MEDIUM_NOISE, collect_episodes
+from fowm_core.sim.scripted import collect_episodes
 
 TINY = """
 model: {latent_dim: 8, mlp_dim: 32, enc_dim: 32}
@@ -47,7 +48,8 @@ def test_fowm_collect_and_collect_episodes_run_the_same_loop(dataset) -> None:
     the same policy noise: the same episodes, one through bags, one in memory."""
     read = bags.read_dataset(dataset, task="reach", obs_mode="state", cache=False)
     logged = sorted(read.episodes, key=lambda e: e.info["seed"])
-    direct = collect_episodes("reach", 4, noise=MEDIUM_NOISE["reach"], seed=0, obs_mode="state")
+    direct = collect_episodes("reach", 4, noise=tasks.get("reach").medium_noise, seed=0,
+                              obs_mode="state")
     for bag_ep, ep in zip(logged, direct, strict=True):
         np.testing.assert_allclose(bag_ep.action, ep.action, atol=1e-6)
         np.testing.assert_allclose(bag_ep.obs["state"], ep.obs["state"], atol=1e-5)

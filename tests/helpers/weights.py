@@ -12,7 +12,8 @@ import torch
 
 from fowm_core.config import FowmConfig
 from fowm_core.jobs import workflows
-from fowm_core.learning.train import Agent, make_sampler, update_once
+from fowm_core.learning.agent import Agent, make_sampler
+from fowm_core.learning.train import update_once
 from fowm_core.model import WorldModel
 from helpers.loop import TINY, collect
 

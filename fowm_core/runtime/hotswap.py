@@ -23,13 +23,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from fowm_core.config import FowmConfig
+from fowm_core.contract.messages import ABSENT, WeightsAnnouncement
 from fowm_core.errors import CheckpointError, FowmError
 from fowm_core.learning import checkpoints
 from fowm_core.planner.mppi import Planner
@@ -45,12 +45,18 @@ class Weights:
     sha256: str
     step: int | None = None
 
-    def message(self, *, live: bool, **extra: Any) -> str:
-        """JSON for topics.WEIGHTS: {"live": true, path, sha256, step} from the planner."""
-        body = {"path": self.path, "sha256": self.sha256, "step": self.step, **extra}
-        if live:
-            body["live"] = True
-        return json.dumps(body, sort_keys=True)
+    def announcement(self, *, live: bool = False, swaps: int | None = None,
+                     node: str | None = None) -> WeightsAnnouncement:
+        """The topics.WEIGHTS message: {path, sha256, step}, plus {"live": true, swaps, node}
+        when the planner reports the weights it plans with."""
+        return WeightsAnnouncement(
+            path=self.path, sha256=self.sha256 or ABSENT, step=self.step,
+            live=True if live else ABSENT, swaps=ABSENT if swaps is None else swaps,
+            node=node or ABSENT)
+
+    def message(self, *, live: bool, swaps: int | None = None, node: str | None = None) -> str:
+        """JSON for topics.WEIGHTS (``announcement``)."""
+        return self.announcement(live=live, swaps=swaps, node=node).to_json()
 
     @classmethod
     def of_checkpoint(cls, path: str | Path) -> Weights:
@@ -63,21 +69,13 @@ class Weights:
             raise CheckpointError(msg) from err
 
 
-def parse_announcement(text: str) -> Weights | None:
-    """A learner's announcement → Weights; None for the planner's own {"live": true} messages."""
-    try:
-        body = json.loads(text)
-    except ValueError as err:
-        msg = f"weights announcement is not JSON: {text[:80]!r}"
-        raise FowmError(msg) from err
-    if not isinstance(body, dict) or "path" not in body:
-        msg = f"weights announcement {text[:80]!r} lacks \"path\"; expected {{path, sha256, step}}"
-        raise FowmError(msg)
-    if body.get("live"):
+def parse_announcement(text: str | bytes) -> Weights | None:
+    """A learner's announcement → Weights; None for the planner's own {"live": true} messages.
+    MessageError (a FowmError) when the text is not a valid WeightsAnnouncement."""
+    note = WeightsAnnouncement.from_json(text)
+    if note.is_live:
         return None
-    step = body.get("step")
-    return Weights(str(body["path"]), str(body.get("sha256") or ""),
-                   None if step is None else int(step))
+    return Weights(note.path, note.get("sha256", ""), note.get("step"))
 
 
 @dataclass

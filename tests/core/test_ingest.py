@@ -96,8 +96,9 @@ def test_training_follows_the_schedule_and_checkpoints_announce_step_and_hash(
     assert learner.agent.learner.step == step0 + 25 and learner.owed_updates == 0
     assert len(infos) == 1 and infos[0].step == step0 + 25
     note = ingest.announcement(infos[0])
-    assert note["sha256"] == infos[0].sha256 and Path(note["path"]).exists()
-    _, meta = checkpoints.load_checkpoint(note["path"])
+    assert note.sha256 == infos[0].sha256 and Path(note.path).exists()
+    assert note.step == infos[0].step and not note.is_live
+    _, meta = checkpoints.load_checkpoint(note.path)
     assert meta[ingest.TRAINED_KEY] == 1
     assert learner.train_one() is None                  # nothing owed: no update
 

@@ -42,10 +42,11 @@ from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm_core import tasks
 from fowm_core.contract import topics
+from fowm_core.contract.messages import EpisodeEvent
 from fowm_core.data import convert
 from fowm_core.data.sync import ApproxTimeSync
 from fowm_core.errors import ConfigError, FowmError
-from fowm_core.runtime.control import EpisodeTracker, event_json
+from fowm_core.runtime.control import EpisodeTracker
 from fowm_core.runtime.control import param_meta as _p
 
 MODES = ("sim", "real")
@@ -272,10 +273,11 @@ class EpisodeManagerNode(Node):
                 return True
         return False
 
-    def _publish(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-        self.episode_pub.publish(String(data=event_json(event)))
-        self.get_logger().info(f"episode event: {event_json(event)}")
+    def _publish(self, event: EpisodeEvent) -> None:
+        text = event.to_json()
+        self.events.append(event.as_dict())
+        self.episode_pub.publish(String(data=text))
+        self.get_logger().info(f"episode event: {text}")
 
     def destroy_node(self) -> None:
         # None: refused at start (bad parameters) before the worker existed; rclpy's shutdown

@@ -19,7 +19,6 @@ hidden so it is never taken for a bag); a restarted learner resumes from them.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from fowm.ros import qos
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
+from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.learning.checkpoints import CheckpointInfo
 from fowm_core.runtime.control import param_meta as _p
@@ -122,17 +122,17 @@ class LearnerNode(Node):
             f"{learner.owed_updates} updates owed, step {learner.agent.learner.step}"
             + (f", resumed from {learner.resumed_from.name}" if learner.resumed_from else ""))
         if learner.resumed_from is not None:
-            w = Weights.of_checkpoint(learner.resumed_from)
-            self._publish({"path": w.path, "sha256": w.sha256, "step": w.step})
+            self._publish(Weights.of_checkpoint(learner.resumed_from).announcement())
 
     def _announce(self, info: CheckpointInfo) -> None:
         self._publish(announcement(info))
         self.get_logger().info(f"new checkpoint {info.path.name} (step {info.step}) announced")
 
-    def _publish(self, body: dict[str, Any]) -> None:
-        self.announced.append(body)
+    def _publish(self, note: WeightsAnnouncement) -> None:
+        text = note.to_json()
+        self.announced.append(note.as_dict())
         if self.context.ok():
-            self.weights_pub.publish(String(data=json.dumps(body, sort_keys=True)))
+            self.weights_pub.publish(String(data=text))
 
     def destroy_node(self) -> None:
         self._stop.set()

@@ -36,9 +36,10 @@ from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
 from fowm_core.config import FowmConfig
 from fowm_core.contract import topics
+from fowm_core.contract.messages import EpisodeEvent
 from fowm_core.data import convert
 from fowm_core.data.sync import ApproxTimeSync
-from fowm_core.errors import CheckpointError, ConfigError, FowmError
+from fowm_core.errors import CheckpointError, ConfigError, FowmError, MessageError
 from fowm_core.learning.checkpoints import load_agent, load_validated_model
 from fowm_core.planner.mppi import Planner, PlanResult
 from fowm_core.runtime.control import DEFAULT_ACTION_SCALE_M, planned_ee_path, uncertainty_rgba
@@ -236,13 +237,13 @@ class PlannerNode(Node):
 
     def _on_episode(self, msg: String) -> None:
         try:
-            event = json.loads(msg.data)
-        except ValueError:
-            self.get_logger().warning(f"ignoring a non-JSON episode event: {msg.data[:80]!r}")
+            event = EpisodeEvent.from_json(msg.data)
+        except MessageError as err:
+            self.get_logger().warning(f"ignoring episode event: {err}", throttle_duration_sec=5.0)
             return
-        if event.get("event") == "start":
+        if event.is_start:
             with self._lock:
-                self._pending_seed = int(event.get("seed", self.params.seed))
+                self._pending_seed = event.get("seed", self.params.seed)
 
     # -- control thread -------------------------------------------------------------------------
     def tick(self, tick: Tick) -> None:
@@ -341,7 +342,7 @@ class PlannerNode(Node):
     # -- publishing ------------------------------------------------------------------------------
     def _publish_action(self, stamp_ns: int, action: np.ndarray) -> None:
         msg = JointState()
-        msg.header.stamp = _time_msg(stamp_ns)
+        msg.header.stamp = convert.to_time(stamp_ns, Time)
         msg.header.frame_id = topics.BASE_FRAME
         msg.name = list(topics.ACTION_NAMES[:self.action_dim])
         msg.position = [float(v) for v in action]
@@ -355,7 +356,7 @@ class PlannerNode(Node):
         clear = Marker(action=Marker.DELETEALL)
         line = Marker(ns="fowm_plan", id=0, type=Marker.LINE_STRIP, action=Marker.ADD)
         line.header.frame_id = topics.BASE_FRAME
-        line.header.stamp = _time_msg(obs.stamp_ns)
+        line.header.stamp = convert.to_time(obs.stamp_ns, Time)
         line.pose.orientation.w = 1.0
         line.scale.x = 0.01
         line.color = ColorRGBA(r=r, g=g, b=b, a=a)
@@ -404,11 +405,6 @@ class PlannerNode(Node):
 
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def _time_msg(stamp_ns: int) -> Time:
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nanosec)
 
 
 def main(args: list[str] | None = None) -> None:

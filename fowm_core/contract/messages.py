@@ -219,10 +219,15 @@ def _no_constant(name: str) -> Any:
 
 
 # -- /fowm/weights --------------------------------------------------------------------------------
+OBS_MODES = ("state", "rgb", "all")
+ROLES = ("learner", "planner-live")      # runtime.trust.ROLES
+
+
 @dataclass(frozen=True)
 class WeightsAnnouncement(WireMessage):
     """A checkpoint on /fowm/weights: the learner's announcement {path, sha256, step}, or the
-    planner's report of the weights it plans with ({"live": true, ..., swaps, node})."""
+    planner's report of the weights it plans with ({"live": true, ..., swaps, node}); signed
+    ones (runtime.trust.announcement) add task, obs_mode, role, sender and signature."""
 
     NAME: ClassVar[str] = "weights message"
     MAX_BYTES: ClassVar[int] = 8192
@@ -234,6 +239,12 @@ class WeightsAnnouncement(WireMessage):
     live: bool | Absent = field(default=ABSENT, metadata=_spec("bool"))
     swaps: int | Absent = field(default=ABSENT, metadata=_spec("int", lo=0, hi=MAX_STAMP_NS))
     node: str | Absent = field(default=ABSENT, metadata=_spec("name", max_len=256))
+    # Signed announcements (fowm_core.runtime.trust, docs/trust.md): labels and the HMAC.
+    task: str | Absent = field(default=ABSENT, metadata=_spec("name", max_len=64))
+    obs_mode: str | Absent = field(default=ABSENT, metadata=_spec("choice", choices=OBS_MODES))
+    role: str | Absent = field(default=ABSENT, metadata=_spec("choice", choices=ROLES))
+    sender: str | Absent = field(default=ABSENT, metadata=_spec("str", max_len=256))
+    signature: str | Absent = field(default=ABSENT, metadata=_spec("hex64"))
 
     def _check(self) -> None:
         if self.live is not True:

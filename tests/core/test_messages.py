@@ -87,6 +87,11 @@ BAD_WEIGHTS = [
     ("live", "yes", "true or false"),
     ("swaps", -3, "integer"),
     ("node", "../x", "name"),
+    ("task", "li ft", "name"),
+    ("obs_mode", "depth", "'state' or 'rgb' or 'all'"),
+    ("role", "admin", "'learner' or 'planner-live'"),
+    ("sender", "", "non-empty string"),
+    ("signature", "zz", "64 lowercase hex"),
 ]
 
 
@@ -175,3 +180,18 @@ def test_builders_validate_too() -> None:
         EpisodeEvent(event="end", episode=1, task="lift", ret=float("nan"))
     with pytest.raises(MessageError, match="field 'sha256'"):
         WeightsAnnouncement(path="/a", sha256="")
+
+
+def test_signed_announcements_of_runtime_trust_fit_the_schema() -> None:
+    from fowm_core.config import cpu
+    from fowm_core.runtime import trust
+
+    key = b"k" * trust.KEY_BYTES
+    for role, extra in ((trust.ROLE_LEARNER, {}),
+                        (trust.ROLE_PLANNER_LIVE, {"live": True, "swaps": 2, "node": "p"})):
+        body = trust.announcement(key, path="/w/a.safetensors", sha256=SHA, step=3,
+                                  cfg=cpu("lift", "state"), sender="fowm_learner", role=role,
+                                  **extra)
+        note = WeightsAnnouncement.from_dict(body)
+        assert note.as_dict() == body and note.is_live == (role == trust.ROLE_PLANNER_LIVE)
+        assert trust.verify(key, note.as_dict(), note.signature)

@@ -216,7 +216,11 @@ def joint_state_arrays(msg: Any) -> tuple[np.ndarray, float]:
     if missing:
         msg_text = f"joint_states lacks {', '.join(missing)} (it has {', '.join(msg.name)})"
         raise FowmError(msg_text)
-    pos = np.asarray(msg.position, dtype=np.float64)
+    pos = np.asarray(msg.position, dtype=np.float64).reshape(-1)
+    if pos.size != len(msg.name):
+        msg_text = (f"joint_states has {len(msg.name)} names but {pos.size} positions: expected "
+                    "one position per name")
+        raise FowmError(msg_text)
     return pos[[index[n] for n in ARM_JOINTS]], float(pos[index[topics.GRIPPER_JOINT]])
 
 

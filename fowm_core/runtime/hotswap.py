@@ -32,6 +32,7 @@ from fowm_core.config import FowmConfig
 from fowm_core.contract.messages import ABSENT, WeightsAnnouncement
 from fowm_core.errors import CheckpointError, FowmError
 from fowm_core.learning import checkpoints
+from fowm_core.learning.checkpoint_file import MAX_SIDECAR_BYTES, read_regular_file
 from fowm_core.planner.mppi import Planner
 
 LogFn = Callable[[str, str], None]          # (level: "info" | "warning" | "error", text)
@@ -62,9 +63,10 @@ class Weights:
     def of_checkpoint(cls, path: str | Path) -> Weights:
         """From the checkpoint's sidecar (no tensor read: the planner loaded it already)."""
         try:
-            side = json.loads(checkpoints.sidecar_path(path).read_text())
+            side = json.loads(read_regular_file(checkpoints.sidecar_path(path),
+                                                MAX_SIDECAR_BYTES).decode())
             return cls(str(path), str(side["tensor_sha256"]), side.get("meta", {}).get("step"))
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError) as err:
             msg = f"checkpoint sidecar of {path} cannot be read: {err}"
             raise CheckpointError(msg) from err
 
@@ -119,6 +121,7 @@ class SwapStats:
     offered: int = 0
     swaps: int = 0
     refused: list[tuple[str, str]] = field(default_factory=list)      # (path, why)
+    restarts: int = 0                                                 # validator thread
 
 
 class HotSwapper:
@@ -180,6 +183,26 @@ class HotSwapper:
 
     _busy = False
 
+    def ensure_running(self) -> bool:
+        """Restart the validator if it died (a bug or a failing logger); True when it did. The
+        owner calls this now and then: without the thread no checkpoint is ever applied."""
+        with self._wake:
+            if self._stop or self._thread.is_alive():
+                return False
+            self._busy = False
+            self.stats.restarts += 1
+            self._thread = threading.Thread(target=self._main, name="fowm_hotswap", daemon=True)
+            self._thread.start()
+            self._wake.notify_all()
+        self._say("error", f"the weights validator thread had died; restarted it "
+                           f"({self.stats.restarts} restarts)")
+        return True
+
+    def _say(self, level: str, text: str) -> None:
+        # A logger that raises must not take the validator down with it.
+        with contextlib.suppress(Exception):
+            self._log(level, text)
+
     def _main(self) -> None:
         _lower_thread_priority()
         while True:
@@ -191,14 +214,16 @@ class HotSwapper:
             assert weights is not None
             try:
                 cand = validate(weights, self.cfg)
-            except (CheckpointError, OSError) as err:
-                self._log("error", f"refusing weights {weights.path}: {err}")
+            except Exception as err:  # any failure refuses this checkpoint only
+                why = str(err) if isinstance(err, CheckpointError | OSError) else (
+                    f"validation failed ({type(err).__name__}: {err})")
+                self._say("error", f"refusing weights {weights.path}: {why}")
                 with self._wake:
-                    self.stats.refused.append((weights.path, str(err)))
+                    self.stats.refused.append((weights.path, why))
                     self._busy = False
                     self._wake.notify_all()
                 continue
-            self._log("info", f"weights {Path(weights.path).name} (step {cand.weights.step}, "
+            self._say("info", f"weights {Path(weights.path).name} (step {cand.weights.step}, "
                               f"sha256 {cand.weights.sha256[:12]}…) validated; swapping at the "
                               "next tick")
             with self._wake:

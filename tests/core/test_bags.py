@@ -321,6 +321,12 @@ def test_message_conversions_follow_the_contract() -> None:
     js.name, js.position = js.name[::-1], js.position[::-1]              # order must not matter
     joints, gripper = convert.joint_state_arrays(js)
     assert joints.tolist() == list(range(7)) and gripper == 0.4
+    js.position = js.position[:3]                                        # fewer than names
+    with pytest.raises(FowmError, match="8 names but 3 positions"):
+        convert.joint_state_arrays(js)
+    assert convert.to_time(3_000_000_007).sec == 3 and convert.to_time(7).nanosec == 7
+    with pytest.raises(FowmError, match="does not fit builtin_interfaces/Time"):
+        convert.to_time(-1)
     assert convert.stamp_ns(convert.action_msg(3_000_000_007, [0.5])) == 3_000_000_007
     bad = convert.action_msg(0, [0.1, 0.2])
     bad.name = ["ee_dy", "ee_dx"]

@@ -45,6 +45,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.serialization import deserialize_message
 from std_msgs.msg import String
 
+from fowm.ros.diagnostics import OK, WARN, DiagnosticsReporter
+from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
@@ -158,14 +160,18 @@ class RecorderNode(Node):
         self._pending = 0                      # episodes handed to the writer, not yet on disk
         self._lock = threading.Lock()
         self._jobs: queue.Queue[_Episode | None] = queue.Queue()
-        self._writer = threading.Thread(target=self._write_loop, name="fowm_recorder_writer",
-                                        daemon=True)
+        self.inputs = InputGuard(self)
+        self.diag = DiagnosticsReporter(self, "fowm_recorder: bags", "fowm_recorder")
+        self._writer = SupervisedThread("fowm_recorder_writer", self._write_loop,
+                                        lambda text: self.get_logger().error(text))
         self._writer.start()
         ordered = [t for t in _ORDER if t in p.topics] + [t for t in p.topics if t not in _ORDER]
         for topic in ordered:
-            self.create_subscription(_msg_class(topic), topic, self._callback(topic),
+            self.create_subscription(_msg_class(topic), topic,
+                                     self.inputs.guard(topic, self._callback(topic)),
                                      self._qos(topic), raw=True)
-        self.create_timer(0.1, self._check_grace)
+        self.create_timer(0.1, self.inputs.guard("grace timer", self._check_grace))
+        self.create_timer(1.0, self.inputs.guard("watchdog", self._watchdog))
         self.get_logger().info(f"recording {len(ordered)} topics into {self.bag_dir}, "
                                "one bag per episode")
 
@@ -210,7 +216,7 @@ class RecorderNode(Node):
         try:
             event = convert.parse_event(deserialize_message(raw, String))
         except FowmError as err:
-            self.get_logger().warning(f"ignoring episode event: {err}")
+            self.inputs.refuse(topics.EPISODE, str(err))
             return
         current = self._episode
         if event.is_start:
@@ -247,9 +253,19 @@ class RecorderNode(Node):
         try:
             return WeightsAnnouncement.from_json(deserialize_message(raw, String).data)
         except FowmError as err:
-            self.get_logger().warning(f"ignoring weights message: {err}",
-                                      throttle_duration_sec=5.0)
+            self.inputs.refuse(topics.WEIGHTS, str(err))
             return None
+
+    def _watchdog(self) -> None:
+        """Executor timer: restart a writer that died; report refused inputs and drops."""
+        if not self.context.ok():
+            return
+        self._writer.check()
+        bad = self.inputs.total or self._writer.restarts
+        self.diag.update(WARN if bad else OK, (
+            f"refused {self.inputs.total} inputs, writer restarts {self._writer.restarts}"
+            if bad else "recording"), written=len(self.written), dropped=len(self.dropped),
+            writer_restarts=self._writer.restarts, **self.inputs.values())
 
     def _check_grace(self) -> None:
         with self._lock:
@@ -275,8 +291,10 @@ class RecorderNode(Node):
         while (ep := self._jobs.get()) is not None:
             try:
                 path = self._write(ep)
-            except (OSError, FowmError, ValueError) as err:
-                why = f"episode {ep.start.episode} could not be written: {err}"
+            except Exception as err:  # one bad episode is dropped; the writer goes on
+                known = isinstance(err, OSError | FowmError | ValueError)
+                why = (f"episode {ep.start.episode} could not be written: "
+                       f"{err if known else f'{type(err).__name__}: {err}'}")
                 self.get_logger().error(why)
                 self.dropped.append(why)
             else:
@@ -326,7 +344,7 @@ class RecorderNode(Node):
                                     "running at shutdown; not written")
                 self._episode = None
         self._jobs.put(None)
-        self._writer.join(60.0)
+        self._writer.stop(60.0)
         super().destroy_node()
 
 

@@ -139,7 +139,7 @@ def test_short_joint_state_and_a_failing_tick_hold_and_the_loop_goes_on(
     assert spin_until(lambda: planner.inputs.refused.get(topics.JOINT_STATES, 0) >= 1,
                       timeout_s=10), planner.inputs.refused
     assert _still_controls(planner, robot, recs, spin_until)
-    # Whatever raises inside a tick (here: an IndexError) holds, reports ERROR, and the loop goes on.
+    # Whatever raises in a tick (here: an IndexError) holds, reports ERROR, and the loop goes on.
     arrays = planner._arrays
     calls = {"n": 0}
 

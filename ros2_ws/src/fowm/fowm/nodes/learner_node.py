@@ -29,6 +29,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from fowm.ros import qos
+from fowm.ros.guard import SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
@@ -88,11 +89,14 @@ class LearnerNode(Node):
         self.weights_pub = self.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
         threads_set = threading.Event()
         process_threads = torch.get_num_threads()
-        self._thread = threading.Thread(target=self._main, args=(threads_set,),
-                                        name="fowm_learner", daemon=True)
+        # A training thread that dies of a bug is restarted: a new LiveLearner resumes from the
+        # ledger and the newest checkpoint, as after a crash (runtime/ingest.py).
+        self._thread = SupervisedThread("fowm_learner", lambda: self._main(threads_set),
+                                        lambda text: self.get_logger().error(text))
         self._thread.start()
         threads_set.wait(10.0)
         torch.set_num_threads(process_threads)     # the process-wide value, for other threads
+        self.create_timer(1.0, self._watchdog)
 
     # -- training thread -------------------------------------------------------------------------
     def _main(self, threads_set: threading.Event) -> None:
@@ -113,6 +117,10 @@ class LearnerNode(Node):
                 raise
         finally:
             self.ready.set()
+
+    def _watchdog(self) -> None:
+        if not self._stop.is_set() and self.context.ok():
+            self._thread.check()
 
     def _report_start(self, learner: LiveLearner) -> None:
         ledger = learner.ledger
@@ -136,7 +144,7 @@ class LearnerNode(Node):
 
     def destroy_node(self) -> None:
         self._stop.set()
-        self._thread.join(30.0)
+        self._thread.stop(30.0)
         super().destroy_node()
 
 

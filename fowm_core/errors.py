@@ -21,3 +21,7 @@ class BagError(FowmError):
 
 class EnvError(FowmError):
     """The simulation twin was asked for something it cannot do."""
+
+
+class MessageError(FowmError, ValueError):
+    """A wire message (JSON on /fowm/weights or /fowm/episode) does not match its schema."""

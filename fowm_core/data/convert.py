@@ -8,7 +8,6 @@ the planner node, so an observation means the same thing live, logged and simula
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from fowm_core import tasks
 from fowm_core.contract import topics
+from fowm_core.contract.messages import EpisodeEvent, WeightsAnnouncement
 from fowm_core.errors import FowmError
 from fowm_core.tasks.base import PROPRIO_KEYS, STATE_PART_DIMS
 
@@ -88,9 +88,16 @@ def build_state(task: str, obs_mode: str, eef: Sequence[float], gripper: float,
 
 
 # -- stamps and headers --------------------------------------------------------------------------
-def to_time(stamp_ns: int) -> Any:
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return _T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
+def to_time(stamp_ns: int, time_type: Any = None) -> Any:
+    """A builtin_interfaces/Time of ``stamp_ns``: rosbags' class by default, or ``time_type``
+    (e.g. rclpy's builtin_interfaces.msg.Time), which any class taking sec= and nanosec= fits."""
+    stamp = int(stamp_ns)
+    if not 0 <= stamp < 2**31 * 1_000_000_000:
+        msg = (f"stamp {stamp} ns does not fit builtin_interfaces/Time (int32 seconds): expected "
+               f"0 <= stamp < {2**31 * 1_000_000_000}")
+        raise FowmError(msg)
+    sec, nanosec = divmod(stamp, 1_000_000_000)
+    return (time_type or _T["builtin_interfaces/msg/Time"])(sec=sec, nanosec=nanosec)
 
 
 def header(stamp_ns: int, frame_id: str) -> Any:
@@ -209,7 +216,11 @@ def joint_state_arrays(msg: Any) -> tuple[np.ndarray, float]:
     if missing:
         msg_text = f"joint_states lacks {', '.join(missing)} (it has {', '.join(msg.name)})"
         raise FowmError(msg_text)
-    pos = np.asarray(msg.position, dtype=np.float64)
+    pos = np.asarray(msg.position, dtype=np.float64).reshape(-1)
+    if pos.size != len(msg.name):
+        msg_text = (f"joint_states has {len(msg.name)} names but {pos.size} positions: expected "
+                    "one position per name")
+        raise FowmError(msg_text)
     return pos[[index[n] for n in ARM_JOINTS]], float(pos[index[topics.GRIPPER_JOINT]])
 
 
@@ -238,26 +249,16 @@ def reward_msg(value: float) -> Any:
     return _T["std_msgs/msg/Float32"](data=float(value))
 
 
-def event_msg(event: dict[str, Any]) -> Any:
-    """An episode event as std_msgs/String JSON: {"event": "start"|"end", "episode": ..., ...}."""
-    if event.get("event") not in ("start", "end"):
-        msg = f"episode event {event.get('event')!r} is invalid: expected 'start' or 'end'"
-        raise FowmError(msg)
-    return _T["std_msgs/msg/String"](data=json.dumps(event, sort_keys=True))
+def event_msg(event: EpisodeEvent) -> Any:
+    """An episode event as std_msgs/String JSON (contract.messages.EpisodeEvent)."""
+    return _T["std_msgs/msg/String"](data=event.to_json())
 
 
-def weights_msg(announcement: dict[str, Any]) -> Any:
+def weights_msg(announcement: WeightsAnnouncement) -> Any:
     """A weights announcement (checkpoint path, hash, step) as std_msgs/String JSON."""
-    return _T["std_msgs/msg/String"](data=json.dumps(announcement, sort_keys=True))
+    return _T["std_msgs/msg/String"](data=announcement.to_json())
 
 
-def parse_event(msg: Any) -> dict[str, Any]:
-    try:
-        event = json.loads(msg.data)
-    except ValueError as err:
-        text = f"episode event is not JSON: {msg.data[:80]!r}"
-        raise FowmError(text) from err
-    if not isinstance(event, dict) or event.get("event") not in ("start", "end"):
-        text = f"episode event {msg.data[:80]!r} lacks \"event\": \"start\"|\"end\""
-        raise FowmError(text)
-    return event
+def parse_event(msg: Any) -> EpisodeEvent:
+    """std_msgs/String → EpisodeEvent; MessageError (a FowmError) when it does not fit."""
+    return EpisodeEvent.from_json(msg.data)

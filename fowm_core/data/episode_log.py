@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.errors import BagError
 
 EEF_DOWN_XYZW = (1.0, 0.0, 0.0, 0.0)   # the sim's fixed gripper-down orientation (docs/algorithm.md §7.1)
@@ -76,10 +77,10 @@ class EpisodeLog:
     terminal: bool = False
     obj_init_z: float | None = None
     camera: CameraSpec | None = None
-    extra: dict[str, Any] = field(default_factory=dict)     # more JSON fields for the events
-    # Weights announcements seen during the episode: (log time ns, JSON such as {"path", "sha256",
-    # "step"}), so the learner knows which checkpoint acted. Latched (transient-local) topic.
-    weights: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)     # more EpisodeEvent fields (noise)
+    # Weights announcements seen during the episode: (log time ns, message), so the learner knows
+    # which checkpoint acted. Latched (transient-local) topic.
+    weights: list[tuple[int, WeightsAnnouncement]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.actions = np.asarray(self.actions, dtype=np.float32).reshape(len(self.actions), -1)

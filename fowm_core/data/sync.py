@@ -16,6 +16,12 @@ Only an arrival completes a set, sets may come out of time order, and unmatched 
 evicted. Instead of calling a callback under the lock, ``add`` returns the matched tuple.
 Deliberate departure: slop is held in integer nanoseconds, rounded (rclpy's Duration truncates);
 the two differ by at most 1 ns.
+
+Live, a queue can be poisoned: eviction drops the smallest stamp, so ``queue_size`` items stamped
+in the future would evict every real one on arrival, forever. With ``max_ahead_s`` and the
+caller's clock (``add(..., now_ns=...)``) an item stamped beyond now + max_ahead_s is refused
+(counted in ``refused``) and such items already queued are dropped. Offline (no ``now_ns``) the
+algorithm is exactly message_filters'.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from fowm_core.errors import FowmError
 class ApproxTimeSync:
     """Pair items from ``num_inputs`` streams by header stamp (message_filters semantics)."""
 
-    def __init__(self, num_inputs: int, queue_size: int, slop_s: float) -> None:
+    def __init__(self, num_inputs: int, queue_size: int, slop_s: float,
+                 max_ahead_s: float | None = None) -> None:
         if num_inputs < 1:
             msg = f"num_inputs={num_inputs} is invalid: expected >= 1"
             raise FowmError(msg)
@@ -44,16 +51,31 @@ class ApproxTimeSync:
         self.num_inputs = num_inputs
         self.queue_size = queue_size
         self.slop_ns = round(slop_s * 1e9)
+        if max_ahead_s is not None and not max_ahead_s >= 0:
+            msg = f"max_ahead_s={max_ahead_s} is invalid: expected >= 0 s or None"
+            raise FowmError(msg)
+        self.max_ahead_ns = None if max_ahead_s is None else round(max_ahead_s * 1e9)
+        self.refused = 0
         self._queues: list[dict[int, Any]] = [{} for _ in range(num_inputs)]
         self._lock = threading.Lock()
 
-    def add(self, index: int, stamp_ns: int, item: Any) -> tuple[Any, ...] | None:
-        """Queue ``item`` on input ``index``; return a completed set's items in input order."""
+    def add(self, index: int, stamp_ns: int, item: Any, *,
+            now_ns: int | None = None) -> tuple[Any, ...] | None:
+        """Queue ``item`` on input ``index``; return a completed set's items in input order.
+        ``now_ns`` (live: the caller's clock) enables the future-stamp guard (module docstring)."""
         if not 0 <= index < self.num_inputs:
             msg = f"input index {index} is out of range: this synchronizer has {self.num_inputs}"
             raise FowmError(msg)
         stamp_ns = int(stamp_ns)
         with self._lock:
+            if now_ns is not None and self.max_ahead_ns is not None:
+                horizon = int(now_ns) + self.max_ahead_ns
+                for q in self._queues:
+                    for stamp in [s for s in q if s > horizon]:
+                        del q[stamp]
+                if stamp_ns > horizon:
+                    self.refused += 1
+                    return None
             queue = self._queues[index]
             queue[stamp_ns] = item
             while len(queue) > self.queue_size:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +119,43 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 # -- reading -------------------------------------------------------------------------------------
+MAX_CHECKPOINT_BYTES = 2**31          # far above any fowm model; a bigger file is not ours
+MAX_SIDECAR_BYTES = 2**24
+
+
+def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``. A path can come from a message
+    (weights announcements): a FIFO would block the reader forever and /dev/zero never ends, so
+    anything but a bounded regular file is refused (CheckpointError) before and after opening;
+    OSError (e.g. FileNotFoundError) passes through."""
+    path = Path(path)
+    _check_regular(path, os.stat(path), max_bytes)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _check_regular(path, os.fstat(fd), max_bytes)     # it may have been swapped meanwhile
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > max_bytes:
+                msg = f"{path} grew past {max_bytes} bytes while being read; refused"
+                raise CheckpointError(msg)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _check_regular(path: Path, st: os.stat_result, max_bytes: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        msg = (f"{path} is not a regular file (mode {stat.filemode(st.st_mode)}): a checkpoint "
+               "must be a plain file written by checkpoints.save_agent")
+        raise CheckpointError(msg)
+    if st.st_size > max_bytes:
+        msg = (f"{path} has {st.st_size} bytes: expected at most {max_bytes} bytes for a "
+               "checkpoint file")
+        raise CheckpointError(msg)
+
+
 def load_checkpoint(path: str | Path, expected: Expected | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and check a checkpoint; returns (tensors, meta). Never unpickles."""
@@ -136,7 +174,7 @@ def read_checkpoint(path: str | Path, expected: Expected | None = None
     """``load_checkpoint`` that hands back the whole CheckpointInfo (hash, size, meta)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_CHECKPOINT_BYTES)
     except OSError as err:
         msg = f"cannot read checkpoint {path}: {err}"
         raise CheckpointError(msg) from err
@@ -176,7 +214,7 @@ def _refuse_pickle(path: Path, data: bytes) -> None:
 def _read_sidecar(path: Path) -> dict[str, Any]:
     side = sidecar_path(path)
     try:
-        sidecar = json.loads(side.read_text())
+        sidecar = json.loads(read_regular_file(side, MAX_SIDECAR_BYTES).decode())
     except FileNotFoundError as err:
         msg = (f"checkpoint {path} has no sidecar {side.name}; a checkpoint without its sidecar "
                "is incomplete (the write was interrupted); use an earlier checkpoint")

@@ -7,7 +7,7 @@ No ROS and no torch: the nodes in ros2_ws/src/fowm convert messages and call the
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fowm_core.contract.messages import EpisodeEvent
 from fowm_core.errors import ConfigError
 
 # Spec §7.1: each env step moves the mocap by a_xyz/20 m and FOWM repeats each action twice, so one
@@ -93,7 +94,7 @@ class EpisodeTracker:
             msg = f"max_steps={self.max_steps} is invalid: expected >= 1 (docs/algorithm.md §7.1 uses 25)"
             raise ConfigError(msg)
 
-    def start(self, episode: int, seed: int, min_stamp_ns: int = 0) -> dict[str, Any]:
+    def start(self, episode: int, seed: int, min_stamp_ns: int = 0) -> EpisodeEvent:
         """Begin an episode whose observations are stamped >= min_stamp_ns (the reset time), so
         late messages of the previous episode are never counted in this one."""
         self.episode, self.seed, self._min_stamp = episode, seed, min_stamp_ns
@@ -145,24 +146,20 @@ class EpisodeTracker:
         return self.active and (self.steps >= self.max_steps
                                 or (self.end_on_success and self.success))
 
-    def finish(self, success: bool | None = None) -> dict[str, Any]:
+    def finish(self, success: bool | None = None) -> EpisodeEvent:
         """End the episode; ``success`` overrides the computed label (operator label on a robot)."""
         if success is not None:
             self.success = bool(success)
         self.active = False
         return self._event("end")
 
-    def _event(self, kind: str) -> dict[str, Any]:
-        event = {"event": kind, "episode": self.episode, "task": self.task, "seed": self.seed,
-                 "success": self.success, "terminal": False, "steps": self.steps,
-                 "return": self.ret}
+    def _event(self, kind: str) -> EpisodeEvent:
+        event = EpisodeEvent(event=kind, episode=self.episode, task=self.task, seed=self.seed,
+                             success=self.success, terminal=False, steps=self.steps,
+                             ret=self.ret)
         if kind == "end":
             # The episode's first and last observation stamps (bags.py layout): a recorder cuts
             # the bag to them, the reader ends the episode at final_stamp_ns.
-            event["first_stamp_ns"] = self._first_obs_stamp
-            event["final_stamp_ns"] = self._last_obs_stamp
+            event = dataclasses.replace(event, first_stamp_ns=self._first_obs_stamp,
+                                        final_stamp_ns=self._last_obs_stamp)
         return event
-
-
-def event_json(event: dict[str, Any]) -> str:
-    return json.dumps(event, sort_keys=True)

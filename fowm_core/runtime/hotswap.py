@@ -23,15 +23,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from fowm_core.config import FowmConfig
+from fowm_core.contract.messages import ABSENT, WeightsAnnouncement
 from fowm_core.errors import CheckpointError, FowmError
 from fowm_core.learning import checkpoints
+from fowm_core.learning.checkpoint_file import MAX_SIDECAR_BYTES, read_regular_file
 from fowm_core.planner.mppi import Planner
 
 LogFn = Callable[[str, str], None]          # (level: "info" | "warning" | "error", text)
@@ -45,39 +46,38 @@ class Weights:
     sha256: str
     step: int | None = None
 
-    def message(self, *, live: bool, **extra: Any) -> str:
-        """JSON for topics.WEIGHTS: {"live": true, path, sha256, step} from the planner."""
-        body = {"path": self.path, "sha256": self.sha256, "step": self.step, **extra}
-        if live:
-            body["live"] = True
-        return json.dumps(body, sort_keys=True)
+    def announcement(self, *, live: bool = False, swaps: int | None = None,
+                     node: str | None = None) -> WeightsAnnouncement:
+        """The topics.WEIGHTS message: {path, sha256, step}, plus {"live": true, swaps, node}
+        when the planner reports the weights it plans with."""
+        return WeightsAnnouncement(
+            path=self.path, sha256=self.sha256 or ABSENT, step=self.step,
+            live=True if live else ABSENT, swaps=ABSENT if swaps is None else swaps,
+            node=node or ABSENT)
+
+    def message(self, *, live: bool, swaps: int | None = None, node: str | None = None) -> str:
+        """JSON for topics.WEIGHTS (``announcement``)."""
+        return self.announcement(live=live, swaps=swaps, node=node).to_json()
 
     @classmethod
     def of_checkpoint(cls, path: str | Path) -> Weights:
         """From the checkpoint's sidecar (no tensor read: the planner loaded it already)."""
         try:
-            side = json.loads(checkpoints.sidecar_path(path).read_text())
+            side = json.loads(read_regular_file(checkpoints.sidecar_path(path),
+                                                MAX_SIDECAR_BYTES).decode())
             return cls(str(path), str(side["tensor_sha256"]), side.get("meta", {}).get("step"))
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError) as err:
             msg = f"checkpoint sidecar of {path} cannot be read: {err}"
             raise CheckpointError(msg) from err
 
 
-def parse_announcement(text: str) -> Weights | None:
-    """A learner's announcement → Weights; None for the planner's own {"live": true} messages."""
-    try:
-        body = json.loads(text)
-    except ValueError as err:
-        msg = f"weights announcement is not JSON: {text[:80]!r}"
-        raise FowmError(msg) from err
-    if not isinstance(body, dict) or "path" not in body:
-        msg = f"weights announcement {text[:80]!r} lacks \"path\"; expected {{path, sha256, step}}"
-        raise FowmError(msg)
-    if body.get("live"):
+def parse_announcement(text: str | bytes) -> Weights | None:
+    """A learner's announcement → Weights; None for the planner's own {"live": true} messages.
+    MessageError (a FowmError) when the text is not a valid WeightsAnnouncement."""
+    note = WeightsAnnouncement.from_json(text)
+    if note.is_live:
         return None
-    step = body.get("step")
-    return Weights(str(body["path"]), str(body.get("sha256") or ""),
-                   None if step is None else int(step))
+    return Weights(note.path, note.get("sha256", ""), note.get("step"))
 
 
 @dataclass
@@ -121,6 +121,7 @@ class SwapStats:
     offered: int = 0
     swaps: int = 0
     refused: list[tuple[str, str]] = field(default_factory=list)      # (path, why)
+    restarts: int = 0                                                 # validator thread
 
 
 class HotSwapper:
@@ -182,6 +183,26 @@ class HotSwapper:
 
     _busy = False
 
+    def ensure_running(self) -> bool:
+        """Restart the validator if it died (a bug or a failing logger); True when it did. The
+        owner calls this now and then: without the thread no checkpoint is ever applied."""
+        with self._wake:
+            if self._stop or self._thread.is_alive():
+                return False
+            self._busy = False
+            self.stats.restarts += 1
+            self._thread = threading.Thread(target=self._main, name="fowm_hotswap", daemon=True)
+            self._thread.start()
+            self._wake.notify_all()
+        self._say("error", f"the weights validator thread had died; restarted it "
+                           f"({self.stats.restarts} restarts)")
+        return True
+
+    def _say(self, level: str, text: str) -> None:
+        # A logger that raises must not take the validator down with it.
+        with contextlib.suppress(Exception):
+            self._log(level, text)
+
     def _main(self) -> None:
         _lower_thread_priority()
         while True:
@@ -193,14 +214,16 @@ class HotSwapper:
             assert weights is not None
             try:
                 cand = validate(weights, self.cfg)
-            except (CheckpointError, OSError) as err:
-                self._log("error", f"refusing weights {weights.path}: {err}")
+            except Exception as err:  # any failure refuses this checkpoint only
+                why = str(err) if isinstance(err, CheckpointError | OSError) else (
+                    f"validation failed ({type(err).__name__}: {err})")
+                self._say("error", f"refusing weights {weights.path}: {why}")
                 with self._wake:
-                    self.stats.refused.append((weights.path, str(err)))
+                    self.stats.refused.append((weights.path, why))
                     self._busy = False
                     self._wake.notify_all()
                 continue
-            self._log("info", f"weights {Path(weights.path).name} (step {cand.weights.step}, "
+            self._say("info", f"weights {Path(weights.path).name} (step {cand.weights.step}, "
                               f"sha256 {cand.weights.sha256[:12]}…) validated; swapping at the "
                               "next tick")
             with self._wake:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.data import bag_cache, bags
 from fowm_core.data.episode import Episode
 from fowm_core.errors import BagError, CheckpointError, ConfigError, FowmError
@@ -350,9 +351,9 @@ def remove_partial_writes(ckpt_dir: Path) -> list[Path]:
     return removed
 
 
-def announcement(info: CheckpointInfo) -> dict[str, Any]:
-    """The /fowm/weights JSON for a new checkpoint: {path, sha256, step}."""
-    return {"path": str(info.path), "sha256": info.sha256, "step": info.step}
+def announcement(info: CheckpointInfo) -> WeightsAnnouncement:
+    """The /fowm/weights message for a new checkpoint: {path, sha256, step}."""
+    return WeightsAnnouncement(path=str(info.path), sha256=info.sha256, step=info.step)
 
 
 def run_forever(learner: LiveLearner, stop: Callable[[], bool],

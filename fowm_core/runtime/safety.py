@@ -28,6 +28,7 @@ class HoldReason(enum.StrEnum):
     NONE = "none"                      # not a hold: the plan was published
     NO_OBSERVATION = "no_observation"  # nothing synchronized has arrived yet
     STALE = "stale"                    # an observation stream is older than max_obs_age_s
+    FUTURE_STAMP = "future_stamp"      # stamped ahead of the node's clock beyond max_future_s
     NON_FINITE_OBS = "non_finite_obs"  # NaN/inf in an observation
     NON_FINITE_PLAN = "non_finite_plan"  # NaN/inf in the planned action or its statistics
     UNCERTAIN = "uncertain"            # Q-ensemble std above max_uncertainty (paper Eq. 4's u)
@@ -37,15 +38,22 @@ class HoldReason(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """Thresholds of the chain. max_uncertainty <= 0 disables the uncertainty rule."""
+    """Thresholds of the chain. max_uncertainty <= 0 disables the uncertainty rule.
+    max_future_s: how far a stamp may lie ahead of the node's clock (clock granularity, a sim
+    clock one step behind its observations); beyond it the age is an error, never "fresh"."""
 
     max_obs_age_s: float = 0.5
     max_uncertainty: float = 0.0
+    max_future_s: float = 0.5
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_obs_age_s) and self.max_obs_age_s > 0):
             msg = (f"max_obs_age_s={self.max_obs_age_s!r} is invalid: expected a finite age > 0 s "
                    "(e.g. 2-3 control periods)")
+            raise ConfigError(msg)
+        if not (math.isfinite(self.max_future_s) and self.max_future_s >= 0):
+            msg = (f"max_future_s={self.max_future_s!r} is invalid: expected a finite tolerance "
+                   ">= 0 s (e.g. 0.5)")
             raise ConfigError(msg)
         if not math.isfinite(self.max_uncertainty):
             msg = (f"max_uncertainty={self.max_uncertainty!r} is invalid: expected a finite "
@@ -71,16 +79,22 @@ OK = Verdict()
 def check_observation(ages_s: Mapping[str, float] | None,
                       arrays: Mapping[str, np.ndarray],
                       limits: SafetyLimits) -> Verdict:
-    """Staleness then finiteness of one synchronized observation.
+    """Clock, staleness then finiteness of one synchronized observation.
 
     Args:
         ages_s: per-stream age (now − header stamp) in seconds; None when nothing has arrived.
+            An age below −max_future_s (stamped in the future) holds: trusting it would let one
+            bad stamp make every later, real observation look older and be dropped.
         arrays: the numeric content of the observation (positions, joint angles, pixels, ...).
         limits: the thresholds.
     """
     if ages_s is None:
         return Verdict(HoldReason.NO_OBSERVATION, "no synchronized observation received yet")
     for name, age in ages_s.items():
+        if age < -limits.max_future_s:
+            return Verdict(HoldReason.FUTURE_STAMP,
+                           f"{name} is stamped {-age:.3f} s ahead of the node's clock (tolerance "
+                           f"{limits.max_future_s:.3f} s): a clock or stamp is wrong")
         # A NaN age (broken stamp) must not pass the comparison below by accident.
         if not age <= limits.max_obs_age_s:
             return Verdict(HoldReason.STALE,

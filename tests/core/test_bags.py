@@ -14,6 +14,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from fowm_core import tasks
 from fowm_core.contract import topics
+from fowm_core.contract.messages import EpisodeEvent, WeightsAnnouncement
 from fowm_core.data import convert
 from fowm_core.data.bags import (
     CameraSpec,
@@ -134,11 +135,11 @@ def _robot_bag(path: Path, action_stamps: list[int], final: int) -> None:
         events.append((action_logs[k], topics.ACTION, convert.action_msg(s, [k / 10] * 4)))
         # The reward of step k comes with the next observation, before the next action.
         events.append((action_logs[k + 1] - 5_000_000, topics.REWARD, convert.reward_msg(k)))
-    events.append((S0, topics.EPISODE, convert.event_msg({"event": "start", "task": "push",
-                                                          "episode": 1, "seed": 0})))
-    events.append((final + 50_000_000, topics.EPISODE, convert.event_msg(
-        {"event": "end", "task": "push", "success": False, "terminal": False,
-         "final_stamp_ns": final})))
+    events.append((S0, topics.EPISODE, convert.event_msg(EpisodeEvent(
+        event="start", task="push", episode=1, seed=0))))
+    events.append((final + 50_000_000, topics.EPISODE, convert.event_msg(EpisodeEvent(
+        event="end", task="push", episode=1, success=False, terminal=False,
+        final_stamp_ns=final))))
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conns = {t: writer.add_connection(t, topics.MSG_TYPES[t], typestore=ts)
                  for t in {e[1] for e in events}}
@@ -236,7 +237,7 @@ def test_dataset_cache_misses_when_the_state_layout_changes(tmp_path: Path, monk
 
 def test_bag_is_rosbag2_v9_mcap_and_readable_by_anyreader(tmp_path: Path) -> None:
     log = _log("lift", steps=2)
-    log.weights.append((S0 + 5, {"path": "ckpt/step_10.safetensors", "step": 10}))
+    log.weights.append((S0 + 5, WeightsAnnouncement(path="ckpt/step_10.safetensors", step=10)))
     bag = write_episode_bag(tmp_path / "ep", log)
     meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert meta["version"] == 9
@@ -320,6 +321,12 @@ def test_message_conversions_follow_the_contract() -> None:
     js.name, js.position = js.name[::-1], js.position[::-1]              # order must not matter
     joints, gripper = convert.joint_state_arrays(js)
     assert joints.tolist() == list(range(7)) and gripper == 0.4
+    js.position = js.position[:3]                                        # fewer than names
+    with pytest.raises(FowmError, match="8 names but 3 positions"):
+        convert.joint_state_arrays(js)
+    assert convert.to_time(3_000_000_007).sec == 3 and convert.to_time(7).nanosec == 7
+    with pytest.raises(FowmError, match="does not fit builtin_interfaces/Time"):
+        convert.to_time(-1)
     assert convert.stamp_ns(convert.action_msg(3_000_000_007, [0.5])) == 3_000_000_007
     bad = convert.action_msg(0, [0.1, 0.2])
     bad.name = ["ee_dy", "ee_dx"]

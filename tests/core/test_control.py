@@ -34,7 +34,7 @@ def _tracker(**kwargs: object) -> EpisodeTracker:
 def test_tracker_pairs_actions_with_observation_stamps() -> None:
     tr = _tracker(max_steps=3)
     start = tr.start(episode=4, seed=7)
-    assert start["event"] == "start" and start["seed"] == 7 and start["episode"] == 4
+    assert start.event == "start" and start.seed == 7 and start.episode == 4
     assert tr.observe(100, 0) is None            # first observation: no step yet
     tr.record_action(100, np.array([0.5]))
     assert tr.observe(200, 1) == pytest.approx(-1.5)
@@ -46,9 +46,10 @@ def test_tracker_pairs_actions_with_observation_stamps() -> None:
     tr.observe(500, 1)
     assert tr.is_done and not tr.success         # success is the state at the last step
     end = tr.finish()
-    assert end == {"event": "end", "episode": 4, "task": "reach", "seed": 7, "success": False,
-                   "terminal": False, "steps": 3, "return": pytest.approx(-4.5),
-                   "first_stamp_ns": 100, "final_stamp_ns": 500}
+    assert end.as_dict() == {"event": "end", "episode": 4, "task": "reach", "seed": 7,
+                             "success": False, "terminal": False, "steps": 3,
+                             "return": pytest.approx(-4.5), "first_stamp_ns": 100,
+                             "final_stamp_ns": 500}
 
 
 def test_tracker_real_time_uses_latest_action_or_zero() -> None:
@@ -67,7 +68,7 @@ def test_tracker_ends_on_success_when_asked_and_operator_label_wins() -> None:
     tr.record_action(1, np.array([0.0]))
     tr.observe(2, 3)
     assert tr.is_done
-    assert tr.finish(success=False)["success"] is False
+    assert tr.finish(success=False).success is False
 
 
 def test_tracker_rejects_zero_length() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from helpers.loop import tiny_config, tiny_model_checkpoint
 
 from fowm_core.errors import CheckpointError, FowmError
-from fowm_core.learning import checkpoints
+from fowm_core.learning import checkpoint_file, checkpoints
 from fowm_core.model import WorldModel
 from fowm_core.planner.mppi import Planner
 from fowm_core.runtime import hotswap
@@ -123,3 +124,62 @@ def test_announcements_parse_and_the_planners_own_live_messages_are_ignored() ->
         hotswap.parse_announcement("step 4")
     with pytest.raises(CheckpointError, match="sidecar"):
         Weights.of_checkpoint("/nonexistent/a.safetensors")
+
+
+def test_fifos_devices_and_oversize_files_are_refused_unread(swapper, tmp_path: Path) -> None:
+    sw, _, logs = swapper
+    fifo = tmp_path / "w.fifo"
+    os.mkfifo(fifo)                      # opening it for reading would block forever
+    for bad in (fifo, Path("/dev/zero")):
+        sw.offer(Weights(str(bad), ""))
+        assert sw.wait_idle(10.0)
+        assert "not a regular file" in sw.stats.refused[-1][1]
+    with pytest.raises(CheckpointError, match="expected at most 4 bytes"):
+        checkpoint_file.read_regular_file(_write(tmp_path / "big", b"12345"), 4)
+    assert checkpoint_file.read_regular_file(_write(tmp_path / "ok", b"1234"), 4) == b"1234"
+    assert [level for level, _ in logs] == ["error", "error"]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_the_validator_survives_any_failure_and_a_dead_one_is_restarted(
+        swapper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sw, planner, _ = swapper
+    real = hotswap.validate
+    monkeypatch.setattr(hotswap, "validate", lambda *a: [][1])          # an unexpected bug
+    sw.offer(Weights(str(tmp_path / "a.safetensors"), ""))
+    assert sw.wait_idle(10.0)
+    assert "IndexError" in sw.stats.refused[-1][1] and sw._thread.is_alive()
+
+    def die(*args: object) -> None:
+        raise SystemExit                   # escapes every handler: the thread ends
+    monkeypatch.setattr(hotswap, "validate", die)
+    sw.offer(Weights(str(tmp_path / "b.safetensors"), ""))
+    sw._thread.join(10.0)
+    assert not sw._thread.is_alive()
+    monkeypatch.setattr(hotswap, "validate", real)
+    assert sw.ensure_running() and sw.stats.restarts == 1
+    assert not sw.ensure_running()                                       # alive: nothing to do
+    new = tiny_model_checkpoint(tmp_path / "new.safetensors", seed=3, step=9)
+    sw.offer(Weights.of_checkpoint(new))
+    assert sw.wait_idle(30.0)
+    assert sw.swap(planner) is not None
+
+
+def test_a_logger_that_raises_does_not_stop_the_validator(tmp_path: Path) -> None:
+    live = tiny_model_checkpoint(tmp_path / "live.safetensors", seed=0, step=0)
+    planner, weights = _running(live)
+
+    def log(level: str, text: str) -> None:
+        raise ValueError("Logger severity cannot be changed between calls.")
+    sw = HotSwapper(tiny_config(), weights, log=log)
+    try:
+        sw.offer(Weights(str(tmp_path / "missing.safetensors"), ""))
+        assert sw.wait_idle(10.0) and sw._thread.is_alive()
+        sw.offer(Weights.of_checkpoint(tiny_model_checkpoint(tmp_path / "n.safetensors", seed=2)))
+        assert sw.wait_idle(30.0) and sw.swap(planner) is not None
+    finally:
+        sw.close()

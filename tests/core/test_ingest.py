@@ -15,7 +15,7 @@ import torch
 from helpers.loop import collect, tiny_checkpoint
 
 from fowm_core.errors import FowmError
-from fowm_core.learning import checkpoints
+from fowm_core.learning import checkpoint_file, checkpoints
 from fowm_core.runtime import ingest
 from fowm_core.runtime.ingest import BagLedger, LedgerEntry, LiveLearner, LiveLearnerConfig
 
@@ -96,8 +96,9 @@ def test_training_follows_the_schedule_and_checkpoints_announce_step_and_hash(
     assert learner.agent.learner.step == step0 + 25 and learner.owed_updates == 0
     assert len(infos) == 1 and infos[0].step == step0 + 25
     note = ingest.announcement(infos[0])
-    assert note["sha256"] == infos[0].sha256 and Path(note["path"]).exists()
-    _, meta = checkpoints.load_checkpoint(note["path"])
+    assert note.sha256 == infos[0].sha256 and Path(note.path).exists()
+    assert note.step == infos[0].step and not note.is_live
+    _, meta = checkpoints.load_checkpoint(note.path)
     assert meta[ingest.TRAINED_KEY] == 1
     assert learner.train_one() is None                  # nothing owed: no update
 
@@ -133,14 +134,14 @@ def test_restart_resumes_from_ledger_and_checkpoint_without_loss_or_duplicates(
 def test_starting_and_resuming_read_each_checkpoint_file_once(
         data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[str] = []
-    read_bytes = Path.read_bytes
+    read_file = checkpoint_file.read_regular_file       # every checkpoint byte is read here
 
-    def counting(path: Path) -> bytes:
-        if path.suffix == checkpoints.SUFFIX:
-            reads.append(path.name)
-        return read_bytes(path)
+    def counting(path: Path, max_bytes: int) -> bytes:
+        if Path(path).suffix == checkpoints.SUFFIX:
+            reads.append(Path(path).name)
+        return read_file(path, max_bytes)
 
-    monkeypatch.setattr(Path, "read_bytes", counting)
+    monkeypatch.setattr(checkpoint_file, "read_regular_file", counting)
     bag_dir, work = tmp_path / "bags", tmp_path / "work"
     shutil.copytree(_bags(data["online"])[0], bag_dir / "ep0")
     first = _learner(data, bag_dir, work)

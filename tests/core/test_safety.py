@@ -116,3 +116,21 @@ def test_missing_old_or_bad_command_stops_the_arm(command: np.ndarray | None,
 def test_bad_limits_are_refused_with_the_value(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError, match="invalid"):
         SafetyLimits(**kwargs)
+
+
+@pytest.mark.parametrize("age", [-0.6, -100.0])
+def test_an_age_below_minus_the_tolerance_holds_as_a_future_stamp(age: float) -> None:
+    verdict = check_observation({"ee_pose": 0.01, "joint_states": age}, {}, SafetyLimits())
+    assert verdict.reason is HoldReason.FUTURE_STAMP
+    assert "joint_states" in verdict.detail and "ahead of the node's clock" in verdict.detail
+
+
+def test_a_slightly_negative_age_within_the_tolerance_is_fresh() -> None:
+    limits = SafetyLimits(max_future_s=0.5)
+    assert not check_observation({"ee_pose": -0.2}, {}, limits).hold
+    assert check_observation({"ee_pose": -0.2}, {}, SafetyLimits(max_future_s=0.0)).hold
+
+
+def test_bad_future_tolerance_is_refused() -> None:
+    with pytest.raises(ConfigError, match="max_future_s"):
+        SafetyLimits(max_future_s=float("nan"))

@@ -119,3 +119,25 @@ def test_bad_arguments_are_refused() -> None:
         ApproxTimeSync(2, 5, 0.0)
     with pytest.raises(FowmError, match="out of range"):
         ApproxTimeSync(2, 5, 0.01).add(2, 0, "x")
+
+
+def test_future_stamps_cannot_poison_a_queue_given_the_clock() -> None:
+    now, ahead = 1_000_000_000, 100_000_000_000
+    # Without a clock (offline, message_filters semantics) queue_size future stamps evict every
+    # real one on arrival: the poisoning that the live guard prevents.
+    plain = ApproxTimeSync(2, 3, 0.01)
+    for k in range(3):
+        plain.add(1, now + ahead + k, "future")
+    assert plain.add(1, now, "real") is None and plain.add(0, now, "anchor") is None
+    guarded = ApproxTimeSync(2, 3, 0.01, max_ahead_s=0.5)
+    for k in range(3):
+        assert guarded.add(1, now + ahead + k, "future", now_ns=now) is None
+    assert guarded.refused == 3 and guarded.pending() == [[], []]
+    guarded.add(1, now, "real", now_ns=now)
+    assert guarded.add(0, now, "anchor", now_ns=now) == ("anchor", "real")
+    # Items queued without a clock (sim time unset) leave once a clock shows they are ahead.
+    guarded.add(1, now + ahead, "early")
+    guarded.add(0, now + 5, "x", now_ns=now)
+    assert guarded.pending() == [[now + 5], []]
+    with pytest.raises(FowmError, match="max_ahead_s"):
+        ApproxTimeSync(2, 3, 0.01, max_ahead_s=-1.0)

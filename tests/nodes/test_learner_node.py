@@ -85,3 +85,28 @@ def test_bags_are_learned_once_and_checkpoints_announced_latched(
 def test_a_learner_without_a_bag_dir_is_a_config_error(ros: None) -> None:
     with pytest.raises(ConfigError, match="bag_dir"):
         LearnerNode()
+
+
+def test_a_training_thread_that_dies_is_restarted_and_resumes(
+        executor, spin_until, data: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fowm_core.runtime.ingest import LiveLearner
+
+    train_one = LiveLearner.train_one
+    calls = {"n": 0}
+
+    def crash_once(self: LiveLearner) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug in an update")
+        return train_one(self)
+
+    monkeypatch.setattr(LiveLearner, "train_one", crash_once)
+    bag_dir = tmp_path / "bags"
+    online = sorted(p for p in data["online"].iterdir() if (p / "metadata.yaml").exists())
+    shutil.copytree(online[0], bag_dir / "ep0")
+    node = _node(data, bag_dir)
+    executor.add_node(node)
+    assert spin_until(lambda: len(node.announced) == 1, timeout_s=60), node.error
+    assert node._thread.restarts == 1 and "a bug in an update" in node._thread.last_error
+    assert node.learner is not None and [e.name for e in node.learner.ledger.ingested] == ["ep0"]

@@ -194,8 +194,10 @@ def test_episode_start_resets_and_reseeds_the_planner(
     planner, robot, _ = _setup(executor, checkpoint)
     events = planner.create_publisher(String, topics.EPISODE, qos.COMMAND)
     assert spin_until(lambda: planner.counters.plans >= 2, timeout_s=20, every=robot.publish)
-    events.publish(String(data=json.dumps({"event": "start", "episode": 3, "seed": 42})))
-    assert spin_until(lambda: planner._latest is not None and planner._latest.episode_seed == 42,
+    events.publish(String(data=json.dumps({"event": "start", "episode": 3, "task": "lift",
+                                           "seed": 42})))
+    assert spin_until(lambda: planner.inbox.latest is not None
+                      and planner.inbox.latest.episode_seed == 42,
                       timeout_s=10, every=robot.publish)
 
 

@@ -24,6 +24,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32, String
 
 from fowm_core.contract import topics
+from fowm_core.contract.messages import EpisodeEvent
 from fowm_core.data import bags, convert
 
 TS = convert.TYPESTORE
@@ -57,9 +58,9 @@ def _synthetic_episode() -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
     stamps = [10 * S + i * 160_000_000 for i in range(4)]
     pre = 9 * S
     act = [np.array([0.1 * i, -0.2, 0.3, 0.5], np.float32) for i in range(4)]
-    start = {"event": "start", "episode": 3, "task": "lift", "seed": 11}
-    end = {"event": "end", "episode": 3, "task": "lift", "seed": 11, "success": True,
-           "terminal": False, "first_stamp_ns": stamps[0], "final_stamp_ns": stamps[3]}
+    start = EpisodeEvent(event="start", episode=3, task="lift", seed=11)
+    end = EpisodeEvent(event="end", episode=3, task="lift", seed=11, success=True,
+                       terminal=False, first_stamp_ns=stamps[0], final_stamp_ns=stamps[3])
     seq = [(topics.EPISODE, _raw(topics.EPISODE, convert.event_msg(start)))]
     seq += _observation(pre, -0.1)
     seq.append((topics.ACTION, _raw(topics.ACTION, convert.action_msg(pre, act[0]))))

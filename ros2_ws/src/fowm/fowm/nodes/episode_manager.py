@@ -38,15 +38,19 @@ from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool, Trigger
 
 from fowm.ros import checkpoint_task, qos
+from fowm.ros.diagnostics import OK, WARN, DiagnosticsReporter
+from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm_core import tasks
 from fowm_core.contract import topics
+from fowm_core.contract.messages import EpisodeEvent
 from fowm_core.data import convert
 from fowm_core.data.sync import ApproxTimeSync
 from fowm_core.errors import ConfigError, FowmError
-from fowm_core.runtime.control import EpisodeTracker, event_json
+from fowm_core.runtime.control import EpisodeTracker
 from fowm_core.runtime.control import param_meta as _p
+from fowm_core.runtime.safety import first_non_finite
 
 MODES = ("sim", "real")
 NEVER = 2**63 - 1
@@ -76,6 +80,8 @@ class EpisodeManagerParams:
         "seconds to wait for the twin's services", 0.1, 600.0))
     sync_slop_s: float = field(default=0.02, metadata=_p(
         "approximate-time pairing tolerance of the pose and joint streams", 1e-4, 1.0))
+    max_future_s: float = field(default=0.5, metadata=_p(
+        "refuse observations stamped further ahead of the node clock than this", 0.0, 10.0))
 
 
 class EpisodeManagerNode(Node):
@@ -104,6 +110,10 @@ class EpisodeManagerNode(Node):
         self._label: bool | None = None
         self._obj_init_z: float | None = None
         self._recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=8)
+        self._next_episode = 0
+        self.inputs = InputGuard(self, p.max_future_s)
+        self.diag = DiagnosticsReporter(self, "fowm_episode_manager: episodes",
+                                        "fowm_episode_manager")
 
         self.reward_pub = self.create_publisher(Float32, topics.REWARD, qos.COMMAND)
         self.episode_pub = self.create_publisher(String, topics.EPISODE, qos.EVENTS)
@@ -112,50 +122,77 @@ class EpisodeManagerNode(Node):
                         "goal_pose": (PoseStamped, topics.GOAL_POSE)}
         if tasks.get(p.task).has_object:
             self.streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
-        self._sync = ApproxTimeSync(len(self.streams), 10, p.sync_slop_s)
-        self.create_subscription(JointState, topics.ACTION, self._on_action, qos.COMMAND)
+        self._sync = ApproxTimeSync(len(self.streams), 10, p.sync_slop_s,
+                                    max_ahead_s=p.max_future_s)
+        guard = self.inputs.guard
+        self.create_subscription(JointState, topics.ACTION, guard(topics.ACTION, self._on_action),
+                                 qos.COMMAND)
         for index, (msg_type, topic) in enumerate(self.streams.values()):
-            self.create_subscription(msg_type, topic, self._stream_callback(index),
-                                     qos.SENSOR_SUB)
+            self.create_subscription(msg_type, topic, guard(topic, self._stream_callback(
+                index, topic)), qos.SENSOR_SUB)
         if p.mode == "sim":
             self.reset_client = self.create_client(Trigger, f"/{p.sim_node}/reset")
             self.param_client = self.create_client(SetParameters, f"/{p.sim_node}/set_parameters")
         else:
             self.create_service(Trigger, "~/confirm_reset", self._on_confirm_reset)
             self.create_service(SetBool, "~/label_success", self._on_label)
-        self._worker = threading.Thread(target=self._run, name="fowm_episodes", daemon=True)
+        self._worker = SupervisedThread("fowm_episodes", self._run,
+                                        lambda text: self.get_logger().error(text))
         self._worker.start()
+        self.create_timer(1.0, guard("watchdog", self._watchdog))
 
     # -- executor side -----------------------------------------------------------------------------
     def _on_action(self, msg: JointState) -> None:
         try:
             action = convert.action_array(msg)
         except FowmError:
+            return            # not an answer of ours (e.g. a hold of another length): not counted
+        stamp = convert.stamp_ns(msg)
+        if self.inputs.future(topics.ACTION, stamp):
             return
         with self._lock:
-            self.tracker.record_action(convert.stamp_ns(msg), action)
+            self.tracker.record_action(stamp, action)
 
-    def _stream_callback(self, index: int) -> Any:
+    def _stream_callback(self, index: int, topic: str) -> Any:
         def callback(msg: Any) -> None:
-            matched = self._sync.add(index, convert.stamp_ns(msg), msg)
+            stamp, now = convert.stamp_ns(msg), self.get_clock().now().nanoseconds
+            if self.inputs.future(topic, stamp, now):
+                return
+            if topic == topics.JOINT_STATES:
+                convert.joint_state_arrays(msg)       # raises (refused by the guard) if unusable
+            matched = self._sync.add(index, stamp, msg, now_ns=now or None)
             if matched is not None:
                 msgs = dict(zip(self.streams, matched, strict=True))
                 stamp = convert.stamp_ns(msgs["ee_pose"])
+                try:
+                    self._pieces(msgs)                # an unusable set is refused, never kept
+                except FowmError as err:
+                    self.inputs.refuse("observation set", str(err))
+                    return
                 with self._lock:
                     self._recent.append((stamp, msgs))
                     self._feed(stamp, msgs)
         return callback
 
+    def _pieces(self, msgs: dict[str, Any]) -> dict[str, Any]:
+        """The reward function's inputs; FowmError for a set that cannot give a finite reward."""
+        obj = convert.pose_arrays(msgs["object_pose"])[0] if "object_pose" in msgs else None
+        pieces = {"eef": convert.pose_arrays(msgs["ee_pose"])[0],
+                  "gripper": convert.joint_state_arrays(msgs["joint_states"])[1],
+                  "obj": obj, "goal": convert.pose_arrays(msgs["goal_pose"])[0]}
+        bad = first_non_finite({k: v for k, v in pieces.items() if v is not None})
+        if bad is not None:
+            msg = f"non-finite {bad} in the observation stamped {convert.stamp_ns(msgs['ee_pose'])}"
+            raise FowmError(msg)
+        return pieces
+
     def _feed(self, stamp: int, msgs: dict[str, Any]) -> None:
         """Advance the tracker with one paired observation (lock held)."""
-        obj = convert.pose_arrays(msgs["object_pose"])[0] if "object_pose" in msgs else None
+        pieces = self._pieces(msgs)
+        obj = pieces["obj"]
         if self.tracker.is_first(stamp):
             self._obj_init_z = None if obj is None else float(obj[2])
-        state = tasks.TaskState(
-            eef=convert.pose_arrays(msgs["ee_pose"])[0],
-            gripper=convert.joint_state_arrays(msgs["joint_states"])[1],
-            obj=obj, goal=convert.pose_arrays(msgs["goal_pose"])[0],
-            obj_init_z=self._obj_init_z)
+        state = tasks.TaskState(**pieces, obj_init_z=self._obj_init_z)
         reward = self.tracker.observe(stamp, state)
         if reward is not None:
             self.reward_pub.publish(Float32(data=reward))
@@ -175,14 +212,25 @@ class EpisodeManagerNode(Node):
         return response
 
     # -- worker thread -----------------------------------------------------------------------------
+    def _watchdog(self) -> None:
+        """Executor timer: restart a worker that died, and report the input counters."""
+        if self._stop.is_set() or not self.context.ok():
+            return
+        self._worker.check()
+        values = {**self.inputs.values(), "worker_restarts": self._worker.restarts}
+        bad = self.inputs.total or self._worker.restarts
+        self.diag.update(WARN if bad else OK, (
+            f"refused {self.inputs.total} inputs, worker restarts {self._worker.restarts}"
+            if bad else "ok"), **values)
+
     def _run(self) -> None:
-        episode = 0
+        """Worker thread; a restarted worker runs the episode that did not finish again."""
         try:
             while not self._stop.is_set() and (self.params.num_episodes == 0
-                                               or episode < self.params.num_episodes):
-                if not self._run_episode(episode):
+                                               or self._next_episode < self.params.num_episodes):
+                if not self._run_episode(self._next_episode):
                     return
-                episode += 1
+                self._next_episode += 1
         except FowmError as err:
             self.get_logger().error(f"episode manager stopped: {err}")
         except Exception:
@@ -224,7 +272,7 @@ class EpisodeManagerNode(Node):
             if announce:
                 self._publish(event)
             for stamp, msgs in list(self._recent):   # observations that beat the reset's reply
-                self._feed(stamp, msgs)
+                self._feed(stamp, msgs)               # (each parsed once already: cannot fail)
 
     def _reset_twin(self, seed: int) -> int:
         """Set the twin's seed, reset it; returns the stamp from which the episode counts."""
@@ -272,10 +320,11 @@ class EpisodeManagerNode(Node):
                 return True
         return False
 
-    def _publish(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-        self.episode_pub.publish(String(data=event_json(event)))
-        self.get_logger().info(f"episode event: {event_json(event)}")
+    def _publish(self, event: EpisodeEvent) -> None:
+        text = event.to_json()
+        self.events.append(event.as_dict())
+        self.episode_pub.publish(String(data=text))
+        self.get_logger().info(f"episode event: {text}")
 
     def destroy_node(self) -> None:
         # None: refused at start (bad parameters) before the worker existed; rclpy's shutdown
@@ -283,8 +332,7 @@ class EpisodeManagerNode(Node):
         worker = getattr(self, "_worker", None)
         if worker is not None:
             self._stop.set()
-            if worker.is_alive():
-                worker.join(5.0)
+            worker.stop(5.0)
         super().destroy_node()
 
 

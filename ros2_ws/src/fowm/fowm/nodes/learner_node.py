@@ -19,7 +19,6 @@ hidden so it is never taken for a bag); a restarted learner resumes from them.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,11 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from fowm.ros import qos
+from fowm.ros.guard import SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
+from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.learning.checkpoints import CheckpointInfo
 from fowm_core.runtime.control import param_meta as _p
@@ -88,11 +89,14 @@ class LearnerNode(Node):
         self.weights_pub = self.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
         threads_set = threading.Event()
         process_threads = torch.get_num_threads()
-        self._thread = threading.Thread(target=self._main, args=(threads_set,),
-                                        name="fowm_learner", daemon=True)
+        # A training thread that dies of a bug is restarted: a new LiveLearner resumes from the
+        # ledger and the newest checkpoint, as after a crash (runtime/ingest.py).
+        self._thread = SupervisedThread("fowm_learner", lambda: self._main(threads_set),
+                                        lambda text: self.get_logger().error(text))
         self._thread.start()
         threads_set.wait(10.0)
         torch.set_num_threads(process_threads)     # the process-wide value, for other threads
+        self.create_timer(1.0, self._watchdog)
 
     # -- training thread -------------------------------------------------------------------------
     def _main(self, threads_set: threading.Event) -> None:
@@ -114,6 +118,10 @@ class LearnerNode(Node):
         finally:
             self.ready.set()
 
+    def _watchdog(self) -> None:
+        if not self._stop.is_set() and self.context.ok():
+            self._thread.check()
+
     def _report_start(self, learner: LiveLearner) -> None:
         ledger = learner.ledger
         self.get_logger().info(
@@ -122,21 +130,21 @@ class LearnerNode(Node):
             f"{learner.owed_updates} updates owed, step {learner.agent.learner.step}"
             + (f", resumed from {learner.resumed_from.name}" if learner.resumed_from else ""))
         if learner.resumed_from is not None:
-            w = Weights.of_checkpoint(learner.resumed_from)
-            self._publish({"path": w.path, "sha256": w.sha256, "step": w.step})
+            self._publish(Weights.of_checkpoint(learner.resumed_from).announcement())
 
     def _announce(self, info: CheckpointInfo) -> None:
         self._publish(announcement(info))
         self.get_logger().info(f"new checkpoint {info.path.name} (step {info.step}) announced")
 
-    def _publish(self, body: dict[str, Any]) -> None:
-        self.announced.append(body)
+    def _publish(self, note: WeightsAnnouncement) -> None:
+        text = note.to_json()
+        self.announced.append(note.as_dict())
         if self.context.ok():
-            self.weights_pub.publish(String(data=json.dumps(body, sort_keys=True)))
+            self.weights_pub.publish(String(data=text))
 
     def destroy_node(self) -> None:
         self._stop.set()
-        self._thread.join(30.0)
+        self._thread.stop(30.0)
         super().destroy_node()
 
 

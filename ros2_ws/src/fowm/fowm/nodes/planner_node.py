@@ -14,7 +14,6 @@ observation as soon as it is complete instead of on a wall-clock schedule.
 from __future__ import annotations
 
 import json
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,21 +22,22 @@ import numpy as np
 import torch
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, PoseStamped
+from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import ColorRGBA, String
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from fowm.ros import qos
+from fowm.ros.guard import UNSET_CLOCK_NS, InputGuard, restart_stopped
 from fowm.ros.hot_swap import PlannerWeights
+from fowm.ros.markers import plan_markers
+from fowm.ros.observations import Observation, ObservationInbox
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
 from fowm_core.config import FowmConfig
 from fowm_core.contract import topics
 from fowm_core.data import convert
-from fowm_core.data.sync import ApproxTimeSync
 from fowm_core.errors import CheckpointError, ConfigError, FowmError
 from fowm_core.learning.checkpoints import load_agent, load_validated_model
 from fowm_core.planner.mppi import Planner, PlanResult
@@ -64,6 +64,8 @@ class PlannerNodeParams:
     max_obs_age_s: float = field(default=0.5, metadata=_p(
         "hold when any observation stream is older than this (node clock − header stamp)",
         0.01, 60.0))
+    max_future_s: float = field(default=0.5, metadata=_p(
+        "refuse stamps further ahead of the node clock than this; hold on such ages", 0.0, 10.0))
     max_uncertainty: float = field(default=0.0, metadata=_p(
         "hold when the Q-ensemble std of the chosen action exceeds this; 0 disables", 0.0, 1e9))
     eval_mode: bool = field(default=True, metadata=_p(
@@ -100,17 +102,6 @@ class PlannerStats:
 
 
 @dataclass
-class _Observation:
-    """One paired observation: messages in SYNC_STREAMS order plus episode bookkeeping."""
-
-    seq: int
-    stamp_ns: int
-    msgs: dict[str, Any]
-    first_of_episode: bool = False
-    episode_seed: int | None = None
-
-
-@dataclass
 class _Counters:
     ticks: int = 0
     plans: int = 0
@@ -121,6 +112,8 @@ class _Counters:
     last_uncertainty: float = float("nan")
     last_plan_ms: float = float("nan")
     last_obs_age_s: float = float("nan")
+    tick_errors: int = 0
+    loop_restarts: int = 0
     plan_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
@@ -130,7 +123,9 @@ class PlannerNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_planner", **kwargs)
         self.params = declare_from_dataclass(self, "", PlannerNodeParams)
-        self.limits = SafetyLimits(self.params.max_obs_age_s, self.params.max_uncertainty)
+        self.limits = SafetyLimits(self.params.max_obs_age_s, self.params.max_uncertainty,
+                                   self.params.max_future_s)
+        self.inputs = InputGuard(self, self.params.max_future_s)
         if self.params.torch_threads:
             torch.set_num_threads(self.params.torch_threads)
         self.model, self.cfg = self._load(self.params.checkpoint)
@@ -139,38 +134,45 @@ class PlannerNode(Node):
         self.action_dim = self.cfg.model.action_dim
         self.streams = self._streams()
         self.counters = _Counters()
-        self._lock = threading.Lock()
-        self._latest: _Observation | None = None
-        self._pending_seed: int | None = None
         self._needs_reset = True
         self._planned_seq = -1
-        self._seq = 0
-        self._sync = ApproxTimeSync(len(self.streams), self.params.sync_queue_size,
-                                    self.params.sync_slop_s)
-        self._new_obs = threading.Event()
+        self._closing = False
+        self.inbox = ObservationInbox(
+            self, self.streams, self.inputs, queue_size=self.params.sync_queue_size,
+            slop_s=self.params.sync_slop_s, max_future_s=self.params.max_future_s,
+            default_seed=self.params.seed)
 
         self.action_pub = self.create_publisher(JointState, topics.ACTION, qos.COMMAND)
         self.marker_pub = self.create_publisher(MarkerArray, topics.PLAN_MARKERS, qos.COMMAND)
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.DIAGNOSTICS)
-        # The episode subscription is created first so a start event is taken before the
-        # observations that follow the reset it announces (executors serve in creation order).
-        self.create_subscription(String, topics.EPISODE, self._on_episode, qos.EVENTS)
-        for index, (name, (msg_type, topic)) in enumerate(self.streams.items()):
-            self.create_subscription(msg_type, topic, self._stream_callback(index, name),
-                                     qos.SENSOR_SUB)
+        self.inbox.subscribe(qos.SENSOR_SUB, qos.EVENTS)
         self.weights = PlannerWeights(self)          # hot-swap: validated off this thread
-        if self.params.lockstep:
-            self.loop = TriggeredLoop(self._new_obs, self.tick, idle_s=0.25, name="fowm_planner")
-        else:
-            self.loop = FixedRateLoop(1.0 / self.params.rate_hz, self.tick, name="fowm_planner")
-        self.loop.alive = self.context.ok
+        self.loop = self._make_loop()
         self.loop.start()
+        # Notices a dead control or validator thread and restarts it (ros/guard.py).
+        self.create_timer(1.0, self.inputs.guard("watchdog", self._watchdog))
         self.get_logger().info(
             f"planning {self.cfg.task} ({self.cfg.model.modality.value}, A={self.action_dim}) "
             f"{'lock-step' if self.params.lockstep else f'at {self.params.rate_hz:g} Hz'} "
             f"with {self.params.checkpoint}")
 
     # -- start-up --------------------------------------------------------------------------
+    def _make_loop(self) -> FixedRateLoop | TriggeredLoop:
+        loop = (TriggeredLoop(self.inbox.new_obs, self.tick, idle_s=0.25, name="fowm_planner")
+                if self.params.lockstep else
+                FixedRateLoop(1.0 / self.params.rate_hz, self.tick, name="fowm_planner"))
+        loop.alive = self.context.ok
+        return loop
+
+    def _watchdog(self) -> None:
+        """Executor timer: rebuild a control loop whose thread stopped; revive the validator."""
+        if not self._closing and self.context.ok():
+            if (loop := restart_stopped(self.loop, self._make_loop)) is not None:
+                self.loop, self.counters.loop_restarts = loop, self.counters.loop_restarts + 1
+                self.get_logger().error(f"the control loop thread had stopped; restarted it "
+                                        f"({self.counters.loop_restarts} restarts)")
+            self.weights.swapper.ensure_running()
+
     def _load(self, path: str) -> tuple[torch.nn.Module, FowmConfig]:
         if not path:
             msg = ("parameter checkpoint is empty: set it to a .safetensors file written by "
@@ -212,48 +214,34 @@ class PlannerNode(Node):
             streams["goal_pose"] = (PoseStamped, topics.GOAL_POSE)
         return streams
 
-    # -- executor side: store only ------------------------------------------------------------
-    def _stream_callback(self, index: int, name: str) -> Any:
-        def callback(msg: Any) -> None:
-            matched = self._sync.add(index, convert.stamp_ns(msg), msg)
-            if matched is not None:
-                self._store(dict(zip(self.streams, matched, strict=True)))
-        callback.__name__ = f"on_{name}"
-        return callback
-
-    def _store(self, msgs: dict[str, Any]) -> None:
-        stamp = convert.stamp_ns(msgs["ee_pose"])
-        with self._lock:
-            if self._latest is not None and stamp <= self._latest.stamp_ns:
-                return                              # out of order: never step back in time
-            self._seq += 1
-            obs = _Observation(self._seq, stamp, msgs)
-            if self._pending_seed is not None:
-                obs.first_of_episode, obs.episode_seed = True, self._pending_seed
-                self._pending_seed = None
-            self._latest = obs
-        self._new_obs.set()
-
-    def _on_episode(self, msg: String) -> None:
-        try:
-            event = json.loads(msg.data)
-        except ValueError:
-            self.get_logger().warning(f"ignoring a non-JSON episode event: {msg.data[:80]!r}")
-            return
-        if event.get("event") == "start":
-            with self._lock:
-                self._pending_seed = int(event.get("seed", self.params.seed))
-
     # -- control thread -------------------------------------------------------------------------
     def tick(self, tick: Tick) -> None:
         """One control step; never raises (a failure holds the robot and is reported)."""
+        try:
+            self._tick()
+        except Exception as err:  # the loop must go on: hold and report
+            self._tick_failed(err)
+
+    def _tick_failed(self, err: Exception) -> None:
+        if self._closing or not self.context.ok():
+            return                                  # shutting down: publishers are gone
+        self.counters.tick_errors += 1
+        detail = f"control tick failed ({type(err).__name__}: {err}); holding"
+        self.get_logger().error(detail, throttle_duration_sec=5.0)
+        try:
+            self._hold(self.inbox.newest(), Verdict(HoldReason.PLANNER_ERROR, detail))
+        except Exception as again:  # not even the hold went out: count, go on
+            self.get_logger().error(f"holding failed too: {again}", throttle_duration_sec=5.0)
+
+    def _tick(self) -> None:
         self.weights.between_ticks()                # between two ticks: swap if weights are ready
-        with self._lock:
-            obs = self._latest
+        obs = self.inbox.newest()
         self.counters.ticks += 1
         now_ns = self.get_clock().now().nanoseconds
         ages = None if obs is None else {
             name: (now_ns - convert.stamp_ns(m)) * 1e-9 for name, m in obs.msgs.items()}
+        if ages is not None and now_ns == UNSET_CLOCK_NS:
+            ages = dict.fromkeys(ages, 0.0)     # sim time before /clock: nothing to judge by
         try:
             arrays = {} if obs is None else self._arrays(obs)
         except FowmError as err:
@@ -270,7 +258,7 @@ class PlannerNode(Node):
             return
         self._plan_and_publish(obs, arrays)
 
-    def _arrays(self, obs: _Observation) -> dict[str, np.ndarray]:
+    def _arrays(self, obs: Observation) -> dict[str, np.ndarray]:
         m = obs.msgs
         eef, _ = convert.pose_arrays(m["ee_pose"])
         _, gripper = convert.joint_state_arrays(m["joint_states"])
@@ -281,7 +269,7 @@ class PlannerNode(Node):
             out["goal_pose"] = convert.pose_arrays(m["goal_pose"])[0]
         return out                # pixels are uint8: always finite, so not checked
 
-    def _model_obs(self, obs: _Observation, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _model_obs(self, obs: Observation, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         state = convert.build_state(self.cfg.task, self.cfg.model.modality.value,
                                     arrays["ee_pose"], float(arrays["gripper"][0]),
                                     arrays.get("object_pose"), arrays.get("goal_pose"))
@@ -292,7 +280,7 @@ class PlannerNode(Node):
             model_obs["rgb"] = convert.resize_rgb(rgb, self.cfg.model.img_size)[0]
         return model_obs
 
-    def _plan_and_publish(self, obs: _Observation, arrays: dict[str, np.ndarray]) -> None:
+    def _plan_and_publish(self, obs: Observation, arrays: dict[str, np.ndarray]) -> None:
         if obs.first_of_episode or self._needs_reset:
             self.planner.reset()
             if obs.episode_seed is not None:
@@ -321,7 +309,7 @@ class PlannerNode(Node):
         self._publish_markers(obs, arrays["ee_pose"], result)
         self._publish_diagnostics()
 
-    def _hold(self, obs: _Observation | None, verdict: Verdict) -> None:
+    def _hold(self, obs: Observation | None, verdict: Verdict) -> None:
         """Publish the safe command (docs/design.md: zero motion, never a stale command)."""
         c = self.counters
         c.holds += 1
@@ -341,27 +329,18 @@ class PlannerNode(Node):
     # -- publishing ------------------------------------------------------------------------------
     def _publish_action(self, stamp_ns: int, action: np.ndarray) -> None:
         msg = JointState()
-        msg.header.stamp = _time_msg(stamp_ns)
+        msg.header.stamp = convert.to_time(stamp_ns, Time)
         msg.header.frame_id = topics.BASE_FRAME
         msg.name = list(topics.ACTION_NAMES[:self.action_dim])
         msg.position = [float(v) for v in action]
         self.action_pub.publish(msg)
 
-    def _publish_markers(self, obs: _Observation, ee_xyz: np.ndarray, result: PlanResult) -> None:
+    def _publish_markers(self, obs: Observation, ee_xyz: np.ndarray, result: PlanResult) -> None:
         if not np.isfinite(result.mean).all():
             return
         path = planned_ee_path(ee_xyz, result.mean, self.params.action_scale_m)
-        r, g, b, a = uncertainty_rgba(result.uncertainty, self.params.max_uncertainty)
-        clear = Marker(action=Marker.DELETEALL)
-        line = Marker(ns="fowm_plan", id=0, type=Marker.LINE_STRIP, action=Marker.ADD)
-        line.header.frame_id = topics.BASE_FRAME
-        line.header.stamp = _time_msg(obs.stamp_ns)
-        line.pose.orientation.w = 1.0
-        line.scale.x = 0.01
-        line.color = ColorRGBA(r=r, g=g, b=b, a=a)
-        line.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in path]
-        line.colors = [line.color] * len(line.points)
-        self.marker_pub.publish(MarkerArray(markers=[clear, line]))
+        rgba = uncertainty_rgba(result.uncertainty, self.params.max_uncertainty)
+        self.marker_pub.publish(plan_markers(path, rgba, obs.stamp_ns))
 
     def _publish_diagnostics(self) -> None:
         c = self.counters
@@ -370,14 +349,16 @@ class PlannerNode(Node):
         if c.last_reason is not HoldReason.NONE:
             level = DiagnosticStatus.WARN
         if c.last_reason in (HoldReason.NON_FINITE_PLAN, HoldReason.PLANNER_ERROR,
-                             HoldReason.NON_FINITE_OBS):
+                             HoldReason.NON_FINITE_OBS, HoldReason.FUTURE_STAMP):
             level = DiagnosticStatus.ERROR
         values = {
             "ticks": c.ticks, "plans": c.plans, "holds": c.holds,
             "hold_reason": c.last_reason.value, "holds_by_reason": json.dumps(c.holds_by_reason),
             "uncertainty": c.last_uncertainty, "plan_latency_ms": c.last_plan_ms,
             "obs_age_s": c.last_obs_age_s, "lockstep": self.params.lockstep,
-            "target_rate_hz": self.params.rate_hz, **timing,
+            "target_rate_hz": self.params.rate_hz, **timing, **self.inputs.values(),
+            "tick_errors": c.tick_errors, "loop_restarts": c.loop_restarts,
+            "validator_restarts": self.weights.swapper.stats.restarts,
         }
         status = DiagnosticStatus(
             level=level, name="fowm_planner: control loop", hardware_id="fowm_planner",
@@ -397,18 +378,17 @@ class PlannerNode(Node):
                             live_step=live.step)
 
     def destroy_node(self) -> None:
-        self.loop.stop()
-        self.weights.close()
+        self._closing = True
+        # A node whose __init__ failed may be destroyed too (by the context at shutdown).
+        if hasattr(self, "loop"):
+            self.loop.stop()
+        if hasattr(self, "weights"):
+            self.weights.close()
         super().destroy_node()
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def _time_msg(stamp_ns: int) -> Time:
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nanosec)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -29,6 +29,7 @@ offline datasets and logged online episodes are one format and go through one re
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import queue
 import struct
@@ -44,9 +45,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.serialization import deserialize_message
 from std_msgs.msg import String
 
+from fowm.ros.diagnostics import OK, WARN, DiagnosticsReporter
+from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
+from fowm_core.contract.messages import EpisodeEvent, WeightsAnnouncement
 from fowm_core.data import bags, convert
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.control import param_meta as _p
@@ -85,9 +89,9 @@ class RecorderStats:
 
 @dataclass
 class _Episode:
-    start: dict[str, Any]
+    start: EpisodeEvent
     messages: list[tuple[str, int, bytes]] = field(default_factory=list)   # (topic, log ns, raw)
-    end: dict[str, Any] | None = None
+    end: EpisodeEvent | None = None
     end_wall_s: float = 0.0
 
 
@@ -156,14 +160,18 @@ class RecorderNode(Node):
         self._pending = 0                      # episodes handed to the writer, not yet on disk
         self._lock = threading.Lock()
         self._jobs: queue.Queue[_Episode | None] = queue.Queue()
-        self._writer = threading.Thread(target=self._write_loop, name="fowm_recorder_writer",
-                                        daemon=True)
+        self.inputs = InputGuard(self)
+        self.diag = DiagnosticsReporter(self, "fowm_recorder: bags", "fowm_recorder")
+        self._writer = SupervisedThread("fowm_recorder_writer", self._write_loop,
+                                        lambda text: self.get_logger().error(text))
         self._writer.start()
         ordered = [t for t in _ORDER if t in p.topics] + [t for t in p.topics if t not in _ORDER]
         for topic in ordered:
-            self.create_subscription(_msg_class(topic), topic, self._callback(topic),
+            self.create_subscription(_msg_class(topic), topic,
+                                     self.inputs.guard(topic, self._callback(topic)),
                                      self._qos(topic), raw=True)
-        self.create_timer(0.1, self._check_grace)
+        self.create_timer(0.1, self.inputs.guard("grace timer", self._check_grace))
+        self.create_timer(1.0, self.inputs.guard("watchdog", self._watchdog))
         self.get_logger().info(f"recording {len(ordered)} topics into {self.bag_dir}, "
                                "one bag per episode")
 
@@ -192,7 +200,10 @@ class RecorderNode(Node):
                 self._on_event(raw, log_ns)
                 return
             if topic == topics.WEIGHTS:
-                self._latched[_is_live(raw)] = raw
+                note = self._parse_weights(raw)
+                if note is None:
+                    return                     # refused: never opens a bag
+                self._latched[note.is_live] = raw
             if self._episode is not None:
                 self._episode.messages.append((topic, log_ns, raw))
             else:
@@ -205,10 +216,10 @@ class RecorderNode(Node):
         try:
             event = convert.parse_event(deserialize_message(raw, String))
         except FowmError as err:
-            self.get_logger().warning(f"ignoring episode event: {err}")
+            self.inputs.refuse(topics.EPISODE, str(err))
             return
         current = self._episode
-        if event["event"] == "start":
+        if event.is_start:
             if current is not None:
                 self._close(current)
             self._open(event, raw, log_ns, [])
@@ -216,26 +227,45 @@ class RecorderNode(Node):
         if current is None or current.end is not None:
             # Its start was missed (we started late): rebuild the episode from the pre-buffer;
             # the end event's stamps cut it exactly all the same.
-            start = {**event, "event": "start", "synthesized_by": self.get_name()}
+            start = dataclasses.replace(event, event="start", synthesized_by=self.get_name())
             start_raw = bytes(convert.TYPESTORE.serialize_cdr(
                 convert.event_msg(start), topics.MSG_TYPES[topics.EPISODE]))
             early = list(self._prebuffer)
             self._open(start, start_raw, early[0][1] - 1 if early else log_ns, early)
             current = self._episode
             self.get_logger().warning(
-                f"episode {event.get('episode')}: its start event was not received; rebuilt "
+                f"episode {event.episode}: its start event was not received; rebuilt "
                 f"from the last {self.params.prebuffer_s:g} s of messages")
         assert current is not None
         current.messages.append((topics.EPISODE, log_ns, raw))
         current.end, current.end_wall_s = event, time.monotonic()
 
-    def _open(self, start: dict[str, Any], raw: bytes, log_ns: int,
+    def _open(self, start: EpisodeEvent, raw: bytes, log_ns: int,
               early: list[tuple[str, int, bytes]]) -> None:
         self._prebuffer.clear()
         self._episode = _Episode(start, [(topics.EPISODE, log_ns, raw)])
         for live in sorted(self._latched):            # which weights act in this episode
             self._episode.messages.append((topics.WEIGHTS, log_ns, self._latched[live]))
         self._episode.messages += early
+
+    def _parse_weights(self, raw: bytes) -> WeightsAnnouncement | None:
+        """The typed message behind raw /fowm/weights bytes; None (reported) when invalid."""
+        try:
+            return WeightsAnnouncement.from_json(deserialize_message(raw, String).data)
+        except FowmError as err:
+            self.inputs.refuse(topics.WEIGHTS, str(err))
+            return None
+
+    def _watchdog(self) -> None:
+        """Executor timer: restart a writer that died; report refused inputs and drops."""
+        if not self.context.ok():
+            return
+        self._writer.check()
+        bad = self.inputs.total or self._writer.restarts
+        self.diag.update(WARN if bad else OK, (
+            f"refused {self.inputs.total} inputs, writer restarts {self._writer.restarts}"
+            if bad else "recording"), written=len(self.written), dropped=len(self.dropped),
+            writer_restarts=self._writer.restarts, **self.inputs.values())
 
     def _check_grace(self) -> None:
         with self._lock:
@@ -248,7 +278,7 @@ class RecorderNode(Node):
         """Hand a finished episode to the writer (lock held)."""
         self._episode = None
         if ep.end is None:
-            why = (f"episode {ep.start.get('episode')} has no end event (a new start came "
+            why = (f"episode {ep.start.episode} has no end event (a new start came "
                    "first); not written")
             self.get_logger().warning(why)
             self.dropped.append(why)
@@ -261,8 +291,10 @@ class RecorderNode(Node):
         while (ep := self._jobs.get()) is not None:
             try:
                 path = self._write(ep)
-            except (OSError, FowmError, ValueError) as err:
-                why = f"episode {ep.start.get('episode')} could not be written: {err}"
+            except Exception as err:  # one bad episode is dropped; the writer goes on
+                known = isinstance(err, OSError | FowmError | ValueError)
+                why = (f"episode {ep.start.episode} could not be written: "
+                       f"{err if known else f'{type(err).__name__}: {err}'}")
                 self.get_logger().error(why)
                 self.dropped.append(why)
             else:
@@ -274,12 +306,13 @@ class RecorderNode(Node):
 
     def _write(self, ep: _Episode) -> Path:
         assert ep.end is not None
-        task, episode = str(ep.start.get("task", "task")), int(ep.start.get("episode", 0))
+        task, episode = ep.start.task, ep.start.episode
+        label = f"{episode:05d}" if isinstance(episode, int) else episode
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
-        path = self.bag_dir / f"{task}_{stamp}_ep{episode:05d}"
+        path = self.bag_dir / f"{task}_{stamp}_ep{label}"
         suffix = 1
         while path.exists():
-            path = self.bag_dir / f"{task}_{stamp}_ep{episode:05d}_{suffix}"
+            path = self.bag_dir / f"{task}_{stamp}_ep{label}_{suffix}"
             suffix += 1
         custom = {"fowm.codec": bags.CODEC, "fowm.task": task, "fowm.episode": str(episode),
                   "fowm.recorder": "fowm_recorder (raw wire bytes)"}
@@ -307,17 +340,12 @@ class RecorderNode(Node):
             if self._episode is not None and self._episode.end is not None:
                 self._close(self._episode)
             elif self._episode is not None:
-                self.dropped.append(f"episode {self._episode.start.get('episode')} was still "
+                self.dropped.append(f"episode {self._episode.start.episode} was still "
                                     "running at shutdown; not written")
                 self._episode = None
         self._jobs.put(None)
-        self._writer.join(60.0)
+        self._writer.stop(60.0)
         super().destroy_node()
-
-
-def _is_live(raw: bytes) -> bool:
-    """The planner's own {"live": true} message (hotswap.Weights.message), from the bytes."""
-    return b'"live": true' in raw
 
 
 def _msg_class(topic: str) -> type:

@@ -230,12 +230,12 @@ class SimNode(Node):
 
     def _publish_clock(self) -> None:
         if self.clock_pub is not None:
-            self.clock_pub.publish(Clock(clock=_time_msg(self._sim_time_ns)))
+            self.clock_pub.publish(Clock(clock=convert.to_time(self._sim_time_ns, Time)))
 
     # -- observations ----------------------------------------------------------------------------
     def _publish_observation(self, stamp_ns: int) -> None:
         """Every message of one step with one stamp (the obs the next action must answer)."""
-        env, stamp = self.env, _time_msg(stamp_ns)
+        env, stamp = self.env, convert.to_time(stamp_ns, Time)
         state = env.task_state()
         self.image_pub.publish(self._image(stamp))
         self.info_pub.publish(self._camera_info(stamp))
@@ -330,11 +330,6 @@ class _ResetRequest:
     done: threading.Event = field(default_factory=threading.Event)
     stamp_ns: int = 0
     error: str | None = None
-
-
-def _time_msg(stamp_ns: int) -> Time:
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nanosec)
 
 
 def _pose(stamp: Time, xyz: np.ndarray, quat_xyzw: tuple[float, ...]) -> PoseStamped:

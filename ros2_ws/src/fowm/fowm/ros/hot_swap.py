@@ -15,6 +15,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 
 from fowm.ros import qos
+from fowm.ros.guard import InputGuard
 from fowm_core.contract import topics
 from fowm_core.errors import FowmError
 from fowm_core.runtime.hotswap import HotSwapper, Weights, parse_announcement
@@ -34,7 +35,10 @@ class PlannerWeights:
         self.live_pub = node.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
         self.swapper = HotSwapper(node.cfg, Weights.of_checkpoint(node.params.checkpoint),
                                   log=self._log)
-        node.create_subscription(String, topics.WEIGHTS, self._on_weights, _ANNOUNCEMENTS)
+        self.inputs: InputGuard = getattr(node, "inputs", None) or InputGuard(node)
+        node.create_subscription(String, topics.WEIGHTS,
+                                 self.inputs.guard(topics.WEIGHTS, self._on_weights),
+                                 _ANNOUNCEMENTS)
         self.publish_live()
 
     @property
@@ -42,13 +46,21 @@ class PlannerWeights:
         return self.swapper.live
 
     def _log(self, level: str, text: str) -> None:
-        getattr(self.node.get_logger(), level)(text)
+        # One call site per severity: rclpy refuses a call site whose severity changes (it raised
+        # in the validator thread the first time a refusal followed a success).
+        logger = self.node.get_logger()
+        if level == "error":
+            logger.error(text)
+        elif level == "warning":
+            logger.warning(text)
+        else:
+            logger.info(text)
 
     def _on_weights(self, msg: String) -> None:
         try:
             weights = parse_announcement(msg.data)
         except FowmError as err:
-            self.node.get_logger().warning(f"ignoring weights announcement: {err}")
+            self.inputs.refuse(topics.WEIGHTS, str(err))
             return
         if weights is not None:
             self.swapper.offer(weights)

@@ -6,6 +6,7 @@
     fowm eval       success rate of a checkpoint (eval mode: no exploration noise)
     fowm experiment tasks × seeds × λ, the README table and docs/results JSON
     fowm bench      plan | update | peak: one JSON line each
+    fowm keygen     the lab key that signs weight announcements (docs/trust.md)
 
 More verbs come from installed packages through the entry point group ``fowm.commands``, as
 ros2cli finds its verbs: the ROS 2 package (ros2_ws/src/fowm) adds ``run`` (the stack from a YAML
@@ -114,6 +115,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args.bench_args)
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from fowm_core.runtime import trust
+
+    path = trust.generate_key(args.path)
+    print(f"wrote a {trust.KEY_BYTES}-byte key to {path} (mode 0600); give the same path to the "
+          "learner (key_file) and the planner (trust.key_file), and to the recorder (key_file)")
+    return 0
+
+
 def installed_commands(core: set[str] | frozenset[str] = frozenset()) -> dict[str, EntryPoint]:
     """Verbs that installed packages register under ``fowm.commands`` (core verbs win)."""
     return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP) if ep.name not in core}
@@ -205,6 +215,10 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("keygen", help="a new lab key (0600) for signed weight announcements")
+    p.add_argument("path", type=Path, help="key file to create (never overwritten)")
+    p.set_defaults(func=cmd_keygen)
+
     for name, ep in sorted(installed.items()):
         dist = ep.dist.name if ep.dist is not None else ep.value
         sub.add_parser(name, help=f"from {dist} ({ep.value}); `fowm {name} -h` for its options",
@@ -215,7 +229,7 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
 # Sub-commands with their own argument parsers: everything after the name is theirs (argparse's
 # REMAINDER does not pass on arguments that start with "--").
 PASSTHROUGH = {"bench": "bench_args"}
-CORE = frozenset({"collect", "pretrain", "finetune", "eval", "experiment", "bench"})
+CORE = frozenset({"collect", "pretrain", "finetune", "eval", "experiment", "bench", "keygen"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fowm_core.config import FowmConfig
 from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.data import bag_cache, bags
 from fowm_core.data.episode import Episode
@@ -34,6 +35,7 @@ from fowm_core.errors import BagError, CheckpointError, ConfigError, FowmError
 from fowm_core.learning import agent as agents
 from fowm_core.learning import checkpoints, train
 from fowm_core.learning.checkpoints import AgentFile, CheckpointInfo
+from fowm_core.runtime import trust
 
 log = logging.getLogger(__name__)
 
@@ -351,9 +353,14 @@ def remove_partial_writes(ckpt_dir: Path) -> list[Path]:
     return removed
 
 
-def announcement(info: CheckpointInfo) -> WeightsAnnouncement:
-    """The /fowm/weights message for a new checkpoint: {path, sha256, step}."""
-    return WeightsAnnouncement(path=str(info.path), sha256=info.sha256, step=info.step)
+def announcement(info: CheckpointInfo | Any, cfg: FowmConfig, *, key: bytes | None = None,
+                 sender: str = "fowm_learner") -> WeightsAnnouncement:
+    """The /fowm/weights message for a checkpoint (``info``: path, sha256, step): with the lab
+    key signed with role "learner" over path, SHA-256, step, task, obs mode and sender
+    (runtime.trust); without one unsigned, which a planner that requires signatures refuses."""
+    body = trust.announcement(key, path=info.path, sha256=info.sha256, step=info.step, cfg=cfg,
+                              sender=sender)
+    return WeightsAnnouncement.from_dict(body)
 
 
 def run_forever(learner: LiveLearner, stop: Callable[[], bool],

@@ -113,10 +113,7 @@ class TrustPolicy:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             msg = f"weights announcement has step {str(step)[:40]!r}; expected an integer >= 0"
             raise TrustError(msg)
-        if step_floor is not None and step <= step_floor:
-            msg = (f"weights announcement has step {step}, not above {step_floor} (the newest "
-                   "weights that were live): a rollback is refused; the planner rolls back itself")
-            raise TrustError(msg)
+        check_step_floor(step, step_floor)
         path = body.get("path")
         if not isinstance(path, str) or not path:
             msg = f"weights announcement has path {str(path)[:80]!r}; expected a file path"
@@ -152,6 +149,14 @@ class TrustPolicy:
         check_labels(str(meta.get("task")), str(spec.get("modality")), cfg.task,
                      cfg.model.modality.value, what=f"checkpoint {real.name}")
         return TrustedCheckpoint(ann, model_from_bytes(real, data, meta, cfg), meta)
+
+
+def check_step_floor(step: int, step_floor: int | None) -> None:
+    """Anti-rollback: a candidate's step must exceed the highest step that was ever live."""
+    if step_floor is not None and step <= step_floor:
+        msg = (f"weights announcement has step {step}, not above {step_floor} (the newest "
+               "weights that were live): a rollback is refused; the planner rolls back itself")
+        raise TrustError(msg)
 
 
 def check_labels(task: str, obs_mode: str, running_task: str, running_obs_mode: str, *,

@@ -1,185 +1,301 @@
-"""Background validation and between-tick swap of planner weights."""
+"""Only trusted weights act (fowm_core.runtime.hotswap): announcements are checked before they are
+queued, checkpoints are read through the trust policy and gated against the live weights on
+recent real observations, swaps happen between ticks, and a bad swap rolls back for good."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers.loop import tiny_config, tiny_model_checkpoint
+from helpers import weights as hw
 
-from fowm_core.errors import CheckpointError, FowmError
-from fowm_core.learning import checkpoint_file, checkpoints
-from fowm_core.model import WorldModel
+from fowm_core.errors import FowmError
+from fowm_core.learning import checkpoints
 from fowm_core.planner.mppi import Planner
-from fowm_core.runtime import hotswap
+from fowm_core.runtime import hotswap, trust
+from fowm_core.runtime.gate import MonitorConfig
 from fowm_core.runtime.hotswap import HotSwapper, Weights
+from fowm_core.runtime.origin import TrustPolicy
 
-torch.set_num_threads(1)
-
-
-def _running(path: Path) -> tuple[Planner, Weights]:
-    cfg = tiny_config()
-    model, _ = checkpoints.load_validated_model(path, cfg.model)
-    return Planner(model, cfg, torch.Generator().manual_seed(5)), Weights.of_checkpoint(path)
+LIVE, NEXT, LATER = 50, 75, 100
 
 
-def _obs() -> dict[str, np.ndarray]:
-    return {"state": np.linspace(-0.3, 0.3, tiny_config().model.state_dim).astype(np.float32)}
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, one_thread) -> hw.Run:
+    return hw.honest_run(tmp_path_factory.mktemp("reach") / "bags", steps=LATER)
+
+
+class Lab:
+    """A trusted directory with signed checkpoints of the honest run, and a running planner."""
+
+    def __init__(self, root: Path, run: hw.Run) -> None:
+        self.run, self.cfg = run, run.cfg
+        self.dir = root / "checkpoints"
+        self.key = trust.load_key(trust.generate_key(root / "lab.key"))
+        self.logs: list[tuple[str, str]] = []
+        self.refusals: list[tuple[str, str, str]] = []
+        live = self.save(run.snapshots[LIVE], LIVE)
+        self.planner = Planner(run.snapshots[LIVE], self.cfg, torch.Generator().manual_seed(5))
+        self.swapper = HotSwapper(
+            self.cfg, Weights.of_checkpoint(live), run.snapshots[LIVE],
+            TrustPolicy(self.dir, 1 << 24, self.key), monitor_cfg=MonitorConfig(
+                window=10, watch=10, min_ticks=5), retry_s=0.05,
+            log=lambda level, text: self.logs.append((level, text)),
+            on_refused=lambda *args: self.refusals.append(args))
+
+    def save(self, model, step: int, directory: Path | None = None) -> Path:
+        path = (directory or self.dir) / f"step_{step:08d}.safetensors"
+        checkpoints.save_agent(path, model, self.cfg, step=step, metrics={})
+        return path
+
+    def body(self, path: Path | str, step: int, key: bytes | None = None, **over) -> dict:
+        sha = over.pop("sha256", None) or hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        fields = {"path": str(path), "sha256": sha, "step": step, "task": self.cfg.task,
+                  "obs_mode": "state", "role": trust.ROLE_LEARNER, "sender": "fowm_learner/1",
+                  **over}
+        return trust.signed(key if key is not None else self.key, **fields)
+
+    def see(self, n: int = 16) -> None:
+        """The control thread's pushes: real observations of the robot."""
+        for obs in self.run.observations[:n]:
+            self.swapper.ring.push(obs)
+
+    def settle(self) -> None:
+        assert self.swapper.wait_idle(60.0)
 
 
 @pytest.fixture
-def swapper(tmp_path: Path):
-    live = tiny_model_checkpoint(tmp_path / "live.safetensors", seed=0, step=0)
-    planner, weights = _running(live)
-    logs: list[tuple[str, str]] = []
-    sw = HotSwapper(tiny_config(), weights, log=lambda level, text: logs.append((level, text)))
-    yield sw, planner, logs
-    sw.close()
+def lab(tmp_path: Path, run: hw.Run) -> Iterator[Lab]:
+    lab = Lab(tmp_path, run)
+    yield lab
+    lab.swapper.close()
 
 
-def test_a_valid_checkpoint_is_swapped_in_between_ticks_with_the_warm_start(
-        swapper, tmp_path: Path) -> None:
-    sw, planner, logs = swapper
-    planner.plan(_obs(), t0=True, eval_mode=True)            # a warm start to carry over
-    new = tiny_model_checkpoint(tmp_path / "new.safetensors", seed=1, step=40)
-    assert sw.swap(planner) is None                          # nothing ready: tick unchanged
-    assert sw.offer(Weights.of_checkpoint(new))
-    assert sw.wait_idle()
+def _obs(run: hw.Run) -> dict[str, np.ndarray]:
+    return run.observations[0]
+
+
+def test_an_honest_signed_checkpoint_is_gated_and_swapped_between_ticks(lab: Lab) -> None:
+    sw, planner = lab.swapper, lab.planner
+    planner.plan(_obs(lab.run), t0=True, eval_mode=True)         # a warm start to carry over
+    lab.see()
+    path = lab.save(lab.run.snapshots[NEXT], NEXT)
+    assert sw.swap(planner) is None                              # nothing ready: tick unchanged
+    assert sw.offer(lab.body(path, NEXT))
+    lab.settle()
     cand = sw.swap(planner)
-    assert cand is not None and cand.weights.step == 40
-    assert cand.weights.sha256 == Weights.of_checkpoint(new).sha256
-    assert sw.live == cand.weights and sw.stats.swaps == 1
-    assert sw.previous is not None and sw.previous[1] is planner        # kept for rollback
+    assert cand is not None and cand.weights.step == NEXT, sw.stats.refused
+    assert cand.report is not None and cand.report.passed and cand.report.observations == 8
+    assert sw.live == cand.weights and sw.floor == NEXT and sw.stats.swaps == 1
     assert torch.equal(cand.planner._prev_mean, planner._prev_mean)
     assert cand.planner.generator is planner.generator
-    result = cand.planner.plan(_obs(), t0=False, eval_mode=True)
-    assert np.isfinite(result.action).all()
-    assert any("validated" in text for _, text in logs)
-    assert not sw.offer(Weights.of_checkpoint(new))          # the live weights are not redone
+    assert np.isfinite(cand.planner.plan(_obs(lab.run), t0=False, eval_mode=True).action).all()
+    assert any("passed" in text for _, text in lab.logs)
+    assert not sw.offer(lab.body(path, NEXT))                    # the live weights: a no-op
+    assert not lab.refusals
 
 
-def test_bad_checkpoints_are_refused_with_a_reason_and_the_live_weights_stay(
-        swapper, tmp_path: Path) -> None:
-    sw, planner, logs = swapper
+def test_too_few_real_observations_defer_the_candidate_until_the_robot_ran(lab: Lab) -> None:
+    sw = lab.swapper
+    sw.offer(lab.body(lab.save(lab.run.snapshots[NEXT], NEXT), NEXT))
+    deadline = 200
+    while sw.stats.deferred < 2 and deadline:
+        deadline -= 1
+        time.sleep(0.05)
+    assert sw.stats.deferred >= 2 and not sw.stats.refused       # waiting, not refused
+    assert sw.swap(lab.planner) is None
+    lab.see()
+    lab.settle()
+    assert sw.swap(lab.planner) is not None
+
+
+@pytest.mark.parametrize(("attack", "stage", "why"), [
+    ("unsigned", "announcement", "unsigned"),
+    ("wrong key", "announcement", "does not verify"),
+    ("planner role", "announcement", "role 'planner-live'"),
+    ("rollback", "announcement", "not above 50"),
+    ("other task", "announcement", "task='lift'"),
+    ("outside", "checkpoint", "outside the trusted directory"),
+    ("symlink to /dev/zero", "checkpoint", "outside the trusted directory"),
+    ("fifo", "checkpoint", "not a regular file"),
+    ("replaced", "checkpoint", "changed after the announcement"),
+    ("x20", "gate", "median uncertainty .* above"),
+    ("reward-biased", "gate", "median value"),
+    ("untrained", "gate", "collapsed"),
+])
+def test_every_attack_is_refused_at_its_layer_and_the_live_weights_stay(
+        lab: Lab, tmp_path: Path, attack: str, stage: str, why: str) -> None:
+    sw, run, snap = lab.swapper, lab.run, lab.run.snapshots[NEXT]
+    lab.see()
     live = sw.live
-    # 1. weights that are finite but make the model's outputs overflow to inf
-    cfg = tiny_config()
-    model = WorldModel(cfg.model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(1e30)
-    checkpoints.save_agent(tmp_path / "huge.safetensors", model, cfg, step=1, metrics={})
-    # 2. another architecture
-    other = tiny_config().with_overrides({"model": {"latent_dim": 12}})
-    checkpoints.save_agent(tmp_path / "other.safetensors", WorldModel(other.model), other, step=2,
-                           metrics={})
-    # 3. a truncated file
-    good = tiny_model_checkpoint(tmp_path / "cut.safetensors", seed=3, step=3)
-    good.write_bytes(good.read_bytes()[:100])
-    # 4. a checkpoint replaced after it was announced (hash mismatch)
-    fine = tiny_model_checkpoint(tmp_path / "fine.safetensors", seed=4, step=4)
-    cases = [Weights(str(tmp_path / "huge.safetensors"), "", 1),
-             Weights(str(tmp_path / "other.safetensors"), "", 2),
-             Weights(str(good), "", 3),
-             Weights(str(fine), "0" * 64, 4),
-             Weights(str(tmp_path / "missing.safetensors"), "", 5)]
-    for weights in cases:
-        assert sw.offer(weights)
-        assert sw.wait_idle()
-        assert sw.swap(planner) is None
-        assert sw.live == live
-    reasons = [why for _, why in sw.stats.refused]
-    assert len(reasons) == 5
-    assert "non-finite" in reasons[0]
-    assert "latent_dim" in reasons[1]
-    assert "announced" in reasons[3]
-    assert sum(level == "error" for level, _ in logs) == 5
+    if attack == "unsigned":
+        body = lab.body(lab.save(snap, NEXT), NEXT)
+        del body[trust.SIGNATURE]
+    elif attack == "wrong key":
+        body = lab.body(lab.save(snap, NEXT), NEXT, key=os.urandom(32))
+    elif attack == "planner role":
+        body = lab.body(lab.save(snap, NEXT), NEXT, role=trust.ROLE_PLANNER_LIVE)
+    elif attack == "rollback":
+        body = lab.body(lab.save(run.snapshots[25], 25), 25)
+    elif attack == "other task":
+        body = lab.body(lab.save(snap, NEXT), NEXT, task="lift")
+    elif attack == "outside":
+        (tmp_path / "elsewhere").mkdir()
+        body = lab.body(lab.save(snap, NEXT, directory=tmp_path / "elsewhere"), NEXT)
+    elif attack == "symlink to /dev/zero":
+        (lab.dir / "zero.safetensors").symlink_to("/dev/zero")
+        body = lab.body(lab.dir / "zero.safetensors", NEXT, sha256="ab" * 32)
+    elif attack == "fifo":
+        os.mkfifo(lab.dir / "w.safetensors")            # opening it to read would block forever
+        body = lab.body(lab.dir / "w.safetensors", NEXT, sha256="ab" * 32)
+    elif attack == "replaced":
+        path = lab.save(snap, NEXT)
+        body = lab.body(path, NEXT)
+        lab.save(hw.scaled(snap, 2.0), NEXT)            # rewritten after the announcement
+    else:
+        model = {"x20": lambda: hw.scaled(snap, 20.0),
+                 "reward-biased": lambda: hw.biased_reward(run.snapshots[LIVE], 1.0),
+                 "untrained": lambda: hw.fresh(run.cfg)}[attack]()
+        body = lab.body(lab.save(model, NEXT), NEXT)
+    sw.offer(body)
+    lab.settle()
+    assert sw.swap(lab.planner) is None and sw.live == live and sw.floor == LIVE
+    assert [s for s, _, _ in lab.refusals] == [stage], lab.refusals
+    assert sw.stats.refused_by_stage == {stage: 1}
+    assert re.search(why, lab.refusals[0][2]), lab.refusals[0][2]
 
 
-def test_the_newest_offer_wins(swapper, tmp_path: Path) -> None:
-    sw, planner, _ = swapper
-    paths = [tiny_model_checkpoint(tmp_path / f"c{i}.safetensors", seed=10 + i, step=i)
-             for i in range(1, 4)]
-    for path in paths:
-        sw.offer(Weights.of_checkpoint(path))
-    assert sw.wait_idle()
+def test_without_a_policy_every_offer_is_refused_with_the_reason(lab: Lab, run) -> None:
+    seen: list[tuple[str, str, str]] = []
+    sw = HotSwapper(run.cfg, lab.swapper.live, run.snapshots[LIVE], None,
+                    on_refused=lambda *a: seen.append(a), disabled_reason="hot-swap disabled: x")
+    try:
+        assert not sw.offer(lab.body(lab.save(run.snapshots[NEXT], NEXT), NEXT))
+        assert seen and seen[0][2] == "hot-swap disabled: x"
+    finally:
+        sw.close()
+
+
+def test_a_jump_after_a_swap_rolls_back_for_good(lab: Lab) -> None:
+    sw, planner = lab.swapper, lab.planner
+    lab.see()
+    for _ in range(10):
+        sw.monitor.tick(0.01, False)                      # the baseline before the swap
+    path = lab.save(lab.run.snapshots[NEXT], NEXT)
+    sw.offer(lab.body(path, NEXT))
+    lab.settle()
     cand = sw.swap(planner)
-    assert cand is not None and cand.weights.step == 3       # no backlog of stale weights
+    assert cand is not None and sw.monitor.watching
+    # While the monitor watches, a newer checkpoint waits: the rollback target stays the last good.
+    sw.offer(lab.body(lab.save(lab.run.snapshots[LATER], LATER), LATER))
+    lab.settle()
+    assert sw.swap(cand.planner) is None
+    for _ in range(5):
+        sw.monitor.tick(1.0, False)                       # uncertainty jumps 100×
+    assert sw.monitor.should_roll_back() and "uncertainty" in sw.monitor.reason
+    back = sw.roll_back(cand.planner)
+    assert back is not None and back[1] is planner and back[0].step == LIVE
+    assert sw.live.step == LIVE and sw.floor == NEXT and not sw.monitor.watching
+    assert sw.stats.rollbacks[0][0] == str(path)
+    assert sw.roll_back(planner) is None                  # nothing further back
+    assert not sw.offer(lab.body(path, NEXT))             # the bad checkpoint cannot come back
+    assert "not above 75" in lab.refusals[-1][2]
+    # The newer candidate was gated against NEXT (no longer live): it is gated again, then swaps.
+    assert sw.swap(planner) is None
+    lab.settle()
+    again = sw.swap(planner)
+    assert again is not None and again.weights.step == LATER and again.reference_sha == \
+        Weights.of_checkpoint(lab.dir / f"step_{LIVE:08d}.safetensors").sha256
+
+
+def test_the_newest_offer_wins(lab: Lab) -> None:
+    sw = lab.swapper
+    lab.see()
+    for step in (NEXT, LATER):
+        sw.offer(lab.body(lab.save(lab.run.snapshots[step], step), step))
+    lab.settle()
+    cand = sw.swap(lab.planner)
+    assert cand is not None and cand.weights.step in (NEXT, LATER)
     assert sw.stats.swaps == 1
 
 
-def test_announcements_parse_and_the_planners_own_live_messages_are_ignored() -> None:
+def test_offers_parse_and_the_planners_own_live_messages_are_ignored(lab: Lab) -> None:
     w = Weights("/x/step_1.safetensors", "ab" * 32, 7)
-    assert hotswap.parse_announcement(json.dumps({"path": w.path, "sha256": w.sha256,
-                                                  "step": 7})) == w
-    assert hotswap.parse_announcement(w.message(live=True)) is None
-    assert json.loads(w.message(live=True))["live"] is True
+    body = {"path": w.path, "sha256": w.sha256, "step": 7}
+    assert hotswap.parse_offer(json.dumps(body)) == body
+    live = hotswap.live_message(lab.key, w, lab.cfg, swaps=2, node="fowm_planner",
+                                sender="fowm_planner/1")
+    assert hotswap.parse_offer(live) is None
+    assert trust.authentic_live(lab.key, json.loads(live))
+    assert not trust.authentic_live(lab.key, json.loads(w.announcement(live=True).to_json()))
     with pytest.raises(FowmError, match="lacks"):
-        hotswap.parse_announcement('{"sha256": "x"}')
+        hotswap.parse_offer('{"sha256": "x"}')
     with pytest.raises(FowmError, match="not JSON"):
-        hotswap.parse_announcement("step 4")
-    with pytest.raises(CheckpointError, match="sidecar"):
-        Weights.of_checkpoint("/nonexistent/a.safetensors")
-
-
-def test_fifos_devices_and_oversize_files_are_refused_unread(swapper, tmp_path: Path) -> None:
-    sw, _, logs = swapper
-    fifo = tmp_path / "w.fifo"
-    os.mkfifo(fifo)                      # opening it for reading would block forever
-    for bad in (fifo, Path("/dev/zero")):
-        sw.offer(Weights(str(bad), ""))
-        assert sw.wait_idle(10.0)
-        assert "not a regular file" in sw.stats.refused[-1][1]
-    with pytest.raises(CheckpointError, match="expected at most 4 bytes"):
-        checkpoint_file.read_regular_file(_write(tmp_path / "big", b"12345"), 4)
-    assert checkpoint_file.read_regular_file(_write(tmp_path / "ok", b"1234"), 4) == b"1234"
-    assert [level for level, _ in logs] == ["error", "error"]
-
-
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
+        hotswap.parse_offer("step 4")
 
 
 def test_the_validator_survives_any_failure_and_a_dead_one_is_restarted(
-        swapper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sw, planner, _ = swapper
-    real = hotswap.validate
-    monkeypatch.setattr(hotswap, "validate", lambda *a: [][1])          # an unexpected bug
-    sw.offer(Weights(str(tmp_path / "a.safetensors"), ""))
-    assert sw.wait_idle(10.0)
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    sw = lab.swapper
+    lab.see()
+    real = sw._validate
+    monkeypatch.setattr(sw, "_validate", lambda ann: [][1])           # an unexpected bug
+    sw.offer(lab.body(lab.save(lab.run.snapshots[NEXT], NEXT), NEXT))
+    lab.settle()
     assert "IndexError" in sw.stats.refused[-1][1] and sw._thread.is_alive()
+    assert sw.stats.refused_by_stage == {"error": 1}
 
-    def die(*args: object) -> None:
+    def die(ann: object) -> None:
         raise SystemExit                   # escapes every handler: the thread ends
-    monkeypatch.setattr(hotswap, "validate", die)
-    sw.offer(Weights(str(tmp_path / "b.safetensors"), ""))
+    monkeypatch.setattr(sw, "_validate", die)
+    later = lab.save(lab.run.snapshots[LATER], LATER)
+    sw.offer(lab.body(later, LATER))
     sw._thread.join(10.0)
     assert not sw._thread.is_alive()
-    monkeypatch.setattr(hotswap, "validate", real)
+    monkeypatch.setattr(sw, "_validate", real)
     assert sw.ensure_running() and sw.stats.restarts == 1
-    assert not sw.ensure_running()                                       # alive: nothing to do
-    new = tiny_model_checkpoint(tmp_path / "new.safetensors", seed=3, step=9)
-    sw.offer(Weights.of_checkpoint(new))
-    assert sw.wait_idle(30.0)
-    assert sw.swap(planner) is not None
+    assert not sw.ensure_running()                                     # alive: nothing to do
+    sw.offer(lab.body(later, LATER))
+    lab.settle()
+    assert sw.swap(lab.planner) is not None
 
 
-def test_a_logger_that_raises_does_not_stop_the_validator(tmp_path: Path) -> None:
-    live = tiny_model_checkpoint(tmp_path / "live.safetensors", seed=0, step=0)
-    planner, weights = _running(live)
-
+def test_a_logger_that_raises_does_not_stop_the_validator(lab: Lab, run) -> None:
     def log(level: str, text: str) -> None:
         raise ValueError("Logger severity cannot be changed between calls.")
-    sw = HotSwapper(tiny_config(), weights, log=log)
+
+    sw = HotSwapper(run.cfg, lab.swapper.live, run.snapshots[LIVE],
+                    TrustPolicy(lab.dir, 1 << 24, lab.key), log=log)
     try:
-        sw.offer(Weights(str(tmp_path / "missing.safetensors"), ""))
+        for obs in run.observations:
+            sw.ring.push(obs)
+        sw.offer(lab.body(lab.dir / "missing.safetensors", NEXT, sha256="ab" * 32))
         assert sw.wait_idle(10.0) and sw._thread.is_alive()
-        sw.offer(Weights.of_checkpoint(tiny_model_checkpoint(tmp_path / "n.safetensors", seed=2)))
-        assert sw.wait_idle(30.0) and sw.swap(planner) is not None
+        sw.offer(lab.body(lab.save(run.snapshots[NEXT], NEXT), NEXT))
+        assert sw.wait_idle(60.0) and sw.swap(lab.planner) is not None
     finally:
         sw.close()
+
+
+def test_the_validator_thread_plans_with_one_torch_thread_and_leaves_the_callers(
+        lab: Lab) -> None:
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    real = lab.swapper._validate
+
+    def spy(ann):
+        seen.append(torch.get_num_threads())
+        return real(ann)
+    lab.swapper._validate = spy
+    lab.see()
+    lab.swapper.offer(lab.body(lab.save(lab.run.snapshots[NEXT], NEXT), NEXT))
+    lab.settle()
+    assert seen == [1] and torch.get_num_threads() == before

@@ -14,9 +14,10 @@ import pytest
 import torch
 from helpers.loop import collect, tiny_checkpoint
 
+from fowm_core.contract.messages import ABSENT
 from fowm_core.errors import FowmError
 from fowm_core.learning import checkpoint_file, checkpoints
-from fowm_core.runtime import ingest
+from fowm_core.runtime import ingest, trust
 from fowm_core.runtime.ingest import BagLedger, LedgerEntry, LiveLearner, LiveLearnerConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,9 +96,14 @@ def test_training_follows_the_schedule_and_checkpoints_announce_step_and_hash(
     infos = [info for _ in range(25) if (info := learner.train_one()) is not None]
     assert learner.agent.learner.step == step0 + 25 and learner.owed_updates == 0
     assert len(infos) == 1 and infos[0].step == step0 + 25
-    note = ingest.announcement(infos[0])
+    note = ingest.announcement(infos[0], learner.agent.cfg)
     assert note.sha256 == infos[0].sha256 and Path(note.path).exists()
-    assert note.step == infos[0].step and not note.is_live
+    assert note.step == infos[0].step and not note.is_live and note.signature is ABSENT
+    key = trust.load_key(trust.generate_key(tmp_path / "lab.key"))
+    signed = ingest.announcement(infos[0], learner.agent.cfg, key=key, sender="fowm_learner/7")
+    assert (signed.role, signed.sender, signed.task) == ("learner", "fowm_learner/7",
+                                                          learner.agent.cfg.task)
+    assert trust.verify(key, signed.as_dict(), signed.signature)
     _, meta = checkpoints.load_checkpoint(note.path)
     assert meta[ingest.TRAINED_KEY] == 1
     assert learner.train_one() is None                  # nothing owed: no update

@@ -35,6 +35,7 @@ from fowm.ros.spin import NodeFactory, spin_nodes
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.learning.checkpoints import read_meta
 from fowm_core.runtime.ingest import TRAINED_KEY, BagLedger, latest_checkpoint
+from fowm_core.runtime.trust import generate_key
 
 Overrides = dict[str, dict[str, Any]]
 
@@ -60,6 +61,7 @@ class StackResult:
     planner_holds: dict[str, int] = field(default_factory=dict)
     swaps: int = 0
     refused_swaps: list[tuple[str, str]] = field(default_factory=list)     # (path, why)
+    rollbacks: list[tuple[str, str]] = field(default_factory=list)         # (path, why)
     live_weights: dict[str, Any] = field(default_factory=dict)            # {"path", "step"}
     bags: list[str] = field(default_factory=list)             # names of the bags recorded
     recorder_dropped: list[str] = field(default_factory=list)  # why episodes went unrecorded
@@ -102,6 +104,28 @@ def loop_factories(bag_dir: str | Path, checkpoint: str | Path,
             per_node[name].update(values)
     return [_factory(RecorderNode, per_node["fowm_recorder"]),
             _factory(LearnerNode, per_node["fowm_learner"])]
+
+
+def trust_overrides(work_dir: str | Path, key_file: str | Path | None = None) -> Overrides:
+    """Who may swap weights in (docs/trust.md): the lab key for the learner (signs), the planner
+    (verifies) and the recorder (records only authentic live reports), and the learner's
+    checkpoint directory as the planner's trusted directory. Without ``key_file`` the key is
+    ``<work_dir>/lab.key``, created (0600) if missing: a local run is authenticated too."""
+    work_dir = Path(work_dir)
+    key = Path(key_file) if key_file else work_dir / "lab.key"
+    if not key_file and not key.exists():
+        generate_key(key)
+    return {"fowm_learner": {"key_file": str(key)}, "fowm_recorder": {"key_file": str(key)},
+            "fowm_planner": {"trust.key_file": str(key),
+                             "trust.trusted_dir": str(work_dir / "checkpoints")}}
+
+
+def merged(base: Overrides, over: Overrides) -> Overrides:
+    """``over``'s values win, node by node."""
+    out = {name: dict(values) for name, values in base.items()}
+    for name, values in over.items():
+        out.setdefault(name, {}).update(values)
+    return out
 
 
 def _factory(cls: type[Node], values: dict[str, Any]) -> NodeFactory:
@@ -158,7 +182,8 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
               bag_dir: str | Path | None = None, *, lockstep: bool | None = None,
               episodes: int | None = None, overrides: Overrides | None = None,
               wait_for_learner: bool = False,
-              on_episode: Callable[[dict[str, Any]], None] | None = None) -> StackResult:
+              on_episode: Callable[[dict[str, Any]], None] | None = None,
+              key_file: str | Path | None = None) -> StackResult:
     """Run twin + planner + episode manager with ``config_path``'s parameters.
 
     Args:
@@ -173,6 +198,8 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         wait_for_learner: with ``bag_dir`` and ``episodes``, also wait until the learner has
             trained on every episode (or its process has ended).
         on_episode: called with each "end" event as it arrives.
+        key_file: with ``bag_dir``, the lab key (docs/trust.md); None: ``<learner work
+            dir>/lab.key``, created if missing (``trust_overrides``).
     """
     config_path = Path(config_path)
     if not config_path.is_file():
@@ -183,13 +210,17 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
     overrides = dict(overrides or {})
     if episodes is not None:
         overrides.setdefault("fowm_episode_manager", {})["num_episodes"] = episodes
+    work_dir: Path | None = None
+    if bag_dir is not None:          # the learner signs, the planner verifies (docs/trust.md)
+        work_dir = Path(overrides.get("fowm_learner", {}).get("work_dir")
+                        or Path(bag_dir) / ".learner")
+        overrides = merged(trust_overrides(work_dir, key_file), overrides)
     learner_params = overrides.get("fowm_learner", {})
     rclpy.init(args=["--ros-args", "--params-file", str(config_path)])
     factories = stack_factories(str(checkpoint), lockstep, overrides)
     learner: subprocess.Popen | None = None
-    work_dir: Path | None = None
     if bag_dir is not None:          # record every episode and learn; built first: hear every event
-        work_dir = Path(learner_params.get("work_dir") or Path(bag_dir) / ".learner")
+        assert work_dir is not None
         # The recorder only copies bytes and stays here; the learner gets its own process.
         factories = loop_factories(bag_dir, checkpoint, overrides)[:1] + factories
         learner = spawn_learner_process(bag_dir, checkpoint, learner_params, config_path)
@@ -230,6 +261,7 @@ def _result(nodes: list[Node], started: bool) -> StackResult:
             stats = node.stats()
             result.planner_timing, result.planner_holds = stats.timing, stats.holds
             result.swaps, result.refused_swaps = stats.swaps, stats.refused
+            result.rollbacks = list(node.weights.swapper.stats.rollbacks)
             result.live_weights = {"path": stats.live_path, "step": stats.live_step}
         elif isinstance(node, RecorderNode):
             recorded = node.stats()
@@ -250,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="record one rosbag2 per episode here and finetune on them live")
     parser.add_argument("--dataset", default=None,
                         help="offline dataset for the learner's offline half (with --bag-dir)")
+    parser.add_argument("--key-file", default=None,
+                        help="lab key signing weight announcements (with --bag-dir; `fowm keygen "
+                             "PATH` makes one); default: <bag-dir>/.learner/lab.key, created")
     clock = parser.add_mutually_exclusive_group()
     clock.add_argument("--lockstep", dest="lockstep", action="store_true", default=None,
                        help="sim owns /clock and waits for each answer (reproducible)")
@@ -260,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_stack(args.config, args.checkpoint, args.duration, args.bag_dir,
                            lockstep=args.lockstep, episodes=args.episodes,
                            overrides={"fowm_learner": {"dataset_dir": args.dataset}}
-                           if args.dataset else None)
+                           if args.dataset else None, key_file=args.key_file)
     except FowmError as err:
         print(f"fowm run: {err}", file=sys.stderr)
         return 2
@@ -281,7 +316,8 @@ def _print_result(result: StackResult) -> None:
               f"{timing.get('latency_ms_p95', 0):.0f} ms; holds {result.planner_holds}")
     if result.learner is not None:
         print(f"learner: {len(result.bags)} bags recorded, {result.learner.ingested} trained on, "
-              f"step {result.learner.step}; {result.swaps} hot-swaps")
+              f"step {result.learner.step}; {result.swaps} hot-swaps, "
+              f"{len(result.refused_swaps)} refused, {len(result.rollbacks)} rolled back")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sim time whatever the rate): lower it on a slow machine so a plan fits")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="ROS parameter YAML")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--key-file", default=None,
+                   help="lab key for signed weight announcements (`fowm keygen PATH`); default: "
+                        "a fresh 0600 key in the learner's work directory")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for pretrain and eval (2 threads on a busy 2-core "
                         "machine spin-wait and run far slower than 1)")
@@ -150,13 +153,18 @@ def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Pat
     # The recorder shares the stack's process (it only copies bytes); the learner gets its own
     # process, as on a robot: in-process, its Python work competes with the control thread for
     # the GIL and the planner missed ~1 % of its ticks (10 of 786 in one run).
+    # With the learner, run_stack signs its checkpoints with a fresh 0600 key in its work dir
+    # (bag_dir/.learner/lab.key) and the planner accepts only those (docs/trust.md).
     result = run_stack(args.config, ckpt, 120.0 + 30.0 * episodes, bag_dir if learn else None,
                        lockstep=False, episodes=episodes, overrides=overrides,
-                       wait_for_learner=learn, on_episode=progress)
+                       wait_for_learner=learn, on_episode=progress, key_file=args.key_file)
     if not result.started:
         msg = "the ROS stack stopped before all its nodes were up; see the log above"
         raise FowmError(msg)
-    return _stats(result, ckpt)
+    out = _stats(result, ckpt)
+    if learn:
+        out["key_file"] = args.key_file or str(bag_dir / ".learner" / "lab.key")
+    return out
 
 
 def _stats(result: StackResult, ckpt: Path) -> dict[str, Any]:
@@ -166,7 +174,7 @@ def _stats(result: StackResult, ckpt: Path) -> dict[str, Any]:
         "episodes": len(ends), "success": [bool(e["success"]) for e in ends],
         "returns": [float(e["return"]) for e in ends],
         "planner_timing": result.planner_timing, "planner_holds": result.planner_holds,
-        "swaps": result.swaps, "refused": result.refused_swaps,
+        "swaps": result.swaps, "refused": result.refused_swaps, "rollbacks": result.rollbacks,
         "live_weights": result.live_weights, "final_checkpoint": str(ckpt),
     }
     learner = result.learner
@@ -200,7 +208,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
     _say(f"  success before online finetuning: {s['success_before']:.2f}")
     _say(f"  success after  online finetuning: {s['success_after']:.2f} "
          f"({s['online']['episodes']} online episodes)")
-    _say(f"  hot-swaps: {s['swaps']} (refused: {len(s['online']['refused'])})")
+    _say(f"  hot-swaps: {s['swaps']} (refused: {len(s['online']['refused'])}, rolled back: "
+         f"{len(s['online']['rollbacks'])}; signed with {s['online'].get('key_file')})")
     _say(f"  planner deadline misses: {s['tick_misses_without_learner']}/"
          f"{s['ticks_without_learner']} ticks without the learner, "
          f"{s['tick_misses_with_learner']}/{s['ticks_with_learner']} with it")

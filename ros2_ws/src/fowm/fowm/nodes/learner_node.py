@@ -6,7 +6,8 @@ by bag name + content hash, rewritten atomically), rebuilt into exact transition
 fowm_core.data.bags.read_episode_bag (the same reader as the offline dataset), and buys
 len(episode)·utd balanced offline/online updates (docs/algorithm.md §6). Every ``checkpoint_every`` episodes
 it writes a checkpoint atomically (with optimizer state) and announces it on /fowm/weights as
-{"path", "sha256", "step"} (transient-local, depth 1) for the planner to validate and hot-swap.
+{"path", "sha256", "step", task, obs mode, "role": "learner", sender} signed with the lab key
+(``key_file``, docs/trust.md; transient-local, depth 1) for the planner to validate and hot-swap.
 
 Sharing 2 cores with a live planner: training runs on its own thread with ONE torch thread and
 sleeps ``yield_s`` between updates, so the planner's control thread always finds a core and the
@@ -19,6 +20,7 @@ hidden so it is never taken for a bag); a restarted learner resumes from them.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from fowm_core.learning.checkpoints import CheckpointInfo
 from fowm_core.runtime.control import param_meta as _p
 from fowm_core.runtime.hotswap import Weights
 from fowm_core.runtime.ingest import LiveLearner, LiveLearnerConfig, announcement, run_forever
+from fowm_core.runtime.trust import load_key
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class LearnerNodeParams:
     torch_threads: int = field(default=1, metadata=_p("torch threads of the training thread",
                                                       1, 256))
     seed: int = field(default=0, metadata=_p("sampling and learner seed", 0, 2**31 - 1))
+    key_file: str = field(default="", metadata=_p(
+        "lab key that signs every announcement (the planner's trust.key_file; `fowm keygen "
+        "PATH` makes one); empty: unsigned, refused by a planner that requires signatures"))
 
 
 class LearnerNode(Node):
@@ -81,6 +87,14 @@ class LearnerNode(Node):
             dataset_dir=Path(p.dataset_dir) if p.dataset_dir else None,
             recompute_reward=p.recompute_reward, task=p.task or None,
             checkpoint_every=p.checkpoint_every, keep_checkpoints=p.keep_checkpoints, seed=p.seed)
+        # Loaded now: a key others may read, or none at all, is a startup error, not a quiet
+        # stream of announcements the planner refuses.
+        self.key = load_key(p.key_file) if p.key_file else None
+        if self.key is None:
+            self.get_logger().warning(
+                "key_file is empty: checkpoints are announced unsigned and a planner that "
+                "requires signatures (the default) refuses them (docs/trust.md)")
+        self.sender = f"{self.get_name()}/{os.getpid()}"
         self.learner: LiveLearner | None = None
         self.announced: list[dict[str, Any]] = []
         self.error: str | None = None
@@ -130,10 +144,13 @@ class LearnerNode(Node):
             f"{learner.owed_updates} updates owed, step {learner.agent.learner.step}"
             + (f", resumed from {learner.resumed_from.name}" if learner.resumed_from else ""))
         if learner.resumed_from is not None:
-            self._publish(Weights.of_checkpoint(learner.resumed_from).announcement())
+            self._publish(announcement(Weights.of_checkpoint(learner.resumed_from),
+                                       learner.agent.cfg, key=self.key, sender=self.sender))
 
     def _announce(self, info: CheckpointInfo) -> None:
-        self._publish(announcement(info))
+        assert self.learner is not None
+        self._publish(announcement(info, self.learner.agent.cfg, key=self.key,
+                                   sender=self.sender))
         self.get_logger().info(f"new checkpoint {info.path.name} (step {info.step}) announced")
 
     def _publish(self, note: WeightsAnnouncement) -> None:

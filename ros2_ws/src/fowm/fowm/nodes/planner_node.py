@@ -28,6 +28,7 @@ from sensor_msgs.msg import Image, JointState
 from visualization_msgs.msg import MarkerArray
 
 from fowm.ros import qos
+from fowm.ros.diagnostics import fmt
 from fowm.ros.guard import UNSET_CLOCK_NS, InputGuard, restart_stopped
 from fowm.ros.hot_swap import PlannerWeights
 from fowm.ros.markers import plan_markers
@@ -51,6 +52,7 @@ from fowm_core.runtime.safety import (
     check_plan,
 )
 from fowm_core.runtime.safety import safe_action as zero_action
+from fowm_core.runtime.trust import TrustConfig
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class PlannerNodeParams:
     stacked_blocks: bool = field(default=False, metadata=_p(
         "one matmul per layer over all stacked heads instead of one head at a time: slower on "
         "idle cores, far faster when other busy processes share them (fewer OpenMP barriers)"))
+    trust: TrustConfig = field(default_factory=TrustConfig)     # docs/trust.md: who may swap
 
 
 @dataclass(frozen=True)
@@ -286,9 +289,9 @@ class PlannerNode(Node):
             if obs.episode_seed is not None:
                 self.generator.manual_seed(obs.episode_seed)
         t0 = obs.first_of_episode or self._needs_reset
+        self.weights.ring.push(model_obs := self._model_obs(obs, arrays))   # for the swap gate
         try:
-            result = self.planner.plan(self._model_obs(obs, arrays), t0=t0,
-                                       eval_mode=self.params.eval_mode)
+            result = self.planner.plan(model_obs, t0=t0, eval_mode=self.params.eval_mode)
         except (FowmError, RuntimeError, ValueError) as err:
             self.get_logger().error(f"planning failed, holding: {err}", throttle_duration_sec=5.0)
             self._hold(obs, Verdict(HoldReason.PLANNER_ERROR, str(err)))
@@ -301,6 +304,7 @@ class PlannerNode(Node):
         verdict = check_plan(result.action, result.uncertainty, self.limits,
                              {"mean": result.mean, "std": result.std,
                               "value": np.asarray(result.value)})
+        self.weights.after_tick(result.uncertainty, verdict.hold)    # post-swap rollback
         if verdict.hold:
             self._hold(obs, verdict)
         else:
@@ -358,12 +362,12 @@ class PlannerNode(Node):
             "obs_age_s": c.last_obs_age_s, "lockstep": self.params.lockstep,
             "target_rate_hz": self.params.rate_hz, **timing, **self.inputs.values(),
             "tick_errors": c.tick_errors, "loop_restarts": c.loop_restarts,
-            "validator_restarts": self.weights.swapper.stats.restarts,
+            **self.weights.values(),
         }
         status = DiagnosticStatus(
             level=level, name="fowm_planner: control loop", hardware_id="fowm_planner",
             message=c.last_detail or "planning",
-            values=[KeyValue(key=k, value=_fmt(v)) for k, v in values.items()])
+            values=[KeyValue(key=k, value=fmt(v)) for k, v in values.items()])
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(msg)
@@ -385,10 +389,6 @@ class PlannerNode(Node):
         if hasattr(self, "weights"):
             self.weights.close()
         super().destroy_node()
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -18,7 +18,9 @@ offline datasets and logged online episodes are one format and go through one re
 - A recorder that starts after an episode's "start" event keeps the last ``prebuffer_s`` seconds
   of messages and rebuilds that episode when its "end" event comes (the cut is by stamps).
 - The latest /fowm/weights messages (the planner's {"live": true} one and the learner's
-  announcement; transient-local) open every bag, so each bag says which weights acted.
+  announcement; transient-local) open every bag, so each bag says which weights acted. With the
+  lab key (``key_file``) a live message the planner did not sign is refused and never recorded;
+  ``fowm_core.runtime.provenance`` checks bags recorded otherwise (docs/trust.md).
 - Written under a hidden temp directory by a writer thread, then renamed into ``bag_dir``: a
   watcher (the learner) never sees a half-written bag. Metadata version 9 is what rosbags writes
   and what rosbag2 reads on Jazzy and Kilted (Humble's rosbag2 reads v5 only: delete
@@ -54,6 +56,7 @@ from fowm_core.contract.messages import EpisodeEvent, WeightsAnnouncement
 from fowm_core.data import bags, convert
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.control import param_meta as _p
+from fowm_core.runtime.trust import authentic_live, load_key
 
 # Messages whose CDR starts with a std_msgs/Header: their stamp is read from the bytes.
 STAMPED = frozenset({topics.COLOR_IMAGE, topics.COLOR_INFO, topics.JOINT_STATES, topics.EE_POSE,
@@ -77,6 +80,9 @@ class RecorderParams:
     depth: int = field(default=200, metadata=_p(
         "reliable subscription depth per topic (messages queued while the executor is busy)",
         1, 100000))
+    key_file: str = field(default="", metadata=_p(
+        "lab key (the planner's trust.key_file): only the planner's signed live message is "
+        "recorded as the weights that acted; empty: every live message is kept (unverified)"))
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,7 @@ class RecorderNode(Node):
             msg = (f"topics {unknown} are not in the topic contract (contract.topics.MSG_TYPES); "
                    "the recorder needs each topic's message type")
             raise ConfigError(msg)
+        self.key = load_key(p.key_file) if p.key_file else None
         self.bag_dir = Path(p.bag_dir)
         self.bag_dir.mkdir(parents=True, exist_ok=True)
         self.written: list[Path] = []
@@ -202,7 +209,7 @@ class RecorderNode(Node):
             if topic == topics.WEIGHTS:
                 note = self._parse_weights(raw)
                 if note is None:
-                    return                     # refused: never opens a bag
+                    return                     # refused: never enters a bag
                 self._latched[note.is_live] = raw
             if self._episode is not None:
                 self._episode.messages.append((topic, log_ns, raw))
@@ -251,10 +258,16 @@ class RecorderNode(Node):
     def _parse_weights(self, raw: bytes) -> WeightsAnnouncement | None:
         """The typed message behind raw /fowm/weights bytes; None (reported) when invalid."""
         try:
-            return WeightsAnnouncement.from_json(deserialize_message(raw, String).data)
+            note = WeightsAnnouncement.from_json(deserialize_message(raw, String).data)
         except FowmError as err:
             self.inputs.refuse(topics.WEIGHTS, str(err))
             return None
+        if note.is_live and self.key is not None and not authentic_live(self.key, note.as_dict()):
+            # Forged provenance: a live report the planner did not sign (docs/trust.md layer 7).
+            self.inputs.refuse(topics.WEIGHTS, f"live weights message for {note.path[:120]!r} "
+                                               "is not signed by the planner: not recorded")
+            return None
+        return note
 
     def _watchdog(self) -> None:
         """Executor timer: restart a writer that died; report refused inputs and drops."""

@@ -23,6 +23,11 @@ ERROR = DiagnosticStatus.ERROR
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", DiagnosticStatus.STALE: "STALE"}
 
 
+def fmt(value: object) -> str:
+    """A diagnostic value as text: floats with 6 significant digits."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 class DiagnosticsReporter:
     """One status on /diagnostics, sent when level or message change and on publish().
 

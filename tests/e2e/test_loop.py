@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import rclpy
 import torch
-from fowm.bringup import loop_factories, stack_factories
+from fowm.bringup import loop_factories, merged, stack_factories, trust_overrides
 from helpers.loop import collect, tiny_checkpoint
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -23,6 +23,7 @@ from std_msgs.msg import String
 from fowm_core.contract import topics
 from fowm_core.data import bags
 from fowm_core.learning import checkpoints
+from fowm_core.runtime import trust
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,6 +71,8 @@ def test_episodes_become_bags_then_checkpoints_that_the_planner_swaps_in_without
                                  "num_episodes": EPISODES, "service_timeout_s": 30.0},
         "fowm_learner": {"dataset_dir": str(dataset), "poll_s": 0.1},
         "fowm_recorder": {"grace_s": 0.3}}
+    # As `fowm run --bag-dir`: a fresh 0600 lab key; the planner trusts the learner's checkpoints.
+    overrides = merged(trust_overrides(bag_dir / ".learner"), overrides)
     factories = (loop_factories(bag_dir, start, overrides)
                  + stack_factories(str(start), lockstep=False, overrides=overrides))
     nodes = {}
@@ -116,6 +119,10 @@ def test_episodes_become_bags_then_checkpoints_that_the_planner_swaps_in_without
     assert not swapper.stats.refused
     # The live-weights topic went from the pretrained weights to the new ones.
     lives = [m for m in live if m.get("live")]
+    key = trust.load_key(bag_dir / ".learner" / "lab.key")
+    assert all(trust.authentic_live(key, m) for m in lives)           # signed by the planner
+    assert all(a["role"] == "learner" and trust.verify(key, a, a["signature"])
+               for a in learner.announced)
     assert lives[0]["path"] == str(start) and lives[0]["swaps"] == 0
     assert lives[-1]["sha256"] in announced and lives[-1]["swaps"] >= 1
     # Real time, 6.25 Hz: not one control tick missed, swaps included.

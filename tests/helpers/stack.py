@@ -23,7 +23,7 @@ def tiny_config(task: str = "lift", modality: str = "all") -> FowmConfig:
 
 
 def tiny_checkpoint(path: Path, task: str = "lift", modality: str = "all",
-                    q_spread: float = 0.0, seed: int = 0) -> Path:
+                    q_spread: float = 0.0, seed: int = 0, step: int = 0) -> Path:
     """Random weights; q_spread > 0 makes the Q heads disagree (non-zero uncertainty)."""
     torch.manual_seed(seed)
     cfg = tiny_config(task, modality)
@@ -32,7 +32,7 @@ def tiny_checkpoint(path: Path, task: str = "lift", modality: str = "all",
         with torch.no_grad():
             for param in model._qs.parameters():
                 param.add_(q_spread * torch.randn_like(param))
-    save_agent(path, model, cfg, step=0, metrics={})
+    save_agent(path, model, cfg, step=step, metrics={})
     return path
 
 

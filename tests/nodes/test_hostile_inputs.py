@@ -5,6 +5,7 @@ that the refusal is counted on /diagnostics."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -29,7 +30,8 @@ from std_msgs.msg import String
 
 from fowm_core.contract import topics
 from fowm_core.data import convert
-from fowm_core.runtime import hotswap
+from fowm_core.learning import checkpoints
+from fowm_core.runtime import trust
 
 JOINTS = [f"joint{i}" for i in range(1, 8)] + [topics.GRIPPER_JOINT]
 AHEAD_NS = 100 * 1_000_000_000
@@ -181,40 +183,55 @@ def test_future_stamps_are_refused_and_cannot_wedge_the_planner(
 
 
 def test_validator_survives_refusals_fifos_dev_zero_and_its_own_death(
-        executor: SingleThreadedExecutor, spin_until: SpinUntil, checkpoints_dir: Path,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    planner, robot, helper, recs = _setup(executor, checkpoints_dir / "c0.safetensors")
+        executor: SingleThreadedExecutor, spin_until: SpinUntil, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    trusted = tmp_path / "checkpoints"
+    trusted.mkdir()
+    live = tiny_checkpoint(tmp_path / "c0.safetensors", seed=0)
+    key_file = trust.generate_key(tmp_path / "lab.key")
+    key = trust.load_key(key_file)
+    planner, robot, helper, recs = _setup(executor, live, **{
+        "trust.key_file": str(key_file), "trust.trusted_dir": str(trusted)})
     swapper = planner.weights.swapper
     weights = _latched(helper, topics.WEIGHTS)
+    steps = iter(range(1, 100))
 
-    def announce(path: Path | str) -> None:
-        weights.publish(String(data=json.dumps({"path": str(path), "step": 1})))
+    def checkpoint(seed: int) -> Path:
+        return tiny_checkpoint(trusted / f"c{seed}.safetensors", seed=seed, step=next(steps))
 
-    assert spin_until(lambda: planner.counters.plans >= 2, timeout_s=20, every=robot.publish)
-    announce(checkpoints_dir / "c1.safetensors")                 # logs at info ...
+    def announce(path: Path | str, step: int | None = None) -> None:
+        real = Path(path).is_file()
+        step = checkpoints.read_meta(path)["step"] if real else step
+        sha = hashlib.sha256(Path(path).read_bytes()).hexdigest() if real else "ab" * 32
+        weights.publish(String(data=json.dumps(trust.announcement(
+            key, path=path, sha256=sha, step=step, cfg=planner.cfg, sender="test"))))
+
+    assert spin_until(lambda: planner.counters.plans >= 5, timeout_s=20, every=robot.publish)
+    announce(checkpoint(1))                                      # logs at info ...
     assert spin_until(lambda: swapper.stats.swaps == 1, timeout_s=30, every=robot.publish)
-    fifo = tmp_path / "weights.fifo"
+    fifo = trusted / "weights.fifo"
     os.mkfifo(fifo)
-    for bad in (fifo, "/dev/zero", tmp_path / "missing.safetensors"):   # ... then at error
-        announce(bad)
+    for step, bad in enumerate((fifo, "/dev/zero", trusted / "missing.safetensors"), 50):
+        announce(bad, step)                                      # ... then at warning
         assert spin_until(lambda b=bad: any(p == str(b) for p, _ in swapper.stats.refused),
                           timeout_s=20, every=robot.publish), swapper.stats.refused
     reasons = dict(swapper.stats.refused)
     assert "not a regular file" in reasons[str(fifo)]
-    assert "not a regular file" in reasons["/dev/zero"]
+    assert "outside the trusted directory" in reasons["/dev/zero"]
     # A validator that dies anyway (here: SystemExit escapes every handler) is restarted.
-    real_validate = hotswap.validate
+    real_validate = swapper._validate
 
-    def die_once(*args: object) -> object:
-        monkeypatch.setattr(hotswap, "validate", real_validate)
+    def die_once(ann: object) -> object:
+        monkeypatch.setattr(swapper, "_validate", real_validate)
         raise SystemExit
 
-    monkeypatch.setattr(hotswap, "validate", die_once)
-    announce(checkpoints_dir / "c0.safetensors")
+    monkeypatch.setattr(swapper, "_validate", die_once)
+    announce(checkpoint(3))
     assert spin_until(lambda: swapper.stats.restarts >= 1, timeout_s=10, every=robot.publish)
-    announce(checkpoints_dir / "c2.safetensors")
+    last = checkpoint(2)
+    announce(last)
     assert spin_until(lambda: swapper.stats.swaps == 2, timeout_s=30, every=robot.publish)
-    assert planner.weights.live.path == str(checkpoints_dir / "c2.safetensors")
+    assert planner.weights.live.path == str(last)
     assert _still_controls(planner, robot, recs, spin_until)
     assert spin_until(lambda: int(_planner_values(recs).get("validator_restarts", 0)) >= 1,
                       timeout_s=5, every=robot.publish)

@@ -12,6 +12,7 @@ from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
@@ -22,6 +23,10 @@ def generate_launch_description() -> LaunchDescription:
     lockstep = LaunchConfiguration("lockstep")
     # One checkpoint for all three: the planner's weights, the others' task and obs mode.
     checkpoint = {"checkpoint": LaunchConfiguration("checkpoint")}
+    # Which weights may act (docs/trust.md); str-typed so an empty value stays a string.
+    trust = {"trust.key_file": ParameterValue(LaunchConfiguration("key_file"), value_type=str),
+             "trust.trusted_dir": ParameterValue(LaunchConfiguration("trusted_dir"),
+                                                 value_type=str)}
     common = {"lockstep": lockstep}
     follower = {"lockstep": lockstep, "use_sim_time": lockstep}   # the twin owns /clock
     return LaunchDescription([
@@ -35,13 +40,21 @@ def generate_launch_description() -> LaunchDescription:
             "lockstep", default_value="false",
             description="true: the twin publishes /clock and steps only after each answer"),
         DeclareLaunchArgument("rviz", default_value="true", description="start rviz2"),
+        DeclareLaunchArgument(
+            "key_file", default_value="",
+            description="lab key (`fowm keygen PATH`) that the learner signs checkpoints with; "
+                        "the planner swaps only signed ones (docs/trust.md)"),
+        DeclareLaunchArgument(
+            "trusted_dir", default_value="",
+            description="the learner's <work_dir>/checkpoints: the only place weights are taken "
+                        "from; empty: the planner never swaps weights"),
         # 640×480 images between processes need Fast DDS's large-data transport (§1.7).
         SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
         Node(package="fowm", executable="sim_node", name="fowm_sim", output="screen",
              emulate_tty=True, parameters=[config, common, checkpoint]),
         Node(package="fowm", executable="planner_node", name="fowm_planner", output="screen",
              emulate_tty=True,
-             parameters=[config, follower, checkpoint]),
+             parameters=[config, follower, checkpoint, trust]),
         Node(package="fowm", executable="episode_manager", name="fowm_episode_manager",
              output="screen", emulate_tty=True, parameters=[config, follower, checkpoint]),
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",

@@ -80,8 +80,10 @@ class MonitorConfig:
 
     window: int = field(default=50, metadata=_p(
         "ticks before a swap that form the baseline", 1, 100000))
-    watch: int = field(default=50, metadata=_p(
-        "ticks after a swap during which a jump rolls back", 1, 100000))
+    watch: int = field(default=25, metadata=_p(
+        "ticks after a swap during which a jump rolls back (and no other swap happens: one "
+        "25-step episode, so the live learner's checkpoint of every episode can act)",
+        1, 100000))
     min_ticks: int = field(default=10, metadata=_p(
         "ticks after a swap (and of baseline) needed before judging", 1, 100000))
     uncertainty_factor: float = field(default=3.0, metadata=_p(

@@ -74,3 +74,15 @@ def test_ros_verbs_take_their_own_help(verb: str, usage: str,
     assert out.startswith(usage)
     if verb == "demo":
         assert "--online-episodes" in out and "--eval-episodes" in out   # its size options
+
+
+def test_keygen_writes_a_private_key_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fowm_core.runtime import trust
+
+    path = tmp_path / "keys" / "lab.key"
+    assert cli.main(["keygen", str(path)]) == 0
+    assert (path.stat().st_mode & 0o777) == 0o600 and len(trust.load_key(path)) == 32
+    assert "trust.key_file" in capsys.readouterr().out
+    before = path.read_bytes()
+    assert cli.main(["keygen", str(path)]) != 0                   # never overwritten
+    assert path.read_bytes() == before and "exists already" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
+from fowm.bringup import merged, trust_overrides
 from fowm.nodes.recorder_node import RecorderNode
 from fowm.ros import qos
 from fowm.ros.hot_swap import build_policy
@@ -265,3 +266,16 @@ def test_the_bag_reader_marks_forged_live_messages(tmp_path: Path, lab: Lab) -> 
     assert [(r.live, r.forged) for r in records] == [(True, False), (True, True), (False, False)]
     assert records[2].message is None and "path" in records[2].error
     assert [a.path for a in provenance.weights_that_acted(path, lab.key)] == [str(lab.live)]
+
+
+def test_bringup_makes_one_key_for_learner_recorder_and_planner(tmp_path: Path) -> None:
+    work = tmp_path / "bags" / ".learner"
+    over = merged(trust_overrides(work), {"fowm_planner": {"rate_hz": 5.0}})
+    key = work / "lab.key"
+    assert (key.stat().st_mode & 0o777) == 0o600 and len(trust.load_key(key)) == 32
+    assert over["fowm_learner"]["key_file"] == over["fowm_recorder"]["key_file"] == str(key)
+    assert over["fowm_planner"] == {"trust.key_file": str(key), "rate_hz": 5.0,
+                                    "trust.trusted_dir": str(work / "checkpoints")}
+    assert trust_overrides(work)["fowm_learner"]["key_file"] == str(key)    # kept, not replaced
+    given = trust_overrides(work, tmp_path / "mine.key")
+    assert given["fowm_planner"]["trust.key_file"] == str(tmp_path / "mine.key")

@@ -84,8 +84,8 @@ class PlannerConfig:
     uncertainty_cost: float = 1.0
     # How the fast path lays out its work, not what it computes: False runs the stacked blocks one
     # at a time through cache-resident buffers (fastest when the planner has its cores); True runs
-    # one bmm per layer over all blocks, with ~7x fewer OpenMP barriers, which stays fast when other
-    # busy processes share the cores (README, benchmarks/planner_layout.py).
+    # one bmm per layer over all blocks, with far fewer OpenMP barriers, which stays fast when other
+    # busy processes share the cores (docs/results.md "Speed", docs/platform.md §15).
     stacked_blocks: bool = False
 
     def __post_init__(self) -> None:
@@ -302,8 +302,8 @@ def cpu(task: str = "lift", modality: Modality | str = Modality.STATE,
     """A preset sized for a 2-core CPU: same algorithm, narrower networks and a lighter search.
 
     Every rule of the algorithm is kept (5 Q heads, penalty at every step, balanced batches, PER);
-    only sizes shrink. Costs per decision and per update are in README (``fowm bench``). 8,000
-    offline updates: on lift, 4,000 gave 10 % offline success and 8,000 gave 55 % (seed 0).
+    only sizes shrink. Why these sizes and 8,000 offline updates: docs/results.md "Why the cpu
+    preset is sized as it is"; costs per decision and per update: docs/results.md "Speed".
     """
     return FowmConfig(
         preset="cpu",

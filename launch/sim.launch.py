@@ -35,7 +35,8 @@ def generate_launch_description() -> LaunchDescription:
             "lockstep", default_value="false",
             description="true: the twin publishes /clock and steps only after each answer"),
         DeclareLaunchArgument("rviz", default_value="true", description="start rviz2"),
-        # 640×480 images between processes need Fast DDS's large-data transport (§1.7).
+        # 640×480 images between processes need Fast DDS's large-data transport
+        # (docs/platform.md §1.7).
         SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
         Node(package="fowm", executable="sim_node", name="fowm_sim", output="screen",
              emulate_tty=True, parameters=[config, common, checkpoint]),

@@ -30,11 +30,11 @@ JOINT_NAMES = (*ARM_JOINTS, topics.GRIPPER_JOINT)
 
 # -- the state vector ----------------------------------------------------------------------------
 # In "state" mode the vector holds the task's state_keys, then the vectors between them (its
-# relative_parts), as the reference simxarm's state observations do. Without them a small MLP
+# relative_parts), as the reference simxarm's state observations do. Without them a small model
 # must learn "the object moves only when the gripper is at it" from absolute coordinates that
-# differ in the second decimal; our first cpu-preset lift models did not, and planned to close the
-# gripper and rise in the air with the cube left on the table. "rgb"/"all" carry the 4-d proprio
-# only (docs/algorithm.md §7.1: absolute eef xyz + gripper). Positions are absolute, base frame, m.
+# differ in the second decimal (docs/results.md, "What was tried"). "rgb"/"all" carry the 4-d
+# proprio only (docs/algorithm.md §7.1: absolute eef xyz + gripper). Positions are absolute, base
+# frame, m.
 def state_keys(task: str, obs_mode: str) -> tuple[str, ...]:
     """The logged streams the state vector is built from (the planner node pairs these)."""
     keys = tasks.get(task).state_keys

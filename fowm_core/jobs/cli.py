@@ -4,7 +4,7 @@
     fowm pretrain   offline training on a bag dataset → checkpoint
     fowm finetune   the reference offline→online loop from a checkpoint, with evaluations
     fowm eval       success rate of a checkpoint (eval mode: no exploration noise)
-    fowm experiment tasks × seeds × λ, the README table and docs/results JSON
+    fowm experiment tasks × seeds × λ, the table of docs/results.md and its JSON
     fowm bench      plan | update | peak: one JSON line each
 
 More verbs come from installed packages through the entry point group ``fowm.commands``, as

@@ -1,4 +1,4 @@
-"""`fowm experiment`: the offline→online study of the README table.
+"""`fowm experiment`: the offline→online study of docs/results.md.
 
 For every task: one scripted "medium" dataset; for every seed: one offline pretraining (λ does not
 enter training, so both λ runs start from the same checkpoint); for every λ: the reference online
@@ -153,8 +153,9 @@ def collect_results(args: argparse.Namespace, jobs: list[Job], wall_s: float) ->
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """The README's results table: mean success over the finished seeds at every count, with the
-    per-seed values underneath, and the median wall-clock of one seed (pretrain + finetune)."""
+    """The results table of docs/results.md: mean success over the finished seeds at every count,
+    with the per-seed values underneath, and the median wall-clock of one seed (pretrain +
+    finetune)."""
     counts = summary["online_episodes"]
     head = ("| task | λ | seeds done | " + " | ".join(str(n) for n in counts)
             + " | per seed (in seed order) | minutes per seed |")

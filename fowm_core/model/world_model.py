@@ -55,7 +55,7 @@ class WorldModel(nn.Module):
     @staticmethod
     def scale_obs(obs: Obs) -> Obs:
         """rgb uint8 → float in [0, 1] (dividing the float copy in place: torch.div straight from
-        uint8 takes a slow casting loop, ~7x the two vectorised passes); other keys pass through.
+        uint8 takes a slow casting loop, docs/platform.md §15); other keys pass through.
         Scale once and ``encode(..., scaled=True)`` to feed one batch to several encoders."""
         if "rgb" not in obs:
             return obs

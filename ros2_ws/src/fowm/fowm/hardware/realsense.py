@@ -105,7 +105,8 @@ class PipelineSource:
         self._pipe: rs.pipeline | None = None
 
     def start(self) -> None:
-        # pipeline.start() blocks ~15 s when no camera is attached (docs/platform.md §8): ask first.
+        # pipeline.start() blocks for many seconds when no camera is attached (docs/platform.md §8):
+        # ask first.
         devices = rs.context().query_devices()
         serials = [d.get_info(rs.camera_info.serial_number) for d in devices]
         if not serials:

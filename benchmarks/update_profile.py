@@ -1,8 +1,8 @@
-"""Time and profile one full FOWM learner update (docs/algorithm.md §3, §9): the fast path against the reference.
+"""Time and profile one full FOWM learner update: the fast path against the reference.
 
-One update = augmentation, forward (both target encodes of the H·B next observations included),
-backward, gradient clip, the model Adam step, the PER priority write-back, the AWR π step and the
-EMA.
+One update (docs/algorithm.md §3, §9) = augmentation, forward (both target encodes of the H·B next
+observations included), backward, gradient clip, the model Adam step, the PER priority write-back,
+the AWR π step and the EMA.
 Batches come from a real replay buffer of random episodes and are sampled outside the timed region.
 
 The machine this runs on is shared, so variants are timed *interleaved* in one process (update k of

@@ -20,7 +20,8 @@ from fowm_core.errors import ConfigError
 
 
 class Modality(enum.StrEnum):
-    """What the encoder sees: state vector, 84x84 image, or both averaged (docs/algorithm.md §2.1 'all')."""
+    """What the encoder sees: state vector, 84x84 image, or both averaged
+    (docs/algorithm.md §2.1 'all')."""
 
     STATE = "state"
     RGB = "rgb"
@@ -68,9 +69,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    """MPPI with the uncertainty penalty (docs/algorithm.md §4). LeRobot names: iterations = cem_iterations,
-    num_samples = n_gaussian_samples, uncertainty_cost = uncertainty_regularizer_coeff,
-    temperature = elite_weighting_temperature, momentum = gaussian_mean_momentum."""
+    """MPPI with the uncertainty penalty (docs/algorithm.md §4). LeRobot names: iterations =
+    cem_iterations, num_samples = n_gaussian_samples, uncertainty_cost =
+    uncertainty_regularizer_coeff, temperature = elite_weighting_temperature, momentum =
+    gaussian_mean_momentum."""
 
     mpc: bool = True
     iterations: int = 6
@@ -159,8 +161,8 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Offline→online schedule (docs/algorithm.md §6): gradient steps offline, then one planner episode followed
-    by len(episode)·utd balanced updates, repeated."""
+    """Offline→online schedule (docs/algorithm.md §6): gradient steps offline, then one planner
+    episode followed by len(episode)·utd balanced updates, repeated."""
 
     offline_steps: int = 25_000
     online_episodes: int = 1_000
@@ -288,7 +290,8 @@ def _action_dim(task: str) -> int:
 
 def paper(task: str = "lift", modality: Modality | str = Modality.ALL,
           state_dim: int = 4) -> FowmConfig:
-    """The reference xArm hyperparameters (docs/algorithm.md §5): λ=1, 6 iterations, batch 256, 512 samples."""
+    """The reference xArm hyperparameters (docs/algorithm.md §5): λ=1, 6 iterations, batch 256,
+    512 samples."""
     return FowmConfig(
         preset="paper",
         task=task,

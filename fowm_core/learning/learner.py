@@ -194,7 +194,8 @@ class Learner:
     @torch.no_grad()
     def td_target(self, next_z: torch.Tensor, reward: torch.Tensor,
                   mask: torch.Tensor) -> torch.Tensor:
-        """y = r + γ·m·V_θ(h_θ(o')): online V of the next observation, no π (docs/algorithm.md §3.2)."""
+        """y = r + γ·m·V_θ(h_θ(o')): online V of the next observation, no π
+        (docs/algorithm.md §3.2)."""
         return reward + self.cfg.discount * mask * self.model.v(next_z).squeeze(-1)
 
     @torch.no_grad()
@@ -204,7 +205,8 @@ class Learner:
 
     @torch.no_grad()
     def awr_weights(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ω = min(exp(β·A), 100) with A = Q_min2^φ(z, a) − V_θ(z) (docs/algorithm.md §3.4). Returns (ω, A)."""
+        """ω = min(exp(β·A), 100) with A = Q_min2^φ(z, a) − V_θ(z) (docs/algorithm.md §3.4).
+        Returns (ω, A)."""
         adv = self.value_target(z, a) - self.model.v(z).squeeze(-1)
         lc = self.cfg.learner
         return torch.exp(lc.a_scaling * adv).clamp(max=lc.max_awr_weight), adv
@@ -301,6 +303,7 @@ class Learner:
 
     @torch.no_grad()
     def ema(self) -> None:
-        """φ ← (1 − τ)φ + τθ on the target's encoder and Q ensemble only (docs/algorithm.md §2.6)."""
+        """φ ← (1 − τ)φ + τθ on the target's encoder and Q ensemble only
+        (docs/algorithm.md §2.6)."""
         torch._foreach_lerp_(self.target.ema_parameters(), self.model.ema_parameters(),
                              self.cfg.learner.tau)

@@ -1,5 +1,5 @@
-"""Building blocks of the world model (docs/algorithm.md §2): the Mish+LN MLP, the bounded-latent head and the
-stacked Q ensemble. Pure torch; the model file only wires these together."""
+"""Building blocks of the world model (docs/algorithm.md §2): the Mish+LN MLP, the bounded-latent
+head and the stacked Q ensemble. Pure torch; the model file only wires these together."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def mlp(in_dim: int, mlp_dim: int, out_dim: int) -> nn.Sequential:
 
 
 def value_mlp(in_dim: int, mlp_dim: int) -> nn.Sequential:
-    """Linear → LN → Tanh → Linear → ELU → Linear(→1): the V head's shape (docs/algorithm.md §2.4)."""
+    """Linear → LN → Tanh → Linear → ELU → Linear(→1): the V head's shape
+    (docs/algorithm.md §2.4)."""
     return nn.Sequential(
         nn.Linear(in_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.Tanh(),
         nn.Linear(mlp_dim, mlp_dim), nn.ELU(),
@@ -29,7 +30,8 @@ def value_mlp(in_dim: int, mlp_dim: int) -> nn.Sequential:
 
 
 class BoundedLatent(nn.Module):
-    """LayerNorm followed by Sigmoid: every latent lies in (0, 1)^L (docs/algorithm.md §2.1, §2.2)."""
+    """LayerNorm followed by Sigmoid: every latent lies in (0, 1)^L
+    (docs/algorithm.md §2.1, §2.2)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()

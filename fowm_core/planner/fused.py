@@ -1,4 +1,5 @@
-"""Inference fast path for planning: the WorldModel's weights re-laid out as stacks (docs/algorithm.md §4, §9).
+"""Inference fast path for planning: the WorldModel's weights re-laid out as stacks
+(docs/algorithm.md §4, §9).
 
 Every head that reads the same (z, a) — dynamics, reward and the K Q heads — is one of B = 2 + K
 stacked blocks (order: [dynamics, reward, q_0 .. q_{K-1}]). Three ways to run them, same math:

@@ -6,8 +6,8 @@
   4. the ROS stack in real time (twin, planner, episode manager) without the learner for a few
      episodes: the planner's deadline misses with the planner alone
   5. the ROS stack with the recorder and the learner for N online episodes: every episode becomes
-     a bag, the learner finetunes on it (len·utd balanced updates, docs/algorithm.md §6), announces a
-     checkpoint, the planner validates and hot-swaps it between ticks
+     a bag, the learner finetunes on it (len·utd balanced updates, docs/algorithm.md §6),
+     announces a checkpoint, the planner validates and hot-swaps it between ticks
   6. success AFTER on the same evaluation seeds, with the learner's last checkpoint
   7. prints success before/after, swaps, tick misses with and without the learner; writes
      demo.json and demo.png under --out

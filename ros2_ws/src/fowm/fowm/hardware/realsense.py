@@ -1,4 +1,5 @@
-"""Thin adapter over pyrealsense2 (2.59, docs/platform.md §5, §8): frames in, numpy + intrinsics out.
+"""Thin adapter over pyrealsense2 (2.59, docs/platform.md §5, §8): frames in, numpy + intrinsics
+out.
 
 Where frames come from is one small interface, ``FrameSource`` (start / wait / stop, yielding the
 SDK's own framesets): ``PipelineSource`` drives a real camera through ``rs.pipeline``; tests use

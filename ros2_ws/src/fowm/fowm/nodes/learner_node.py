@@ -4,9 +4,10 @@ Watches ``bag_dir`` (fowm_recorder's one-bag-per-episode output, or any director
 and runs runtime.ingest.LiveLearner: every complete bag is ingested exactly once (ledger keyed
 by bag name + content hash, rewritten atomically), rebuilt into exact transitions by
 fowm_core.data.bags.read_episode_bag (the same reader as the offline dataset), and buys
-len(episode)·utd balanced offline/online updates (docs/algorithm.md §6). Every ``checkpoint_every`` episodes
-it writes a checkpoint atomically (with optimizer state) and announces it on /fowm/weights as
-{"path", "sha256", "step"} (transient-local, depth 1) for the planner to validate and hot-swap.
+len(episode)·utd balanced offline/online updates (docs/algorithm.md §6). Every
+``checkpoint_every`` episodes it writes a checkpoint atomically (with optimizer state) and
+announces it on /fowm/weights as {"path", "sha256", "step"} (transient-local, depth 1) for the
+planner to validate and hot-swap.
 
 Sharing 2 cores with a live planner: training runs on its own thread with ONE torch thread and
 sleeps ``yield_s`` between updates, so the planner's control thread always finds a core and the
@@ -49,7 +50,8 @@ class LearnerNodeParams:
     checkpoint: str = field(default="", metadata=_p(
         "pretrained checkpoint to start from (ignored once work_dir holds one)"))
     dataset_dir: str = field(default="", metadata=_p(
-        "offline dataset (episode bags) for the offline half of every batch (docs/algorithm.md §6)"))
+        "offline dataset (episode bags) for the offline half of every batch "
+        "(docs/algorithm.md §6)"))
     recompute_reward: bool = field(default=True, metadata=_p(
         "recompute rewards from observations (fowm_core.tasks); false: logged rewards"))
     task: str = field(default="", metadata=_p(

@@ -33,7 +33,7 @@ class PlannerWeights:
         self.node = node
         self.live_pub = node.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
         self.swapper = HotSwapper(node.cfg, Weights.of_checkpoint(node.params.checkpoint),
-                                  log=self._log)
+                                  log=self._log, device=node.planner.device)
         node.create_subscription(String, topics.WEIGHTS, self._on_weights, _ANNOUNCEMENTS)
         self.publish_live()
 

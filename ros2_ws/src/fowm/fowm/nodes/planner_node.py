@@ -293,9 +293,8 @@ class PlannerNode(Node):
                                     arrays.get("object_pose"), arrays.get("goal_pose"))
         model_obs: dict[str, Any] = {"state": state}
         if "image" in obs.msgs:
-            # Resized here only, with the bag reader's function (no train/serve skew).
-            rgb = convert.image_array(obs.msgs["image"])[None]            # (1, 3, H, W)
-            model_obs["rgb"] = convert.resize_rgb(rgb, self.cfg.model.img_size)[0]
+            # The bag reader's resize (resize_rgb), straight from the message's HWC buffer.
+            model_obs["rgb"] = convert.model_image(obs.msgs["image"], self.cfg.model.img_size)
         return model_obs
 
     def _plan_and_publish(self, obs: _Observation, arrays: dict[str, np.ndarray]) -> None:

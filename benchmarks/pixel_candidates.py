@@ -24,6 +24,7 @@ DQN_CONVS = {"conv_kernels": [8, 4, 3], "conv_strides": [4, 2, 1]}
 TWO_CONVS = {"conv_kernels": [8, 4], "conv_strides": [4, 2]}
 
 CANDIDATES: dict[str, dict] = {
+    "cpu_preset": {},            # what `fowm bench update --preset cpu --obs all` runs now
     "ref32_b128": {"model": {**REFERENCE_CONVS, "num_channels": 32}},
     "ref16_b128": {"model": {**REFERENCE_CONVS, "num_channels": 16}},
     "ref32_64px_b128": {"model": {**REFERENCE_CONVS, "num_channels": 32, "img_size": 64}},

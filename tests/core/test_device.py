@@ -194,3 +194,17 @@ def test_experiment_passes_the_device_to_training_jobs_only_when_not_cpu(tmp_pat
         assert argv[argv.index("--device") + 1] == "cuda:1"
     args = parser.parse_args(["experiment", "--tasks", "reach", "--work", str(tmp_path)])
     assert all("--device" not in j.argv for j in experiment.plan_jobs(args))
+
+
+def test_gpu_check_script_stops_with_a_clear_message_without_cuda(tmp_path) -> None:
+    import subprocess
+    from pathlib import Path
+
+    if cuda_count():
+        pytest.skip("a GPU is present: the script would measure it")
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), str(tmp_path / "o")],
+                         cwd=root, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 3
+    assert "no CUDA device" in run.stderr
+    assert not (tmp_path / "o").exists()

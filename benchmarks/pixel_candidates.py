@@ -22,20 +22,23 @@ from fowm_core.jobs.bench import bench_config, bench_peak, bench_update, update_
 REFERENCE_CONVS = {"conv_kernels": [7, 5, 3, 3], "conv_strides": [2, 2, 2, 2]}
 DQN_CONVS = {"conv_kernels": [8, 4, 3], "conv_strides": [4, 2, 1]}
 TWO_CONVS = {"conv_kernels": [8, 4], "conv_strides": [4, 2]}
+# The cpu preset's pixel batch is 64 now; the _b128 candidates say their batch explicitly.
+B128 = {"learner": {"batch_size": 128}}
 
 CANDIDATES: dict[str, dict] = {
     "cpu_preset": {},            # what `fowm bench update --preset cpu --obs all` runs now
-    "ref32_b128": {"model": {**REFERENCE_CONVS, "num_channels": 32}},
-    "ref16_b128": {"model": {**REFERENCE_CONVS, "num_channels": 16}},
-    "ref32_64px_b128": {"model": {**REFERENCE_CONVS, "num_channels": 32, "img_size": 64}},
+    "ref32_b128": {"model": {**REFERENCE_CONVS, "num_channels": 32}, **B128},
+    "ref16_b128": {"model": {**REFERENCE_CONVS, "num_channels": 16}, **B128},
+    "ref32_64px_b128": {"model": {**REFERENCE_CONVS, "num_channels": 32, "img_size": 64},
+                        **B128},
     "ref16_64px_b64": {"model": {**REFERENCE_CONVS, "num_channels": 16, "img_size": 64},
                        "learner": {"batch_size": 64}},
-    "dqn32_b128": {"model": {**DQN_CONVS, "num_channels": 32}},
-    "dqn16_b128": {"model": {**DQN_CONVS, "num_channels": 16}},
+    "dqn32_b128": {"model": {**DQN_CONVS, "num_channels": 32}, **B128},
+    "dqn16_b128": {"model": {**DQN_CONVS, "num_channels": 16}, **B128},
     "dqn32_b64": {"model": {**DQN_CONVS, "num_channels": 32}, "learner": {"batch_size": 64}},
-    "two16_b128": {"model": {**TWO_CONVS, "num_channels": 16}},
+    "two16_b128": {"model": {**TWO_CONVS, "num_channels": 16}, **B128},
     "dqn16_b64": {"model": {**DQN_CONVS, "num_channels": 16}, "learner": {"batch_size": 64}},
-    "dqn16_64px_b128": {"model": {**DQN_CONVS, "num_channels": 16, "img_size": 64}},
+    "dqn16_64px_b128": {"model": {**DQN_CONVS, "num_channels": 16, "img_size": 64}, **B128},
     "dqn16_64px_b64": {"model": {**DQN_CONVS, "num_channels": 16, "img_size": 64},
                        "learner": {"batch_size": 64}},
     "dqn32_64px_b64": {"model": {**DQN_CONVS, "num_channels": 32, "img_size": 64},

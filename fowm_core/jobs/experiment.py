@@ -50,7 +50,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             run = work / task / f"seed{seed}"
             pre = ["pretrain", "--task", task, "--preset", args.preset, "--obs", args.obs,
                    "--data", str(data), "--seed", str(seed), "--threads", "1",
-                   "--out", str(run / "pretrain")]
+                   *_device(args), "--out", str(run / "pretrain")]
             if args.offline_steps is not None:
                 pre += ["--steps", str(args.offline_steps)]
             if args.config is not None:                          # e.g. other model sizes
@@ -64,10 +64,17 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                     "--data", str(data), "--episodes", str(args.episodes),
                     "--eval-at", ",".join(map(str, args.eval_at)),
                     "--eval-episodes", str(args.eval_episodes), "--lam", f"{lam:g}",
-                    "--seed", str(seed), "--threads", "1",
+                    "--seed", str(seed), "--threads", "1", *_device(args),
                     "--out", str(run / f"lam{lam:g}")],
                     run / f"lam{lam:g}" / "metrics.json", after=[f"pretrain/{task}/{seed}"]))
     return jobs
+
+
+def _device(args: argparse.Namespace) -> list[str]:
+    """--device for the training jobs; left out for the CPU (the default) so the commands of
+    earlier studies, written into their JSON, read the same."""
+    device = getattr(args, "device", "cpu")
+    return [] if device == "cpu" else ["--device", device]
 
 
 def run_jobs(jobs: list[Job], parallel: int, log_dir: Path) -> None:

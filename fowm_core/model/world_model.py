@@ -33,7 +33,8 @@ class WorldModel(nn.Module):
             encoders["state"] = layers.state_encoder(cfg.state_dim, cfg.enc_dim, latent)
         if cfg.uses_rgb:
             encoders["rgb"] = layers.rgb_encoder(3 * cfg.frame_stack, cfg.num_channels,
-                                                 cfg.img_size, latent)
+                                                 cfg.img_size, latent, cfg.conv_kernels,
+                                                 cfg.conv_strides)
         self._encoder = nn.ModuleDict(encoders)
         self._dynamics = nn.Sequential(layers.mlp(latent + act, mlp_dim, latent),
                                        layers.BoundedLatent(latent))
@@ -129,5 +130,6 @@ class WorldModel(nn.Module):
 
 
 def random_head_pair(num_heads: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Two distinct head indices drawn uniformly without replacement."""
-    return torch.randperm(num_heads, generator=generator)[:2]
+    """Two distinct head indices drawn uniformly without replacement, on the generator's device."""
+    device = generator.device if generator is not None else None
+    return torch.randperm(num_heads, generator=generator, device=device)[:2]

@@ -33,6 +33,7 @@ from fowm_core.contract.messages import ABSENT, WeightsAnnouncement
 from fowm_core.errors import CheckpointError, FowmError
 from fowm_core.learning import checkpoints
 from fowm_core.learning.checkpoint_file import MAX_SIDECAR_BYTES, read_regular_file
+from fowm_core.model.device import generator_for, resolve_device
 from fowm_core.planner.mppi import Planner
 
 LogFn = Callable[[str, str], None]          # (level: "info" | "warning" | "error", text)
@@ -87,15 +88,18 @@ class Candidate:
     planner: Planner
 
 
-def validate(weights: Weights, cfg: FowmConfig) -> Candidate:
-    """Load and self-test a checkpoint for a planner running ``cfg``; CheckpointError if bad."""
+def validate(weights: Weights, cfg: FowmConfig, device: str | torch.device = "cpu") -> Candidate:
+    """Load and self-test a checkpoint for a planner running ``cfg`` on ``device``;
+    CheckpointError if bad."""
     model, info = checkpoints.load_validated_model(weights.path, cfg.model)
+    device = resolve_device(device)
+    model = model.to(device)
     if weights.sha256 and info.sha256 != weights.sha256:
         msg = (f"checkpoint {weights.path} has SHA-256 {info.sha256[:12]}… but was announced as "
                f"{weights.sha256[:12]}…: it was replaced after the announcement; waiting for "
                "the next one")
         raise CheckpointError(msg)
-    planner = Planner(model, cfg, torch.Generator().manual_seed(0))
+    planner = Planner(model, cfg, generator_for(device, 0))
     obs = {k: v[0].numpy() for k, v in checkpoints.canned_observation(cfg.model, 1).items()}
     try:
         result = planner.plan(obs, t0=True, eval_mode=True)
@@ -129,8 +133,9 @@ class HotSwapper:
     control thread only. The newest offer wins: an offer that arrives while another is being
     validated replaces the queued one, so a slow validation never builds a backlog."""
 
-    def __init__(self, cfg: FowmConfig, live: Weights, log: LogFn | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: FowmConfig, live: Weights, log: LogFn | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.cfg, self.device = cfg, device
         self.live = live
         self.previous: tuple[Weights, Planner] | None = None
         self.stats = SwapStats()
@@ -213,7 +218,7 @@ class HotSwapper:
                 weights, self._queued, self._busy = self._queued, None, True
             assert weights is not None
             try:
-                cand = validate(weights, self.cfg)
+                cand = validate(weights, self.cfg, self.device)
             except Exception as err:  # any failure refuses this checkpoint only
                 why = str(err) if isinstance(err, CheckpointError | OSError) else (
                     f"validation failed ({type(err).__name__}: {err})")

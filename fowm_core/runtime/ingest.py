@@ -160,6 +160,7 @@ class LiveLearnerConfig:
     checkpoint_every: int = 1            # write and announce after this many trained episodes
     keep_checkpoints: int = 3
     seed: int = 0
+    device: str = "cpu"                  # auto | cpu | cuda[:N] (fowm_core.model.device)
 
 
 @dataclass
@@ -178,7 +179,7 @@ class LiveLearner:
         self.scanner = BagScanner(Path(cfg.bag_dir))
         remove_partial_writes(self.ckpt_dir)
         start, resumed = self._start_checkpoint()       # read once, restored from memory
-        self.agent = agents.from_checkpoint(start, seed=cfg.seed)
+        self.agent = agents.from_checkpoint(start, seed=cfg.seed, device=cfg.device)
         self.trained_entries = int(start.meta.get(TRAINED_KEY, 0)) if resumed else 0
         self.resumed_from = start.info.path if resumed else None
         self.read_kwargs = self._read_kwargs()

@@ -66,6 +66,9 @@ class LearnerNodeParams:
     torch_threads: int = field(default=1, metadata=_p("torch threads of the training thread",
                                                       1, 256))
     seed: int = field(default=0, metadata=_p("sampling and learner seed", 0, 2**31 - 1))
+    device: str = field(default="cpu", metadata=_p(
+        "torch device of the training: auto | cpu | cuda | cuda:N (checkpoints stay "
+        "device-independent)"))
 
 
 class LearnerNode(Node):
@@ -82,7 +85,8 @@ class LearnerNode(Node):
             checkpoint=Path(p.checkpoint) if p.checkpoint else None,
             dataset_dir=Path(p.dataset_dir) if p.dataset_dir else None,
             recompute_reward=p.recompute_reward, task=p.task or None,
-            checkpoint_every=p.checkpoint_every, keep_checkpoints=p.keep_checkpoints, seed=p.seed)
+            checkpoint_every=p.checkpoint_every, keep_checkpoints=p.keep_checkpoints, seed=p.seed,
+            device=p.device)
         self.learner: LiveLearner | None = None
         self.announced: list[dict[str, Any]] = []
         self.error: str | None = None

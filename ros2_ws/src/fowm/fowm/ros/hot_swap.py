@@ -34,7 +34,7 @@ class PlannerWeights:
         self.node = node
         self.live_pub = node.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
         self.swapper = HotSwapper(node.cfg, Weights.of_checkpoint(node.params.checkpoint),
-                                  log=self._log)
+                                  log=self._log, device=node.planner.device)
         self.inputs: InputGuard = getattr(node, "inputs", None) or InputGuard(node)
         node.create_subscription(String, topics.WEIGHTS,
                                  self.inputs.guard(topics.WEIGHTS, self._on_weights),

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def python_eval(checkpoint: str | Path, seeds: list[int], episode_length: int = 25,
                 torch_threads: int = 2) -> list[dict[str, Any]]:
-    """The reference evaluation loop (docs/algorithm.md §6), mirroring what the planner node does per episode:
-    reset the warm start and re-seed the planner's generator with the episode seed."""
+    """The reference evaluation loop (docs/algorithm.md §6), mirroring what the planner node does
+    per episode: reset the warm start and re-seed the planner's generator with the episode seed."""
     torch.set_num_threads(torch_threads)
     agent = load_agent(checkpoint)
     model, cfg = agent.model.eval(), agent.cfg

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed numbers quoted in README (issue 2 targets), one JSON line each, into $1
+# The speed numbers of docs/results.md "Speed", one JSON line each, into $1
 # (default docs/results/bench_cpu_2core.jsonl). Run on an otherwise idle machine: every line
 # carries its own same-run matmul peak, and the plan lines alternate the three layouts (C row
 # kernels one block at a time, the same kernels over all blocks stacked, torch ops) so all see the

@@ -1,8 +1,8 @@
-"""Time and profile one full FOWM learner update (docs/algorithm.md §3, §9): the fast path against the reference.
+"""Time and profile one full FOWM learner update: the fast path against the reference.
 
-One update = augmentation, forward (both target encodes of the H·B next observations included),
-backward, gradient clip, the model Adam step, the PER priority write-back, the AWR π step and the
-EMA.
+One update (docs/algorithm.md §3, §9) = augmentation, forward (both target encodes of the H·B next
+observations included), backward, gradient clip, the model Adam step, the PER priority write-back,
+the AWR π step and the EMA.
 Batches come from a real replay buffer of random episodes and are sampled outside the timed region.
 
 The machine this runs on is shared, so variants are timed *interleaved* in one process (update k of
@@ -14,9 +14,10 @@ Usage (one JSON line per variant, then an optional profile table):
     python benchmarks/update_profile.py --obs state
 
 On a loaded machine run it with OMP_WAIT_POLICY=PASSIVE in the environment (set before torch
-loads): with libgomp's default spin-waiting, 2-thread updates measured here 3x slower than with
-passive waits while other processes ran, because every OpenMP barrier spins through the other
-thread's lost time slices. Unloaded, the default is the faster one. The JSON records the policy.
+loads): with libgomp's default spin-waiting, 2-thread updates run much slower than with passive
+waits while other processes run (docs/platform.md §15), because every OpenMP barrier spins through
+the other thread's lost time slices. Unloaded, the default is the faster one. The JSON records
+the policy.
 
 Before/after across trees: run it with PYTHONPATH pointing at each tree in turn (``--only fast``;
 an older Learner without ``fast`` runs as it is), alternating processes, on the same machine.

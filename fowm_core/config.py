@@ -20,7 +20,8 @@ from fowm_core.errors import ConfigError
 
 
 class Modality(enum.StrEnum):
-    """What the encoder sees: state vector, 84x84 image, or both averaged (docs/algorithm.md §2.1 'all')."""
+    """What the encoder sees: state vector, 84x84 image, or both averaged
+    (docs/algorithm.md §2.1 'all')."""
 
     STATE = "state"
     RGB = "rgb"
@@ -48,14 +49,35 @@ class ModelConfig:
     num_channels: int = 32
     img_size: int = 84
     frame_stack: int = 1
+    # The pixel encoder's valid convs, one (kernel, stride) per layer: the reference's four
+    # k7/5/3/3 stride-2 layers by default; the cpu preset uses a lighter stack (cpu() below).
+    conv_kernels: tuple[int, ...] = (7, 5, 3, 3)
+    conv_strides: tuple[int, ...] = (2, 2, 2, 2)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modality", Modality(self.modality))
+        # YAML, JSON and ROS parameters give lists; the config holds tuples (frozen, comparable).
+        for name in ("conv_kernels", "conv_strides"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         for name in ("state_dim", "action_dim", "latent_dim", "mlp_dim", "enc_dim", "num_channels"):
             _check(getattr(self, name) >= 1, f"model.{name}", getattr(self, name), ">= 1")
         _check(self.num_q >= 2, "model.num_q", self.num_q, ">= 2 (min of 2 distinct heads)")
-        _check(self.img_size >= 37, "model.img_size", self.img_size, ">= 37 (4 stride-2 convs)")
+        _check(len(self.conv_kernels) == len(self.conv_strides) >= 1, "model.conv_strides",
+               self.conv_strides, f"one stride per kernel of {self.conv_kernels}")
+        _check(min(self.conv_kernels + self.conv_strides) >= 1, "model.conv_kernels",
+               self.conv_kernels, "kernels and strides >= 1")
+        _check(self.conv_out_size >= 1, "model.img_size", self.img_size,
+               f"large enough for the convs {self.conv_kernels} / strides {self.conv_strides} "
+               "(>= 37 for the reference's four stride-2 convs)")
         _check(self.frame_stack >= 1, "model.frame_stack", self.frame_stack, ">= 1")
+
+    @property
+    def conv_out_size(self) -> int:
+        """Spatial size after the valid convs: 84 → 39 → 18 → 8 → 3 for the reference."""
+        size = self.img_size
+        for kernel, stride in zip(self.conv_kernels, self.conv_strides, strict=True):
+            size = (size - kernel) // stride + 1
+        return size
 
     @property
     def uses_state(self) -> bool:
@@ -68,9 +90,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    """MPPI with the uncertainty penalty (docs/algorithm.md §4). LeRobot names: iterations = cem_iterations,
-    num_samples = n_gaussian_samples, uncertainty_cost = uncertainty_regularizer_coeff,
-    temperature = elite_weighting_temperature, momentum = gaussian_mean_momentum."""
+    """MPPI with the uncertainty penalty (docs/algorithm.md §4). LeRobot names: iterations =
+    cem_iterations, num_samples = n_gaussian_samples, uncertainty_cost =
+    uncertainty_regularizer_coeff, temperature = elite_weighting_temperature, momentum =
+    gaussian_mean_momentum."""
 
     mpc: bool = True
     iterations: int = 6
@@ -84,8 +107,8 @@ class PlannerConfig:
     uncertainty_cost: float = 1.0
     # How the fast path lays out its work, not what it computes: False runs the stacked blocks one
     # at a time through cache-resident buffers (fastest when the planner has its cores); True runs
-    # one bmm per layer over all blocks, with ~7x fewer OpenMP barriers, which stays fast when other
-    # busy processes share the cores (README, benchmarks/planner_layout.py).
+    # one bmm per layer over all blocks, with far fewer OpenMP barriers, which stays fast when other
+    # busy processes share the cores (docs/results.md "Speed", docs/platform.md §15).
     stacked_blocks: bool = False
 
     def __post_init__(self) -> None:
@@ -159,8 +182,8 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Offline→online schedule (docs/algorithm.md §6): gradient steps offline, then one planner episode followed
-    by len(episode)·utd balanced updates, repeated."""
+    """Offline→online schedule (docs/algorithm.md §6): gradient steps offline, then one planner
+    episode followed by len(episode)·utd balanced updates, repeated."""
 
     offline_steps: int = 25_000
     online_episodes: int = 1_000
@@ -288,7 +311,8 @@ def _action_dim(task: str) -> int:
 
 def paper(task: str = "lift", modality: Modality | str = Modality.ALL,
           state_dim: int = 4) -> FowmConfig:
-    """The reference xArm hyperparameters (docs/algorithm.md §5): λ=1, 6 iterations, batch 256, 512 samples."""
+    """The reference xArm hyperparameters (docs/algorithm.md §5): λ=1, 6 iterations, batch 256,
+    512 samples."""
     return FowmConfig(
         preset="paper",
         task=task,
@@ -302,19 +326,33 @@ def cpu(task: str = "lift", modality: Modality | str = Modality.STATE,
     """A preset sized for a 2-core CPU: same algorithm, narrower networks and a lighter search.
 
     Every rule of the algorithm is kept (5 Q heads, penalty at every step, balanced batches, PER);
-    only sizes shrink. Costs per decision and per update are in README (``fowm bench``). 8,000
-    offline updates: on lift, 4,000 gave 10 % offline success and 8,000 gave 55 % (seed 0).
+    only sizes shrink. Why these sizes and 8,000 offline updates: docs/results.md "Why the cpu
+    preset is sized as it is"; costs per decision and per update: docs/results.md "Speed".
+
+    With images (modality rgb/all) the encoder is lighter than the reference's and the batch is
+    64: ``CPU_PIXEL_ENCODER``, chosen by measurement (docs/results.md, "A CPU pixel preset").
     """
+    modality = Modality(modality)
+    pixels = modality in (Modality.RGB, Modality.ALL)
     return FowmConfig(
         preset="cpu",
         task=task,
-        model=ModelConfig(modality=Modality(modality), state_dim=state_dim,
+        model=ModelConfig(modality=modality, state_dim=state_dim,
                           action_dim=_action_dim(task),
-                          latent_dim=32, mlp_dim=128, enc_dim=128),
+                          latent_dim=32, mlp_dim=128, enc_dim=128,
+                          **(CPU_PIXEL_ENCODER if pixels else {})),
         planner=PlannerConfig(iterations=3, num_samples=128, num_elites=16),
-        learner=LearnerConfig(batch_size=128),
+        learner=LearnerConfig(batch_size=64 if pixels else 128),
         schedule=ScheduleConfig(offline_steps=8_000, online_episodes=100),
     )
+
+
+# The cpu preset's pixel encoder: 16 channels, three valid convs k8/s4, k4/s2, k3/s1 (the Atari
+# DQN stack, narrower) on the same 84x84 images: 84 → 20 → 9 → 7, 1.7 M MACs per image against
+# the reference's 16 M. Chosen with batch 64 by measuring candidates alternately on 2 cores
+# (benchmarks/pixel_candidates.py; numbers in docs/results.md, "A CPU pixel preset").
+CPU_PIXEL_ENCODER: dict[str, Any] = {
+    "num_channels": 16, "conv_kernels": (8, 4, 3), "conv_strides": (4, 2, 1)}
 
 
 PRESETS = {"paper": paper, "cpu": cpu}

@@ -48,7 +48,8 @@ def generate_launch_description() -> LaunchDescription:
             "trusted_dir", default_value="",
             description="the learner's <work_dir>/checkpoints: the only place weights are taken "
                         "from; empty: the planner never swaps weights"),
-        # 640×480 images between processes need Fast DDS's large-data transport (§1.7).
+        # 640×480 images between processes need Fast DDS's large-data transport
+        # (docs/platform.md §1.7).
         SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
         Node(package="fowm", executable="sim_node", name="fowm_sim", output="screen",
              emulate_tty=True, parameters=[config, common, checkpoint]),

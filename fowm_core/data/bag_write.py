@@ -44,7 +44,7 @@ def _qos(depth: int, durability: QosDurability) -> Qos:
 # Offered QoS is recorded for transient-local topics only: `ros2 bag play` then re-offers them
 # latched, and plays every other topic with its default (reliable, volatile), which is what our
 # publishers offer anyway (docs/platform.md §3.4). Recording it for every topic would also make
-# reading 5x slower: rosbags parses each profile with a pure-Python YAML parser.
+# reading much slower: rosbags parses each profile with a pure-Python YAML parser.
 OFFERED_QOS: dict[str, list[Qos]] = {topics.WEIGHTS: [_qos(1, QosDurability.TRANSIENT_LOCAL)]}
 
 

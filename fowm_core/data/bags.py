@@ -325,7 +325,8 @@ def _read_cached(bag: Path, cache_root: Path, read_kwargs: dict[str, Any]) -> Ep
     opts = {k: (v.__dict__ if isinstance(v, SyncParams) else v) for k, v in read_kwargs.items()}
     # The state layout is part of the key: cached vectors built by an older build_state must miss.
     layout = convert.state_layout()
-    key = hashlib.sha256(json.dumps([CODEC, digest, opts, layout], sort_keys=True, default=str)
+    key = hashlib.sha256(json.dumps([CODEC, digest, opts, layout, convert.RESIZE_METHOD],
+                                    sort_keys=True, default=str)
                          .encode()).hexdigest()[:32]
     file = cache_root / f"{key}.npz"
     if file.is_file():

@@ -30,11 +30,11 @@ JOINT_NAMES = (*ARM_JOINTS, topics.GRIPPER_JOINT)
 
 # -- the state vector ----------------------------------------------------------------------------
 # In "state" mode the vector holds the task's state_keys, then the vectors between them (its
-# relative_parts), as the reference simxarm's state observations do. Without them a small MLP
+# relative_parts), as the reference simxarm's state observations do. Without them a small model
 # must learn "the object moves only when the gripper is at it" from absolute coordinates that
-# differ in the second decimal; our first cpu-preset lift models did not, and planned to close the
-# gripper and rise in the air with the cube left on the table. "rgb"/"all" carry the 4-d proprio
-# only (docs/algorithm.md §7.1: absolute eef xyz + gripper). Positions are absolute, base frame, m.
+# differ in the second decimal (docs/results.md, "What was tried"). "rgb"/"all" carry the 4-d
+# proprio only (docs/algorithm.md §7.1: absolute eef xyz + gripper). Positions are absolute, base
+# frame, m.
 def state_keys(task: str, obs_mode: str) -> tuple[str, ...]:
     """The logged streams the state vector is built from (the planner node pairs these)."""
     keys = tasks.get(task).state_keys
@@ -136,6 +136,11 @@ def image_msg(rgb: np.ndarray, stamp: int, frame_id: str = topics.CAMERA_FRAME) 
 
 def image_array(msg: Any) -> np.ndarray:
     """sensor_msgs/Image rgb8 or bgr8 → (3,H,W) uint8 (row padding in ``step`` is dropped)."""
+    return np.ascontiguousarray(image_hwc(msg).transpose(2, 0, 1))
+
+
+def image_hwc(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image rgb8 or bgr8 → (H,W,3) uint8 RGB, a view of the message's buffer."""
     if msg.encoding not in ("rgb8", "bgr8"):
         msg_text = f"image encoding {msg.encoding!r} is not supported: expected rgb8 or bgr8"
         raise FowmError(msg_text)
@@ -145,15 +150,53 @@ def image_array(msg: Any) -> np.ndarray:
         msg_text = f"image {w}x{h} with step {step} holds {data.size} bytes, expected {h * step}"
         raise FowmError(msg_text)
     hwc = data[: h * step].reshape(h, step)[:, : 3 * w].reshape(h, w, 3)
-    if msg.encoding == "bgr8":
-        hwc = hwc[..., ::-1]
-    return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    return hwc[..., ::-1] if msg.encoding == "bgr8" else hwc
+
+
+# How images are resized to the model's input, live (the planner node) and from bags (the reader):
+# area averaging with OpenCV (INTER_AREA). At 640x480 → 84x84 on one (loaded) core it measured
+# ~1.0 ms from the message's HWC buffer and ~1.4 ms over CHW planes, against ~2.5 ms for torch's
+# antialiased bilinear on CHW (benchmarks/camera_path.py, docs/results/camera_path_cpu.json). The name enters the bag cache key,
+# so cached episodes resized the other way are read again.
+RESIZE_METHOD = "cv2-inter-area"
 
 
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
-    """(N,3,H,W) uint8 → (N,3,size,size) uint8, antialiased bilinear; unchanged if already sized."""
+    """(N,3,H,W) uint8 → (N,3,size,size) uint8 by area averaging; unchanged if already sized
+    (84x84 twin images go through untouched)."""
     if rgb.shape[-2:] == (size, size):
         return rgb
+    return resize_rgb_cv2(rgb, size)
+
+
+def resize_rgb_cv2(rgb: np.ndarray, size: int) -> np.ndarray:
+    """OpenCV INTER_AREA on every (H, W) plane of a (..., H, W) uint8 array; area averaging is
+    per channel, so this equals resizing each HWC image (tested), without transposing."""
+    # opencv-python-headless (the sim and ros extras): imported here, only images need it.
+    import cv2
+
+    rgb = np.asarray(rgb)
+    out = np.empty((*rgb.shape[:-2], size, size), np.uint8)
+    for idx in np.ndindex(*rgb.shape[:-2]):
+        out[idx] = cv2.resize(rgb[idx], (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def model_image(msg: Any, size: int) -> np.ndarray:
+    """sensor_msgs/Image → the model's (3, size, size) uint8 input: the same values as
+    ``resize_rgb(image_array(msg)[None], size)[0]``, resizing the HWC buffer as it arrives and
+    transposing only the small result (the camera path per control tick)."""
+    hwc = image_hwc(msg)
+    if hwc.shape[:2] == (size, size):
+        return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    import cv2
+
+    small = cv2.resize(np.ascontiguousarray(hwc), (size, size), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(small.transpose(2, 0, 1))
+
+
+def resize_rgb_torch(rgb: np.ndarray, size: int) -> np.ndarray:
+    """torch's antialiased bilinear (fowm's resize before issue 12; kept for the benchmark)."""
     x = torch.from_numpy(np.ascontiguousarray(rgb)).float()
     y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return y.round().clamp(0, 255).to(torch.uint8).numpy()

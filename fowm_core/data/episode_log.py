@@ -17,7 +17,8 @@ import numpy as np
 from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.errors import BagError
 
-EEF_DOWN_XYZW = (1.0, 0.0, 0.0, 0.0)   # the sim's fixed gripper-down orientation (docs/algorithm.md §7.1)
+# The sim's fixed gripper-down orientation (docs/algorithm.md §7.1).
+EEF_DOWN_XYZW = (1.0, 0.0, 0.0, 0.0)
 
 
 @dataclass

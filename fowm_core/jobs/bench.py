@@ -8,7 +8,8 @@ multiplies (it reuses the z-part of the first layer at t = 0 and the π candidat
 iterations).
 
 CLI (one JSON line each): ``bench plan --preset paper|cpu [--lam L]``,
-``bench update --preset paper|cpu --obs state|rgb``, ``bench peak``.
+``bench update --preset paper|cpu --obs state|rgb``, ``bench peak``; each takes
+``--device auto|cpu|cuda[:N]`` (CUDA timings synchronise before the clock stops).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from fowm_core.config import FowmConfig, Modality, preset
 from fowm_core.errors import ConfigError
-from fowm_core.model.layers import conv_out_size
+from fowm_core.model.device import generator_for, resolve_device
 
 # -- FLOP counting (2 FLOPs per multiply-add) --------------------------------------------------
 
@@ -42,11 +43,11 @@ def encoder_macs(cfg: FowmConfig) -> int:
         macs += m.state_dim * m.enc_dim + m.enc_dim * m.latent_dim
     if m.uses_rgb:
         size, c_in = m.img_size, 3 * m.frame_stack
-        for kernel in (7, 5, 3, 3):
-            size = (size - kernel) // 2 + 1
+        for kernel, stride in zip(m.conv_kernels, m.conv_strides, strict=True):
+            size = (size - kernel) // stride + 1
             macs += size * size * m.num_channels * c_in * kernel * kernel
             c_in = m.num_channels
-        macs += m.num_channels * conv_out_size(m.img_size) ** 2 * m.latent_dim
+        macs += m.num_channels * m.conv_out_size ** 2 * m.latent_dim
     return macs
 
 
@@ -123,15 +124,30 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def bench_peak(size: int = 2048, repeats: int = 9) -> dict[str, Any]:
-    """fp32 matmul GFLOP/s of this machine: median over repeats of a size×size matmul."""
+def _synced(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """fn, then wait for the device: CUDA calls return before their kernels finish."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> Any:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
+
+
+def bench_peak(size: int = 2048, repeats: int = 9,
+               device: str | torch.device = "cpu") -> dict[str, Any]:
+    """fp32 matmul GFLOP/s of this machine (or GPU): median over repeats of a size×size matmul."""
+    device = resolve_device(device)
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=gen)
-    b = torch.randn(size, size, generator=gen)
-    out = torch.empty(size, size)
-    seconds = median_seconds(lambda: torch.mm(a, b, out=out), repeats)
+    a = torch.randn(size, size, generator=gen).to(device)
+    b = torch.randn(size, size, generator=gen).to(device)
+    out = torch.empty(size, size, device=device)
+    seconds = median_seconds(_synced(lambda: torch.mm(a, b, out=out), device), repeats)
     return {"bench": "peak", "size": size, "matmul_s": seconds,
-            "peak_gflops_per_s": 2 * size**3 / seconds / 1e9,
+            "peak_gflops_per_s": 2 * size**3 / seconds / 1e9, "device": str(device),
             "torch_threads": torch.get_num_threads()}
 
 
@@ -170,29 +186,36 @@ def _random_model(cfg: FowmConfig, seed: int = 0) -> Any:
 
 
 def bench_plan(cfg: FowmConfig, repeats: int = 7, *, fast: bool = True, compile: bool = False,
-               native: bool = True, peak_size: int = 2048) -> dict[str, Any]:
-    """Median seconds per decision, batch 1, warm-started like a control loop (t0 only first)."""
+               native: bool = True, peak_size: int = 2048,
+               device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Median seconds per decision, batch 1, warm-started like a control loop (t0 only first).
+    A decision's time includes copying the action to the host (a sync on CUDA); on CUDA the
+    first decision also captures the graph and is not timed."""
     from fowm_core.planner.mppi import Planner
     from fowm_core.planner.scoring import FusedScorer
 
+    device = resolve_device(device)
     gen = torch.Generator().manual_seed(0)
-    model = _random_model(cfg)
+    model = _random_model(cfg).to(device)
     start = time.perf_counter()
-    planner = Planner(model, cfg, gen, fast=fast, compile_elementwise=compile,
-                      native_kernels=native)
+    planner = Planner(model, cfg, gen if device.type == "cpu" else generator_for(device, 0),
+                      fast=fast, compile_elementwise=compile, native_kernels=native)
     setup_s = time.perf_counter() - start
     obs = random_obs(cfg, gen)
     planner.plan(obs, t0=True, eval_mode=False)
+    planner.plan(obs, t0=False, eval_mode=False)
     times = [planner.plan(obs, t0=False, eval_mode=False).elapsed_s for _ in range(repeats)]
     plan_s = statistics.median(times)
-    flops, executed = plan_flops(cfg), plan_flops(cfg, executed=fast)
-    peak = bench_peak(peak_size)["peak_gflops_per_s"]
+    scorer_fused = isinstance(planner.scorer, FusedScorer)
+    flops, executed = plan_flops(cfg), plan_flops(cfg, executed=scorer_fused)
+    peak = bench_peak(peak_size, device=device)["peak_gflops_per_s"]
     gflops = flops / plan_s / 1e9
     return {
         "bench": "plan", "preset": cfg.preset, "lam": cfg.planner.uncertainty_cost,
         "modality": cfg.model.modality.value, "fast": fast, "compiled": compile,
-        "native_kernels": (isinstance(planner.scorer, FusedScorer)
-                           and planner.scorer.fused.native is not None),
+        "native_kernels": scorer_fused and planner.scorer.fused.native is not None,
+        "device": str(device), "cuda_graph": bool(planner.graphs and planner.graphs.graphs),
+        "graph_error": planner.graph_error,
         "stacked_blocks": cfg.planner.stacked_blocks,
         "compile_s": round(planner.compile_s, 2), "compile_error": planner.compile_error,
         "setup_s": round(setup_s, 2), "iterations": cfg.planner.iterations,
@@ -227,23 +250,32 @@ def random_batch(cfg: FowmConfig, gen: torch.Generator) -> Any:
     )
 
 
-def bench_update(cfg: FowmConfig, repeats: int = 5) -> dict[str, Any]:
-    """Median seconds per full learner update: forward, backward, clip, both Adam steps, EMA."""
+def bench_update(cfg: FowmConfig, repeats: int = 5, *, device: str | torch.device = "cpu",
+                 peak_size: int = 2048) -> dict[str, Any]:
+    """Median seconds per full learner update: forward, backward, clip, both Adam steps, EMA
+    (the batch starts on the CPU, as the replay buffer's do); with the same run's matmul peak."""
     try:
         from fowm_core.learning.learner import Learner
     except ImportError as err:
         msg = f"bench update needs the learner, which is not importable here: {err}"
         raise ConfigError(msg) from err
+    device = resolve_device(device)
     gen = torch.Generator().manual_seed(0)
-    learner = Learner(_random_model(cfg).train(), cfg, gen)
+    learner = Learner(_random_model(cfg).to(device).train(), cfg, gen)
     batch = random_batch(cfg, gen)
-    seconds = median_seconds(lambda: learner.update(batch), repeats)
+    seconds = median_seconds(_synced(lambda: learner.update(batch), device), repeats)
     flops = update_flops(cfg)
+    peak = bench_peak(peak_size, device=device)["peak_gflops_per_s"] if peak_size else None
+    m = cfg.model
     return {
         "bench": "update", "preset": cfg.preset, "obs": cfg.model.modality.value,
-        "batch_size": cfg.learner.batch_size, "horizon": cfg.horizon, "update_s": seconds,
-        "flops": flops, "gflops_per_s": flops / seconds / 1e9, "repeats": repeats,
-        "torch_threads": torch.get_num_threads(),
+        "device": str(device), "batch_size": cfg.learner.batch_size, "horizon": cfg.horizon,
+        "img_size": m.img_size if m.uses_rgb else None,
+        "encoder": ({"channels": m.num_channels, "kernels": list(m.conv_kernels),
+                     "strides": list(m.conv_strides)} if m.uses_rgb else None),
+        "update_s": seconds, "flops": flops, "gflops_per_s": flops / seconds / 1e9,
+        "peak_gflops_per_s": peak, "fraction_of_peak": flops / seconds / 1e9 / peak if peak
+        else None, "repeats": repeats, "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -267,28 +299,31 @@ def _parser() -> argparse.ArgumentParser:
                       help="torch elementwise ops instead of the C row kernels (model/native.py)")
     plan.add_argument("--plain", action="store_true",
                       help="score with the model's own methods (the unfused reference path)")
+    plan.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     update = sub.add_parser("update", help="seconds per learner update")
     update.add_argument("--preset", default="paper", choices=["paper", "cpu"])
     update.add_argument("--obs", default="rgb", choices=[m.value for m in Modality])
     update.add_argument("--repeats", type=int, default=5)
+    update.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     peak = sub.add_parser("peak", help="fp32 matmul GFLOP/s of this machine")
     peak.add_argument("--size", type=int, default=2048)
     peak.add_argument("--repeats", type=int, default=9)
+    peak.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     return parser
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     if args.what == "peak":
-        return bench_peak(args.size, args.repeats)
+        return bench_peak(args.size, args.repeats, device=args.device)
     if args.what == "plan":
         over = {"planner": {"stacked_blocks": True}} if args.stacked_blocks else None
         cfg = bench_config(args.preset, args.obs, args.lam, over)
         return bench_plan(cfg, args.repeats, fast=not args.plain, compile=args.compile,
-                          native=args.native)
+                          native=args.native, device=args.device)
     # 'rgb' means the paper's pixel setting: rgb + the 4-d proprio state (modality 'all').
     modality = Modality.ALL.value if args.obs == Modality.RGB.value else args.obs
-    return bench_update(bench_config(args.preset, modality), args.repeats)
+    return bench_update(bench_config(args.preset, modality), args.repeats, device=args.device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

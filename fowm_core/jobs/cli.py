@@ -4,7 +4,7 @@
     fowm pretrain   offline training on a bag dataset → checkpoint
     fowm finetune   the reference offline→online loop from a checkpoint, with evaluations
     fowm eval       success rate of a checkpoint (eval mode: no exploration noise)
-    fowm experiment tasks × seeds × λ, the README table and docs/results JSON
+    fowm experiment tasks × seeds × λ, the table of docs/results.md and its JSON
     fowm bench      plan | update | peak: one JSON line each
     fowm keygen     the lab key that signs weight announcements (docs/trust.md)
 
@@ -40,6 +40,11 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device: auto | cpu | cuda | cuda:N "
+                   "(auto: the first GPU if torch sees one, else the CPU)")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="reach", choices=tasks.names())
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
@@ -73,7 +78,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from fowm_core.jobs import workflows
 
     workflows.set_threads(args.threads)
-    summary = workflows.run_pretrain(_config(args), args.data, args.out, seed=args.seed)
+    summary = workflows.run_pretrain(_config(args), args.data, args.out, seed=args.seed,
+                                     device=args.device)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
     return 0
 
@@ -85,7 +91,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     summary = workflows.run_finetune(args.checkpoint, args.data, args.out,
                                      episodes=args.episodes, eval_at=args.eval_at,
                                      eval_episodes=args.eval_episodes, lam=args.lam,
-                                     seed=args.seed)
+                                     seed=args.seed, device=args.device)
     print(json.dumps({"eval": summary["eval"], "seconds": summary["seconds"]}))
     return 0
 
@@ -95,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     workflows.set_threads(args.threads)
     overrides = {} if args.lam is None else {"planner": {"uncertainty_cost": args.lam}}
-    agent = workflows.load(args.checkpoint, overrides, seed=args.seed)
+    agent = workflows.load(args.checkpoint, overrides, seed=args.seed, device=args.device)
     result = workflows.run_eval(agent, args.episodes, seed=args.eval_seed)
     print(json.dumps({"checkpoint": str(args.checkpoint), "task": agent.cfg.task,
                       "lam": agent.cfg.planner.uncertainty_cost, **result.to_dict()}))
@@ -165,6 +171,7 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--steps", type=int, help="offline gradient steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    _add_device_arg(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_pretrain)
 
@@ -177,6 +184,7 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--lam", type=float, default=None, help="uncertainty cost λ (default: config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    _add_device_arg(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_finetune)
 
@@ -187,6 +195,7 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=10_000_000)
     p.add_argument("--threads", type=int, default=None)
+    _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("experiment", help="tasks × seeds × λ: collect, pretrain, finetune, table")
@@ -204,6 +213,7 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--eval-at", type=_ints, default=[0, 10, 20, 50, 100])
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 torch thread each)")
+    _add_device_arg(p)
     p.add_argument("--work", type=Path, default=Path("runs/experiment"))
     p.add_argument("--out", type=Path, default=Path("docs/results/sim_cpu.json"))
     p.add_argument("--report-only", action="store_true",

@@ -1,4 +1,4 @@
-"""`fowm experiment`: the offline→online study of the README table.
+"""`fowm experiment`: the offline→online study of docs/results.md.
 
 For every task: one scripted "medium" dataset; for every seed: one offline pretraining (λ does not
 enter training, so both λ runs start from the same checkpoint); for every λ: the reference online
@@ -50,7 +50,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             run = work / task / f"seed{seed}"
             pre = ["pretrain", "--task", task, "--preset", args.preset, "--obs", args.obs,
                    "--data", str(data), "--seed", str(seed), "--threads", "1",
-                   "--out", str(run / "pretrain")]
+                   *_device(args), "--out", str(run / "pretrain")]
             if args.offline_steps is not None:
                 pre += ["--steps", str(args.offline_steps)]
             if args.config is not None:                          # e.g. other model sizes
@@ -64,10 +64,17 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                     "--data", str(data), "--episodes", str(args.episodes),
                     "--eval-at", ",".join(map(str, args.eval_at)),
                     "--eval-episodes", str(args.eval_episodes), "--lam", f"{lam:g}",
-                    "--seed", str(seed), "--threads", "1",
+                    "--seed", str(seed), "--threads", "1", *_device(args),
                     "--out", str(run / f"lam{lam:g}")],
                     run / f"lam{lam:g}" / "metrics.json", after=[f"pretrain/{task}/{seed}"]))
     return jobs
+
+
+def _device(args: argparse.Namespace) -> list[str]:
+    """--device for the training jobs; left out for the CPU (the default) so the commands of
+    earlier studies, written into their JSON, read the same."""
+    device = getattr(args, "device", "cpu")
+    return [] if device == "cpu" else ["--device", device]
 
 
 def run_jobs(jobs: list[Job], parallel: int, log_dir: Path) -> None:
@@ -153,8 +160,9 @@ def collect_results(args: argparse.Namespace, jobs: list[Job], wall_s: float) ->
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """The README's results table: mean success over the finished seeds at every count, with the
-    per-seed values underneath, and the median wall-clock of one seed (pretrain + finetune)."""
+    """The results table of docs/results.md: mean success over the finished seeds at every count,
+    with the per-seed values underneath, and the median wall-clock of one seed (pretrain +
+    finetune)."""
     counts = summary["online_episodes"]
     head = ("| task | λ | seeds done | " + " | ".join(str(n) for n in counts)
             + " | per seed (in seed order) | minutes per seed |")

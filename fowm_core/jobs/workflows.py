@@ -66,11 +66,11 @@ def collect(task: str, episodes: int, out: str | Path, *, noise: float | None = 
 
 
 def run_pretrain(cfg: FowmConfig, data: str | Path, out: str | Path, *, seed: int = 0,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     out = Path(out)
     start = time.perf_counter()
     episodes = load_dataset(data, cfg, progress=progress)
-    agent = Agent.create(cfg, seed=seed)
+    agent = Agent.create(cfg, seed=seed, device=device)
     sampler = make_sampler(cfg, episodes)
     results.write_json(out / "config.json", cfg.to_dict())
     history: list[dict[str, float]] = []
@@ -78,7 +78,8 @@ def run_pretrain(cfg: FowmConfig, data: str | Path, out: str | Path, *, seed: in
                        on_log=lambda i, m: history.append({"step": i, **m}))
     ckpt = save(agent, out / "checkpoints" / "offline.safetensors", metrics).path
     summary = {"task": cfg.task, "seed": seed, "data": str(data), "episodes": len(episodes),
-               "offline_steps": cfg.schedule.offline_steps, "checkpoint": str(ckpt),
+               "device": str(agent.device), "offline_steps": cfg.schedule.offline_steps,
+               "checkpoint": str(ckpt),
                "seconds": round(time.perf_counter() - start, 1), "final": metrics,
                "history": history}
     results.write_json(out / "metrics.json", summary)
@@ -95,12 +96,12 @@ def run_eval(agent: Agent, episodes: int, seed: int) -> EvalResult:
 
 def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, episodes: int,
                  eval_at: list[int], eval_episodes: int, lam: float | None = None, seed: int = 0,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     """The reference off→on loop from a pretrained checkpoint; evaluates at the given counts."""
     out = Path(out)
     start = time.perf_counter()
     overrides = {} if lam is None else {"planner": {"uncertainty_cost": lam}}
-    agent = load(checkpoint, overrides, seed=seed)
+    agent = load(checkpoint, overrides, seed=seed, device=device)
     cfg = agent.cfg
     results.write_json(out / "config.json", cfg.to_dict())
     sampler = make_sampler(cfg, load_dataset(data, cfg, progress=progress))
@@ -119,7 +120,7 @@ def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, e
         env.close()
     ckpt = save(agent, out / "checkpoints" / "final.safetensors", {}).path
     summary = {"task": cfg.task, "seed": seed, "lam": cfg.planner.uncertainty_cost,
-               "checkpoint": str(ckpt), "episodes": episodes,
+               "checkpoint": str(ckpt), "episodes": episodes, "device": str(agent.device),
                "eval": {str(n): r.to_dict() for n, r in evals.items()},
                "online": train_log, "seconds": round(time.perf_counter() - start, 1)}
     results.write_json(out / "metrics.json", summary)

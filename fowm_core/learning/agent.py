@@ -21,6 +21,7 @@ from fowm_core.learning.checkpoints import AgentFile, CheckpointInfo
 from fowm_core.learning.learner import Learner
 from fowm_core.learning.replay import BalancedSampler
 from fowm_core.model import WorldModel
+from fowm_core.model.device import generator_for, resolve_device
 from fowm_core.planner.mppi import Planner
 
 
@@ -35,12 +36,21 @@ class Agent:
     rng: np.random.Generator
 
     @classmethod
-    def create(cls, cfg: FowmConfig, seed: int = 0) -> Agent:
+    def create(cls, cfg: FowmConfig, seed: int = 0,
+               device: str | torch.device = "cpu") -> Agent:
+        """Weights are initialised on the CPU and then moved, so a seed gives the same initial
+        model on every device. The learner's generator (shifts, head pairs) stays on the CPU;
+        the planner's lives with the model (model/device.py)."""
+        device = resolve_device(device)
         torch.manual_seed(seed)
-        model = WorldModel(cfg.model)
+        model = WorldModel(cfg.model).to(device)
         learner = Learner(model, cfg, generator=torch.Generator().manual_seed(seed + 1))
-        planner = Planner(model, cfg, generator=torch.Generator().manual_seed(seed + 2))
+        planner = Planner(model, cfg, generator=generator_for(device, seed + 2))
         return cls(cfg, model, learner, planner, np.random.default_rng(seed + 3))
+
+    @property
+    def device(self) -> torch.device:
+        return self.planner.device
 
 
 def save(agent: Agent, path: str | Path, metrics: Mapping[str, Any],
@@ -49,14 +59,16 @@ def save(agent: Agent, path: str | Path, metrics: Mapping[str, Any],
     return checkpoints.save_learner(path, agent.learner, metrics, extra_meta)
 
 
-def load(path: str | Path, cfg_overrides: dict[str, Any] | None = None, seed: int = 0) -> Agent:
+def load(path: str | Path, cfg_overrides: dict[str, Any] | None = None, seed: int = 0,
+         device: str | torch.device = "cpu") -> Agent:
     """An agent (model, learner state, planner) from a checkpoint, read once, with optional config
-    overrides that must not change the model's shape (e.g. planner.uncertainty_cost)."""
-    return from_checkpoint(checkpoints.read_agent(path), cfg_overrides, seed)
+    overrides that must not change the model's shape (e.g. planner.uncertainty_cost), on
+    ``device`` whatever device it was trained on."""
+    return from_checkpoint(checkpoints.read_agent(path), cfg_overrides, seed, device)
 
 
 def from_checkpoint(ckpt: AgentFile, cfg_overrides: dict[str, Any] | None = None,
-                    seed: int = 0) -> Agent:
+                    seed: int = 0, device: str | torch.device = "cpu") -> Agent:
     """``load`` from a checkpoint already read (checkpoints.read_agent)."""
     cfg = ckpt.cfg.with_overrides(cfg_overrides or {})
     if cfg.model != ckpt.cfg.model:
@@ -64,7 +76,7 @@ def from_checkpoint(ckpt: AgentFile, cfg_overrides: dict[str, Any] | None = None
                "config; override only what leaves the architecture as it is (planner, learner, "
                "schedule)")
         raise ConfigError(msg)
-    agent = Agent.create(cfg, seed=seed)
+    agent = Agent.create(cfg, seed=seed, device=device)
     checkpoints.restore_learner(ckpt, agent.learner)
     return agent
 

@@ -12,7 +12,7 @@ One update routine (``Learner.update``); how its numbers are computed is an ``Up
 chosen once at construction. ``FAST`` (``fast=True``, the default; docs/algorithm.md §9) changes
 only how the same numbers are computed:
 - the random shift is an integer crop of the uint8 images (augment.py), in channels_last layout,
-  which the oneDNN convolutions run about twice as fast as NCHW;
+  which the oneDNN convolutions run faster than NCHW (docs/platform.md §15);
 - the H·B next observations are scaled to float once and fed to both the online and the target
   encoder (the consistency and TD targets encode the same augmented images);
 - the reward head runs once on all H rolled-out latents instead of once per step;
@@ -72,8 +72,8 @@ def keep_freed_heap() -> bool:
 
     An update allocates and frees ~1 GB of activation tensors (84x84 rgb preset). glibc serves
     blocks over 32 MB with fresh mmap pages and unmaps them on free, so every update page-faults
-    that memory in again: measured ~0.45 ms per MB here, a third of the encoder's time. Raising
-    the mmap and trim thresholds keeps those pages in the heap. Process-wide and idempotent; the
+    that memory in again (docs/platform.md §15). Raising the mmap and trim thresholds keeps
+    those pages in the heap. Process-wide and idempotent; the
     price is that the process keeps its peak footprint. Returns False without glibc (no change).
     """
     try:
@@ -194,7 +194,8 @@ class Learner:
     @torch.no_grad()
     def td_target(self, next_z: torch.Tensor, reward: torch.Tensor,
                   mask: torch.Tensor) -> torch.Tensor:
-        """y = r + γ·m·V_θ(h_θ(o')): online V of the next observation, no π (docs/algorithm.md §3.2)."""
+        """y = r + γ·m·V_θ(h_θ(o')): online V of the next observation, no π
+        (docs/algorithm.md §3.2)."""
         return reward + self.cfg.discount * mask * self.model.v(next_z).squeeze(-1)
 
     @torch.no_grad()
@@ -204,7 +205,8 @@ class Learner:
 
     @torch.no_grad()
     def awr_weights(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ω = min(exp(β·A), 100) with A = Q_min2^φ(z, a) − V_θ(z) (docs/algorithm.md §3.4). Returns (ω, A)."""
+        """ω = min(exp(β·A), 100) with A = Q_min2^φ(z, a) − V_θ(z) (docs/algorithm.md §3.4).
+        Returns (ω, A)."""
         adv = self.value_target(z, a) - self.model.v(z).squeeze(-1)
         lc = self.cfg.learner
         return torch.exp(lc.a_scaling * adv).clamp(max=lc.max_awr_weight), adv
@@ -262,7 +264,7 @@ class Learner:
         """One model step, priority write-back, one π step, and the EMA every update_freq steps."""
         lc = self.cfg.learner
         # record_function scopes name the phases in a torch.profiler trace (benchmarks/); they
-        # cost ~1 µs each when no profiler runs.
+        # are nearly free when no profiler runs.
         with record_function("fowm.prepare"):
             batch = self.prepare(batch)
         with record_function("fowm.forward"):
@@ -301,6 +303,7 @@ class Learner:
 
     @torch.no_grad()
     def ema(self) -> None:
-        """φ ← (1 − τ)φ + τθ on the target's encoder and Q ensemble only (docs/algorithm.md §2.6)."""
+        """φ ← (1 − τ)φ + τθ on the target's encoder and Q ensemble only
+        (docs/algorithm.md §2.6)."""
         torch._foreach_lerp_(self.target.ema_parameters(), self.model.ema_parameters(),
                              self.cfg.learner.tau)

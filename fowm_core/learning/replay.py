@@ -1,4 +1,5 @@
-"""Episode storage with prioritized replay, and balanced offline/online batches (docs/algorithm.md §3.1, §6).
+"""Episode storage with prioritized replay, and balanced offline/online batches
+(docs/algorithm.md §3.1, §6).
 
 Layout: a ring of ``capacity`` transition slots. Slot j holds o_j, a_j, r_j, mask_j, done_j and
 its PER priority. Observations are stored once: the next observation of slot j is o_{j+1} (the next
@@ -34,7 +35,8 @@ from fowm_core.errors import FowmError
 ObsSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 PRIORITY_EPS = 1e-6          # added to every written priority, as the reference does
-DATA_CLIP = 1.0 - 1e-5       # |a| limit for dataset actions when is_data_clip (docs/algorithm.md §5.1)
+# |a| limit for dataset actions when is_data_clip (docs/algorithm.md §5.1).
+DATA_CLIP = 1.0 - 1e-5
 
 
 class Source(enum.IntEnum):
@@ -96,7 +98,8 @@ class Batch:
 
 
 def obs_spec_for(model_cfg: ModelConfig) -> ObsSpec:
-    """The stored observation keys for a model: 'state' float32 and/or 'rgb' uint8 (docs/algorithm.md §2.1)."""
+    """The stored observation keys for a model: 'state' float32 and/or 'rgb' uint8
+    (docs/algorithm.md §2.1)."""
     spec: ObsSpec = {}
     if model_cfg.uses_state:
         spec["state"] = ((model_cfg.state_dim,), np.dtype(np.float32))
@@ -149,7 +152,8 @@ class ReplayBuffer:
 
     # -- writing ----------------------------------------------------------------------------
     def add_episode(self, episode: Episode) -> None:
-        """Append an episode at the current max priority (docs/algorithm.md §3.3), overwriting the oldest."""
+        """Append an episode at the current max priority (docs/algorithm.md §3.3), overwriting the
+        oldest."""
         steps = len(episode)
         self._check_episode(episode)
         priority = self.max_priority
@@ -363,7 +367,7 @@ def _to_batch(data: dict, weights: np.ndarray, idx: np.ndarray, source: np.ndarr
     )
 
 
-# -- the two buffers of the offline→online procedure (docs/algorithm.md §6) ----------------------------------
+# -- the two buffers of the offline→online procedure (docs/algorithm.md §6) -----------------------
 def offline_buffer(episodes: Sequence[Episode], cfg: FowmConfig,
                    obs_spec: ObsSpec | None = None) -> ReplayBuffer:
     """The dataset buffer: capacity max(|D|, online capacity); dataset actions clipped to

@@ -1,5 +1,5 @@
-"""Building blocks of the world model (docs/algorithm.md §2): the Mish+LN MLP, the bounded-latent head and the
-stacked Q ensemble. Pure torch; the model file only wires these together."""
+"""Building blocks of the world model (docs/algorithm.md §2): the Mish+LN MLP, the bounded-latent
+head and the stacked Q ensemble. Pure torch; the model file only wires these together."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def mlp(in_dim: int, mlp_dim: int, out_dim: int) -> nn.Sequential:
 
 
 def value_mlp(in_dim: int, mlp_dim: int) -> nn.Sequential:
-    """Linear → LN → Tanh → Linear → ELU → Linear(→1): the V head's shape (docs/algorithm.md §2.4)."""
+    """Linear → LN → Tanh → Linear → ELU → Linear(→1): the V head's shape
+    (docs/algorithm.md §2.4)."""
     return nn.Sequential(
         nn.Linear(in_dim, mlp_dim), nn.LayerNorm(mlp_dim), nn.Tanh(),
         nn.Linear(mlp_dim, mlp_dim), nn.ELU(),
@@ -29,7 +30,8 @@ def value_mlp(in_dim: int, mlp_dim: int) -> nn.Sequential:
 
 
 class BoundedLatent(nn.Module):
-    """LayerNorm followed by Sigmoid: every latent lies in (0, 1)^L (docs/algorithm.md §2.1, §2.2)."""
+    """LayerNorm followed by Sigmoid: every latent lies in (0, 1)^L
+    (docs/algorithm.md §2.1, §2.2)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -113,31 +115,34 @@ def _heads_from_h1(h1: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Ten
     return torch.baddbmm(b3, h, w3)                         # (J, N, 1)
 
 
-def conv_out_size(img_size: int, kernels: tuple[int, ...] = (7, 5, 3, 3), stride: int = 2) -> int:
-    """Spatial size after the valid stride-2 convs of the pixel encoder: 84 → 39 → 18 → 8 → 3."""
+def conv_out_size(img_size: int, kernels: tuple[int, ...] = (7, 5, 3, 3),
+                  strides: tuple[int, ...] | int = 2) -> int:
+    """Spatial size after the valid convs of the pixel encoder: 84 → 39 → 18 → 8 → 3 for the
+    reference's k7/5/3/3 stride-2 stack."""
+    strides = (strides,) * len(kernels) if isinstance(strides, int) else strides
     size = img_size
-    for k in kernels:
-        size = math.floor((size - k) / stride) + 1
+    for k, s in zip(kernels, strides, strict=True):
+        size = math.floor((size - k) / s) + 1
     return size
 
 
-def rgb_encoder(in_channels: int, num_channels: int, img_size: int,
-                latent_dim: int) -> nn.Sequential:
-    """uint8 image → /255 → 4 valid convs (k7/5/3/3, stride 2, ReLU) → Linear → LN → Sigmoid.
+def rgb_encoder(in_channels: int, num_channels: int, img_size: int, latent_dim: int,
+                kernels: tuple[int, ...] = (7, 5, 3, 3),
+                strides: tuple[int, ...] = (2, 2, 2, 2)) -> nn.Sequential:
+    """uint8 image → /255 → valid convs (ReLU) → Linear → LN → Sigmoid; by default the
+    reference's 4 convs k7/5/3/3, stride 2 (the cpu preset passes a lighter stack).
 
     The ReLUs work in place on the conv outputs (which nothing else reads; conv backward needs only
     its input): the same values without a second activation-sized buffer, which for the learner's
     H·B next observations is 250 MB per encode at 84x84. Channels_last input stays channels_last.
     """
     c = num_channels
-    flat = c * conv_out_size(img_size) ** 2
-    return nn.Sequential(
-        nn.Conv2d(in_channels, c, 7, stride=2), nn.ReLU(inplace=True),
-        nn.Conv2d(c, c, 5, stride=2), nn.ReLU(inplace=True),
-        nn.Conv2d(c, c, 3, stride=2), nn.ReLU(inplace=True),
-        nn.Conv2d(c, c, 3, stride=2), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Linear(flat, latent_dim), BoundedLatent(latent_dim),
-    )
+    flat = c * conv_out_size(img_size, kernels, strides) ** 2
+    convs: list[nn.Module] = []
+    for i, (k, s) in enumerate(zip(kernels, strides, strict=True)):
+        convs += [nn.Conv2d(in_channels if i == 0 else c, c, k, stride=s), nn.ReLU(inplace=True)]
+    return nn.Sequential(*convs, nn.Flatten(), nn.Linear(flat, latent_dim),
+                         BoundedLatent(latent_dim))
 
 
 def state_encoder(state_dim: int, enc_dim: int, latent_dim: int) -> nn.Sequential:

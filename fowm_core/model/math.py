@@ -13,7 +13,8 @@ def straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Te
 def truncated_noise_sample(mean: torch.Tensor, std: float, clip: float = 0.3,
                            eps: float = 1e-6, generator: torch.Generator | None = None
                            ) -> torch.Tensor:
-    """a = clamp(μ + clip(σ·ε, ±0.3), ±(1 − 1e-6)) with a straight-through clamp (docs/algorithm.md §2.3)."""
+    """a = clamp(μ + clip(σ·ε, ±0.3), ±(1 − 1e-6)) with a straight-through clamp
+    (docs/algorithm.md §2.3)."""
     if std <= 0:
         return mean
     noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
@@ -28,7 +29,8 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 
 
 def gaussian_log_likelihood(actions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Unit-variance Gaussian log-likelihood summed over the action dims (docs/algorithm.md §3.4)."""
+    """Unit-variance Gaussian log-likelihood summed over the action dims
+    (docs/algorithm.md §3.4)."""
     dim = actions.shape[-1]
     return -0.5 * (actions - mean).square().sum(-1) - 0.5 * dim * torch.log(
         torch.tensor(2 * torch.pi, dtype=actions.dtype))

@@ -33,7 +33,8 @@ class WorldModel(nn.Module):
             encoders["state"] = layers.state_encoder(cfg.state_dim, cfg.enc_dim, latent)
         if cfg.uses_rgb:
             encoders["rgb"] = layers.rgb_encoder(3 * cfg.frame_stack, cfg.num_channels,
-                                                 cfg.img_size, latent)
+                                                 cfg.img_size, latent, cfg.conv_kernels,
+                                                 cfg.conv_strides)
         self._encoder = nn.ModuleDict(encoders)
         self._dynamics = nn.Sequential(layers.mlp(latent + act, mlp_dim, latent),
                                        layers.BoundedLatent(latent))
@@ -55,7 +56,7 @@ class WorldModel(nn.Module):
     @staticmethod
     def scale_obs(obs: Obs) -> Obs:
         """rgb uint8 → float in [0, 1] (dividing the float copy in place: torch.div straight from
-        uint8 takes a slow casting loop, ~7x the two vectorised passes); other keys pass through.
+        uint8 takes a slow casting loop, docs/platform.md §15); other keys pass through.
         Scale once and ``encode(..., scaled=True)`` to feed one batch to several encoders."""
         if "rgb" not in obs:
             return obs
@@ -66,8 +67,8 @@ class WorldModel(nn.Module):
         return {**obs, "rgb": scaled}
 
     def encode(self, obs: Obs, *, scaled: bool = False) -> torch.Tensor:
-        """Average the per-modality latents (docs/algorithm.md §2.1: no concatenation, no projection).
-        ``scaled``: obs already went through ``scale_obs``."""
+        """Average the per-modality latents (docs/algorithm.md §2.1: no concatenation, no
+        projection). ``scaled``: obs already went through ``scale_obs``."""
         obs = obs if scaled else self.scale_obs(obs)
         latents = [encoder(obs[key]) for key, encoder in self._encoder.items()]
         if len(latents) == 1:
@@ -82,7 +83,8 @@ class WorldModel(nn.Module):
 
     def pi(self, z: torch.Tensor, std: float = 0.0,
            generator: torch.Generator | None = None) -> torch.Tensor:
-        """The policy prior: tanh mean, plus truncated noise when std > 0 (docs/algorithm.md §2.3)."""
+        """The policy prior: tanh mean, plus truncated noise when std > 0
+        (docs/algorithm.md §2.3)."""
         mean = torch.tanh(self._pi(z))
         return truncated_noise_sample(mean, std, generator=generator)
 
@@ -99,7 +101,8 @@ class WorldModel(nn.Module):
     # -- helpers ---------------------------------------------------------------------------
     def q_min2(self, z: torch.Tensor, a: torch.Tensor,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Min of 2 *distinct* random heads, one pair for the whole batch (docs/algorithm.md §2.4)."""
+        """Min of 2 *distinct* random heads, one pair for the whole batch
+        (docs/algorithm.md §2.4)."""
         heads = random_head_pair(self.cfg.num_q, generator)
         q = self._qs.forward_heads(torch.cat([z, a], dim=-1), heads)
         return torch.minimum(q[0], q[1])
@@ -109,20 +112,24 @@ class WorldModel(nn.Module):
             p.requires_grad_(enabled)
 
     def target_copy(self) -> WorldModel:
-        """A frozen deep copy; the learner EMA-updates its encoder and Q heads only (docs/algorithm.md §2.6)."""
+        """A frozen deep copy; the learner EMA-updates its encoder and Q heads only
+        (docs/algorithm.md §2.6)."""
         target = copy.deepcopy(self)
         target.requires_grad_(False)
         return target
 
     def pi_parameters(self) -> list[nn.Parameter]:
-        """π's parameters: the AWR step has its own optimiser over exactly these (docs/algorithm.md §3.4)."""
+        """π's parameters: the AWR step has its own optimiser over exactly these
+        (docs/algorithm.md §3.4)."""
         return list(self._pi.parameters())
 
     def ema_parameters(self) -> list[nn.Parameter]:
-        """The parameters the target tracks: encoder and Q ensemble, nothing else (docs/algorithm.md §2.6)."""
+        """The parameters the target tracks: encoder and Q ensemble, nothing else
+        (docs/algorithm.md §2.6)."""
         return [*self._encoder.parameters(), *self._qs.parameters()]
 
 
 def random_head_pair(num_heads: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Two distinct head indices drawn uniformly without replacement."""
-    return torch.randperm(num_heads, generator=generator)[:2]
+    """Two distinct head indices drawn uniformly without replacement, on the generator's device."""
+    device = generator.device if generator is not None else None
+    return torch.randperm(num_heads, generator=generator, device=device)[:2]

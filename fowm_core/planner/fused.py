@@ -1,4 +1,5 @@
-"""Inference fast path for planning: the WorldModel's weights re-laid out as stacks (docs/algorithm.md §4, §9).
+"""Inference fast path for planning: the WorldModel's weights re-laid out as stacks
+(docs/algorithm.md §4, §9).
 
 Every head that reads the same (z, a) — dynamics, reward and the K Q heads — is one of B = 2 + K
 stacked blocks (order: [dynamics, reward, q_0 .. q_{K-1}]). Three ways to run them, same math:
@@ -178,8 +179,8 @@ class FusedModel:
     def _compile(self, dynamic: bool) -> None:
         """Inductor (C++ backend) fuses bias, LayerNorm, affine and the activation into one loop
         per row. Kernels compile lazily on the first call of each shape (the planner warms them
-        up); ``use_eager`` is the fallback. dynamic=False specialises each batch size (measured
-        faster here); the planner uses a handful of shapes."""
+        up); ``use_eager`` is the fallback. dynamic=False specialises each batch size, the faster
+        choice for the planner's handful of shapes (docs/platform.md §15)."""
         self._act1 = torch.compile(hidden1, dynamic=dynamic, fullgraph=True)
         self._act2 = torch.compile(hidden2, dynamic=dynamic, fullgraph=True)
         self.compiled = True
@@ -228,9 +229,9 @@ class FusedModel:
     # -- the C-kernel path (native.py): one block at a time, the loop in C ------------------------
     # Each block runs matmul → fused epilogue → matmul → fused epilogue on scratch buffers of
     # N × M floats (1 MiB at the paper sizes) that stay in cache, instead of bmm'ing all B blocks
-    # through 7 MiB tensors: measured ~25 % faster per imagined step on idle cores (and far slower
-    # on shared ones: see stacked_blocks in PlannerConfig). The buffers make a
-    # FusedModel single-threaded: one planner, one thread (as the planner node uses it).
+    # through 7 MiB tensors: faster on idle cores, far slower on shared ones (stacked_blocks in
+    # PlannerConfig; docs/results.md "Speed"). The buffers make a FusedModel single-threaded: one
+    # planner, one thread (as the planner node uses it).
     def _scratch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._buffers is None or self._buffers[0].shape[0] < n:
             m = self.cfg.mlp_dim

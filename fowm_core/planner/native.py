@@ -3,8 +3,9 @@ use.
 
 Why C: after stacking, a planning decision is ~75 GFLOP of matmul (MKL runs it near peak) and
 ~130 M activations of LayerNorm + Mish/tanh/ELU. torch runs those as separate passes with slow
-transcendentals (≈5 ns per element here); one fused pass per row costs ≈0.4 ns. The kernels are
-the same math as the model's layers (within 2e-6), tested against torch.
+transcendentals; one fused pass per row is an order of magnitude cheaper (docs/results.md "Speed",
+docs/platform.md §15). The kernels are the same math as the model's layers (within 2e-6), tested
+against torch.
 
 The shared library is compiled once per (source, compiler, flags, CPU) into
 ``$FOWM_CACHE_DIR`` (default ``~/.cache/fowm``) with ``-march=native`` and OpenMP, written to a

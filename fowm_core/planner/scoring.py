@@ -70,12 +70,19 @@ def head_std(q: torch.Tensor) -> torch.Tensor:
     return q.std(dim=0)
 
 
+def min_of_pair(q: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    """min(Q_i, Q_j) of the two drawn heads (K, N, 1) → (N, 1); index_select rather than
+    q[heads[0]], which would copy the index to the host (no sync inside a CUDA graph)."""
+    pair = q.index_select(0, heads.to(q.device))
+    return torch.minimum(pair[0], pair[1])
+
+
 def reference_value(model: WorldModel, z: torch.Tensor, actions: torch.Tensor, cfg: FowmConfig,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Ĝ for candidates (N, 1) from z (N, L) and actions (H, N, A), written with the model's methods
     exactly as the reference's ``estimate_value`` (docs/algorithm.md §4)."""
     lam, gamma = cfg.planner.uncertainty_cost, cfg.discount
-    value, discount = torch.zeros(z.shape[0], 1), 1.0
+    value, discount = torch.zeros(z.shape[0], 1, device=z.device), 1.0
     for a in actions:
         if lam > 0:
             value = value - discount * lam * head_std(model.q(z, a))
@@ -85,7 +92,7 @@ def reference_value(model: WorldModel, z: torch.Tensor, actions: torch.Tensor, c
     a_last = model.pi(z, cfg.planner.min_std, generator=generator)
     q = model.q(z, a_last)
     heads = random_head_pair(cfg.model.num_q, generator)
-    value = value + discount * torch.minimum(q[heads[0]], q[heads[1]])
+    value = value + discount * min_of_pair(q, heads)
     if lam > 0:
         value = value - discount * lam * head_std(q)
     return value
@@ -102,7 +109,7 @@ class ReferenceScorer:
 
     def pi_rollout(self, z: torch.Tensor, generator: torch.Generator | None) -> PiRollout:
         p, H, A = self.cfg.planner, self.cfg.horizon, self.cfg.model.action_dim
-        actions = torch.empty(H, p.num_pi_trajs, A)
+        actions = torch.empty(H, p.num_pi_trajs, A, device=z.device)
         zt = z.expand(p.num_pi_trajs, z.shape[-1])
         for t in range(H if p.num_pi_trajs > 0 else 0):
             actions[t] = self.model.pi(zt, p.min_std, generator=generator)
@@ -174,7 +181,7 @@ class FusedScorer:
             q = self.fused.q(z, a, heads)
             return torch.minimum(q[0], q[1])
         q = self.fused.q(z, a)
-        return torch.minimum(q[heads[0]], q[heads[1]]) - p.uncertainty_cost * head_std(q)
+        return min_of_pair(q, heads) - p.uncertainty_cost * head_std(q)
 
     def q(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return self.fused.q(z, a)

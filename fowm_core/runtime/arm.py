@@ -216,7 +216,8 @@ class ArmCommander:
         if ordered is not None and not np.all(np.isfinite(ee_m)):
             ordered, reason, detail = None, HoldReason.NON_FINITE, f"non-finite EE pose {ee_m}"
         if ordered is None:
-            # A bad action means "hold now", not "keep the old target" (docs/design.md safety chain).
+            # A bad action means "hold now", not "keep the old target" (docs/design.md "Safety
+            # chain").
             self._target_m = None
             self._last_action_s = now_s
             self._hold = reason
@@ -264,8 +265,8 @@ class ArmGate:
     """Arm/disarm bookkeeping. Nothing here arms by itself: only ``arm_succeeded`` after a request.
 
     A reconnect lands in DISARMED even if the controller kept its mode and state across the drop, so
-    the arm never moves on its own after a reconnect (docs/platform.md §6: the vendor driver does not
-    reconnect either; we supervise the link and fail safe).
+    the arm never moves on its own after a reconnect (docs/platform.md §6: the vendor driver does
+    not reconnect either; we supervise the link and fail safe).
     """
 
     def __init__(self) -> None:

@@ -65,7 +65,8 @@ class EpisodeTracker:
     One agent step is complete when an observation arrives after an action answering the previous
     observation (actions carry that observation's stamp, docs/design.md). The reward of the step is
     reward(task, state after the step, action), as the learner recomputes it from bags.
-    Episodes end after max_steps (docs/algorithm.md §7.1: 25) or, if end_on_success, at the first success.
+    Episodes end after max_steps (docs/algorithm.md §7.1: 25) or, if end_on_success, at the first
+    success.
     With strict_pairing (lock-step sim) a step needs the action stamped with the previous
     observation; without it (real time: the arm runs on its own clock) every new observation is a
     step and its action is the newest one received by then (zeros if none: the arm held).
@@ -91,7 +92,8 @@ class EpisodeTracker:
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
-            msg = f"max_steps={self.max_steps} is invalid: expected >= 1 (docs/algorithm.md §7.1 uses 25)"
+            msg = (f"max_steps={self.max_steps} is invalid: expected >= 1 "
+                   f"(docs/algorithm.md §7.1 uses 25)")
             raise ConfigError(msg)
 
     def start(self, episode: int, seed: int, min_stamp_ns: int = 0) -> EpisodeEvent:

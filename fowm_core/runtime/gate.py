@@ -24,6 +24,7 @@ from torch import nn
 
 from fowm_core.config import FowmConfig
 from fowm_core.errors import ConfigError, FowmError
+from fowm_core.model.device import generator_for
 from fowm_core.planner.mppi import Planner
 from fowm_core.runtime.control import param_meta as _p
 
@@ -179,7 +180,8 @@ class GateReport:
 def reference_planner(live_model: nn.Module, cfg: FowmConfig) -> Planner:
     """A separate Planner over the live model for the gate: the control thread's planner (its
     warm start, its generator) is never touched; the model's weights are only read."""
-    return Planner(live_model, cfg, torch.Generator())
+    device = next(live_model.parameters()).device
+    return Planner(live_model, cfg, generator_for(device, 0), cuda_graph=False)
 
 
 def plan_stats(planner: Planner, observations: Sequence[Obs], seed: int) -> PlanStats:
@@ -189,7 +191,7 @@ def plan_stats(planner: Planner, observations: Sequence[Obs], seed: int) -> Plan
     try:
         for i, obs in enumerate(observations):
             planner.reset()
-            planner.generator = torch.Generator().manual_seed(seed + i)
+            planner.generator = generator_for(planner.device, seed + i)
             result = planner.plan(obs, t0=True, eval_mode=True)
             values.append(result.value)
             uncertainties.append(result.uncertainty)

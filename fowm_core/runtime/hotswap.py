@@ -36,6 +36,7 @@ from fowm_core.contract.messages import ABSENT, WeightsAnnouncement
 from fowm_core.errors import CheckpointError
 from fowm_core.learning import checkpoints
 from fowm_core.learning.checkpoint_file import MAX_SIDECAR_BYTES, read_regular_file
+from fowm_core.model.device import generator_for, resolve_device
 from fowm_core.planner.mppi import Planner
 from fowm_core.runtime import trust
 from fowm_core.runtime.gate import (
@@ -138,8 +139,9 @@ class HotSwapper:
                  policy: TrustPolicy | None, *, gate_cfg: GateConfig | None = None,
                  monitor_cfg: MonitorConfig | None = None, log: LogFn | None = None,
                  on_refused: RefusedFn | None = None, ring: ObservationRing | None = None,
-                 retry_s: float = 0.5, disabled_reason: str = "hot-swap is disabled") -> None:
-        self.cfg = cfg
+                 retry_s: float = 0.5, disabled_reason: str = "hot-swap is disabled",
+                 device: str | torch.device = "cpu") -> None:
+        self.cfg, self.device = cfg, resolve_device(device)
         self.live = live
         self.policy = policy
         self.gate_cfg = gate_cfg or GateConfig()
@@ -338,17 +340,20 @@ class HotSwapper:
     def _validate(self, ann: Announced) -> Candidate:
         """Read and build the checkpoint (TrustError when untrusted), then gate it."""
         assert self.policy is not None
-        trusted = self.policy.read_checkpoint(ann, self.cfg)
-        planner = Planner(trusted.model, self.cfg, torch.Generator().manual_seed(0))
+        model = self.policy.read_checkpoint(ann, self.cfg).model.to(self.device)
+        planner = Planner(model, self.cfg, generator_for(self.device, 0))
+        # On CUDA the control planner replays a captured graph; the gate reseeds per plan.
+        judged = planner if self.device.type == "cpu" else Planner(
+            model, self.cfg, generator_for(self.device, 0), cuda_graph=False)
         sha, reference = self._reference_planner()
-        report = gate(planner, reference, self.ring.sample(self.gate_cfg.observations),
+        report = gate(judged, reference, self.ring.sample(self.gate_cfg.observations),
                       self.gate_cfg)
         if not report.deferred:
             with self._lock:
                 self.stats.last_gate = report.summary()
         planner.reset()
         weights = Weights(str(ann.path), ann.sha256, ann.step)
-        return Candidate(weights, trusted.model, planner, ann, report, sha)
+        return Candidate(weights, model, planner, ann, report, sha)
 
     def _reference_planner(self) -> tuple[str, Planner]:
         """A planner over the live model, separate from the control thread's; rebuilt whenever

@@ -6,9 +6,9 @@ seen as complete only once it is visible under its final name (fowm's recorder w
 temp directory and renames it; ``ros2 bag record`` writes metadata.yaml last).
 
 ``LiveLearner`` keeps the offline (dataset) and online buffers and runs the reference schedule
-(docs/algorithm.md §6): every new episode buys len(episode)·utd balanced 50/50 updates. Its state on disk is the
-ledger plus the newest checkpoint (model, target, both Adams), whose meta records how many ledger
-entries it has trained on. So after a crash or restart:
+(docs/algorithm.md §6): every new episode buys len(episode)·utd balanced 50/50 updates. Its state
+on disk is the ledger plus the newest checkpoint (model, target, both Adams), whose meta records
+how many ledger entries it has trained on. So after a crash or restart:
   - every ingested bag is read again into the online buffer (nothing lost, nothing twice: the
     ledger lists each bag once);
   - entries past the checkpoint's count owe their updates again (their training died with the
@@ -157,11 +157,12 @@ class LiveLearnerConfig:
     work_dir: Path                       # ledger.json and checkpoints/ live here
     checkpoint: Path | None = None       # the pretrained start; ignored once work_dir has one
     dataset_dir: Path | None = None      # offline dataset (rosbag2 episodes), docs/algorithm.md §6
-    recompute_reward: bool = True        # reward from fowm_core.tasks (True) or the logged /fowm/reward
+    recompute_reward: bool = True        # from fowm_core.tasks (True) or the logged /fowm/reward
     task: str | None = None              # relabel every bag for this task (needs recompute)
     checkpoint_every: int = 1            # write and announce after this many trained episodes
     keep_checkpoints: int = 3
     seed: int = 0
+    device: str = "cpu"                  # auto | cpu | cuda[:N] (fowm_core.model.device)
 
 
 @dataclass
@@ -180,7 +181,7 @@ class LiveLearner:
         self.scanner = BagScanner(Path(cfg.bag_dir))
         remove_partial_writes(self.ckpt_dir)
         start, resumed = self._start_checkpoint()       # read once, restored from memory
-        self.agent = agents.from_checkpoint(start, seed=cfg.seed)
+        self.agent = agents.from_checkpoint(start, seed=cfg.seed, device=cfg.device)
         self.trained_entries = int(start.meta.get(TRAINED_KEY, 0)) if resumed else 0
         self.resumed_from = start.info.path if resumed else None
         self.read_kwargs = self._read_kwargs()
@@ -228,7 +229,8 @@ class LiveLearner:
 
     def _offline(self) -> list[Episode]:
         if self.cfg.dataset_dir is None:
-            msg = ("no offline dataset: FOWM finetunes on 50/50 offline/online batches (docs/algorithm.md §6); "
+            msg = ("no offline dataset: FOWM finetunes on 50/50 offline/online batches "
+                   "(docs/algorithm.md §6); "
                    "pass the dataset directory the checkpoint was pretrained on")
             raise ConfigError(msg)
         return agents.load_dataset(self.cfg.dataset_dir, self.agent.cfg, progress=False)

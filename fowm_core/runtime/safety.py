@@ -2,10 +2,10 @@
 
 Every control tick the planner asks, in order: is there an observation at all, is it fresh, is it
 finite, did the plan come out finite, is the model certain enough? The first "no" turns the tick
-into a *hold*: a zero action (no end-effector motion; docs/design.md: a hold is a safe command, never a
-stale one) plus a reason that goes to /diagnostics. The arm side (real driver or sim twin) applies
-the last rule: a command older than its timeout is never executed ("a missing command never means
-keep moving").
+into a *hold*: a zero action (no end-effector motion; docs/design.md: a hold is a safe command,
+never a stale one) plus a reason that goes to /diagnostics. The arm side (real driver or sim twin)
+applies the last rule: a command older than its timeout is never executed ("a missing command never
+means keep moving").
 
 No ROS and no torch here, so the rules are unit-tested on their own and shared by every node.
 """

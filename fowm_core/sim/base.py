@@ -199,7 +199,8 @@ class XarmEnv(gym.Env):
         return self.eef, quat
 
     def proprio(self) -> np.ndarray:
-        """(4,) float32: absolute tool position (world frame) and the gripper angle (docs/algorithm.md §7.1)."""
+        """(4,) float32: absolute tool position (world frame) and the gripper angle
+        (docs/algorithm.md §7.1)."""
         return np.array([*self.eef, self.gripper], dtype=np.float32)
 
     def object_pose(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,7 +1,7 @@
 """Offscreen camera images from a MuJoCo model, cheap enough for 84×84 observations on a CPU.
 
-Shadows and reflections are switched off in the scene flags: on llvmpipe they cut an 84×84 render
-from >2000 to ~50 frames per second (docs/platform.md §9). Set MUJOCO_GL=egl when headless.
+Shadows and reflections are switched off in the scene flags: on llvmpipe they dominate the render
+cost (docs/platform.md §9). Set MUJOCO_GL=egl when headless.
 """
 
 from __future__ import annotations

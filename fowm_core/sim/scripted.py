@@ -1,9 +1,10 @@
 """A scripted behaviour policy and offline-dataset collection for the simxarm twin.
 
-The reference datasets are "medium" quality: a mix of successes and failures (docs/algorithm.md §7.1).
-Here each task's scripted controller (``Task.scripted``, in its fowm_core.tasks module) solves it
-from the logged task state (no simulator access), and Gaussian action noise plus occasional
-uniformly random actions degrade it, at the task's ``medium_noise`` by default.
+The reference datasets are "medium" quality: a mix of successes and failures
+(docs/algorithm.md §7.1). Here each task's scripted controller (``Task.scripted``, in its
+fowm_core.tasks module) solves it from the logged task state (no simulator access), and Gaussian
+action noise plus occasional uniformly random actions degrade it, at the task's ``medium_noise``
+by default.
 The controller is stateless (a function of the current task state), so it recovers from any state
 the noise leads it into, like a partially trained agent would, only sometimes too late.
 """

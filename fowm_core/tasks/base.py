@@ -110,7 +110,8 @@ class Task:
     fixed_gripper: the gripper command of 3-d tasks (the reference pads their actions with +1,
       i.e. closed); None when the action carries it.
     scripted(state): the clean scripted controller of the behaviour policy (docs/algorithm.md §7.1);
-      medium_noise: the noise level that makes its datasets "medium" (about 40 % success).
+      medium_noise: the noise level that makes its datasets "medium", a mix of successes and
+      failures (measured rates: docs/sim.md "The scripted behaviour policy").
     """
 
     name: str

@@ -26,7 +26,8 @@ CENTRE = np.array([0.4, 0.0, 0.25])
 
 
 def test_defaults_follow_the_twin_scaling() -> None:
-    # docs/algorithm.md §7.1: a/20 m per env step, action repeat 2 -> 0.1 m per agent step at |a| = 1.
+    # docs/algorithm.md §7.1: a/20 m per env step, action repeat 2 -> 0.1 m per agent step
+    # at |a| = 1.
     assert ArmLimits().max_step_m == pytest.approx(0.1)
 
 

@@ -1,4 +1,5 @@
-"""Config presets carry the reference hyperparameters (docs/algorithm.md §5) and reject bad values clearly."""
+"""Config presets carry the reference hyperparameters (docs/algorithm.md §5) and reject bad values
+clearly."""
 
 from __future__ import annotations
 

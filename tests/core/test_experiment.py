@@ -1,4 +1,5 @@
-"""`fowm experiment`: the job graph, resuming, failures, and the results JSON and README table."""
+"""`fowm experiment`: the job graph, resuming, failures, the results JSON and the docs/results.md
+table."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The learner against the reference semantics (docs/algorithm.md §3), on tiny CPU models.
 
-Each test targets a rule that other ports get wrong (docs/algorithm.md §11.4): 2 *distinct* random heads, the
-in-sample TD target with the terminal mask, loss masking past episode ends, EMA of encoder+Q only
-every 2nd update, the 1/H gradient scale before a clip at 10, a separate π optimiser.
+Each test targets a rule that other ports get wrong (docs/algorithm.md §11.4): 2 *distinct* random
+heads, the in-sample TD target with the terminal mask, loss masking past episode ends, EMA of
+encoder+Q only every 2nd update, the 1/H gradient scale before a clip at 10, a separate π
+optimiser.
 """
 
 from __future__ import annotations

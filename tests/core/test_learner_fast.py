@@ -1,4 +1,5 @@
-"""The fast learner path computes the reference update (docs/algorithm.md §3), only faster (docs/algorithm.md §9).
+"""The fast learner path computes the reference update (docs/algorithm.md §3), only faster
+(docs/algorithm.md §9).
 
 A tiny rgb + state model is trained by two learners from the same weights and seeds: ``fast=True``
 (integer-crop shift, shared scaled next-observation images, batched reward head, 2-head target Q,

@@ -1,4 +1,5 @@
-"""Replay: episode layout, windows, ring wrap, PER and balanced batches (docs/algorithm.md §3.1, §6).
+"""Replay: episode layout, windows, ring wrap, PER and balanced batches
+(docs/algorithm.md §3.1, §6).
 
 Every observation/action/reward in these episodes carries a unique id (its value), so a test can
 tell exactly which step of which episode a sampled entry came from.

@@ -1,5 +1,5 @@
-"""The simulation twin (fowm_core.sim): reference semantics of docs/algorithm.md §7.1, determinism, images,
-and the scripted behaviour policy."""
+"""The simulation twin (fowm_core.sim): reference semantics of docs/algorithm.md §7.1, determinism,
+images, and the scripted behaviour policy."""
 
 from __future__ import annotations
 

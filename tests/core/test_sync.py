@@ -1,4 +1,5 @@
-"""ApproxTimeSync against message_filters' ApproximateTimeSynchronizer rules (docs/platform.md §4)."""
+"""ApproxTimeSync against message_filters' ApproximateTimeSynchronizer rules
+(docs/platform.md §4)."""
 
 from __future__ import annotations
 

@@ -139,8 +139,7 @@ def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
     """Start ``fowm_learner`` in its own process, below the control loop in the OS scheduler.
 
     In the planner's process the learner's Python work competes with the control thread for the
-    GIL (the planner missed ~1 % of its ticks that way); in its own process at nice 10 it takes
-    only idle cycles (0 misses in the demo's measurement)."""
+    GIL; in its own process at nice 10 it takes only idle cycles (docs/results.md "The demo")."""
     values = {"bag_dir": bag_dir, "checkpoint": checkpoint, "torch_threads": 1, **(params or {})}
     argv = [sys.executable, "-m", "fowm.nodes.learner_node", "--ros-args"]
     if params_file is not None:
@@ -205,7 +204,8 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
     if not config_path.is_file():
         msg = f"config {config_path} does not exist; pass e.g. --config config/sim.yaml"
         raise ConfigError(msg)
-    # 640×480 images between participants need Fast DDS's large-data transport (§1.7).
+    # 640×480 images between participants need Fast DDS's large-data transport
+    # (docs/platform.md §1.7).
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     overrides = dict(overrides or {})
     if episodes is not None:

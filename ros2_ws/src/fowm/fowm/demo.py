@@ -6,8 +6,8 @@
   4. the ROS stack in real time (twin, planner, episode manager) without the learner for a few
      episodes: the planner's deadline misses with the planner alone
   5. the ROS stack with the recorder and the learner for N online episodes: every episode becomes
-     a bag, the learner finetunes on it (len·utd balanced updates, docs/algorithm.md §6), announces a
-     checkpoint, the planner validates and hot-swaps it between ticks
+     a bag, the learner finetunes on it (len·utd balanced updates, docs/algorithm.md §6),
+     announces a checkpoint, the planner validates and hot-swaps it between ticks
   6. success AFTER on the same evaluation seeds, with the learner's last checkpoint
   7. prints success before/after, swaps, tick misses with and without the learner; writes
      demo.json and demo.png under --out
@@ -45,9 +45,8 @@ ONLINE_SEED = 1_000_000
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fowm demo", description=__doc__.splitlines()[0])
-    # Defaults: a small, noisy reach dataset, so the pretrained model is poor (~10-20 % success)
-    # and 20-30 online episodes visibly raise it on 2 cores. With 800 medium episodes reach is
-    # already solved offline (docs/results/sim_cpu.json); push and lift need far longer.
+    # Defaults: a small, noisy reach dataset, so the pretrained model is imperfect and 20-30 online
+    # episodes visibly raise it on 2 cores (docs/results.md "The demo").
     p.add_argument("--task", default="reach", choices=tasks.names())
     p.add_argument("--out", default="runs/demo", help="results folder")
     p.add_argument("--offline-episodes", type=int, default=30)
@@ -152,7 +151,7 @@ def run_online(args: argparse.Namespace, ckpt: Path, dataset: Path, bag_dir: Pat
 
     # The recorder shares the stack's process (it only copies bytes); the learner gets its own
     # process, as on a robot: in-process, its Python work competes with the control thread for
-    # the GIL and the planner missed ~1 % of its ticks (10 of 786 in one run).
+    # the GIL (docs/results.md "The demo", docs/platform.md §15).
     # With the learner, run_stack signs its checkpoints with a fresh 0600 key in its work dir
     # (bag_dir/.learner/lab.key) and the planner accepts only those (docs/trust.md).
     result = run_stack(args.config, ckpt, 120.0 + 30.0 * episodes, bag_dir if learn else None,

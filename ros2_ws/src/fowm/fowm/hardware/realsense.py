@@ -1,4 +1,5 @@
-"""Thin adapter over pyrealsense2 (2.59, docs/platform.md §5, §8): frames in, numpy + intrinsics out.
+"""Thin adapter over pyrealsense2 (2.59, docs/platform.md §5, §8): frames in, numpy + intrinsics
+out.
 
 Where frames come from is one small interface, ``FrameSource`` (start / wait / stop, yielding the
 SDK's own framesets): ``PipelineSource`` drives a real camera through ``rs.pipeline``; tests use
@@ -105,7 +106,8 @@ class PipelineSource:
         self._pipe: rs.pipeline | None = None
 
     def start(self) -> None:
-        # pipeline.start() blocks ~15 s when no camera is attached (docs/platform.md §8): ask first.
+        # pipeline.start() blocks for many seconds when no camera is attached (docs/platform.md §8):
+        # ask first.
         devices = rs.context().query_devices()
         serials = [d.get_info(rs.camera_info.serial_number) for d in devices]
         if not serials:

@@ -160,8 +160,8 @@ class XArm:
         return self.send_velocity(np.zeros(3), duration_s)
 
     def estop(self, duration_s: float) -> int:
-        """Zero velocity, then state 4 (stop). Not the SDK's emergency_stop(): that loops ~3 s
-        and re-enables motion afterwards; an e-stop here must leave the arm stopped."""
+        """Zero velocity, then state 4 (stop). Not the SDK's emergency_stop(): it re-enables
+        motion afterwards (docs/platform.md §7); an e-stop here must leave the arm stopped."""
         self.stop(duration_s)
         return int(self.api.set_state(state=STATE_STOP))
 

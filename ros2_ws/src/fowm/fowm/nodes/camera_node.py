@@ -10,7 +10,8 @@ reopening a camera can take a second, which would stall every other node sharing
 (the fowm CLI runs all nodes in one process). The thread only publishes; rclpy publishers are
 thread-safe. A frame timeout closes the device and reopens it with exponential backoff, reported
 on /diagnostics (WARN while stalled, ERROR while the device cannot be opened, OK once frames flow).
-Run every process that touches VGA images with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (§1.7).
+Run every process that touches VGA images with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA
+(docs/platform.md §1.7).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def camera_info(intr: Intrinsics, stamp: Any, frame_id: str) -> CameraInfo:
 
 
 def image_msg(array: Any, encoding: str, stamp: Any, frame_id: str) -> Image:
-    # data=tobytes(): assigning an ndarray copies element by element (38 ms for VGA, §1.7).
+    # data=tobytes(): assigning an ndarray copies element by element (docs/platform.md §1.7).
     msg = Image(height=array.shape[0], width=array.shape[1], encoding=encoding,
                 is_bigendian=0, step=array.strides[0], data=array.tobytes())
     msg.header.stamp, msg.header.frame_id = stamp, frame_id

@@ -2,8 +2,8 @@
 
 Rewards come from fowm_core.tasks, the function the learner uses on bags and the twin uses
 in step(), computed on the paired observation after each agent step (fowm_core.runtime.control
-.EpisodeTracker). Episodes last episode_length agent steps (docs/algorithm.md §7.1: 25) or, if end_on_success,
-end at the first success. Events go to /fowm/episode as JSON (docs/design.md).
+.EpisodeTracker). Episodes last episode_length agent steps (docs/algorithm.md §7.1: 25) or, if
+end_on_success, end at the first success. Events go to /fowm/episode as JSON (docs/design.md).
 
 The task is the planner's ``checkpoint``'s: leave ``task`` empty and it comes from the sidecar; a
 task set anyway must equal it (fowm.ros.checkpoint_task), so rewards are never scored for another

@@ -4,10 +4,11 @@ Watches ``bag_dir`` (fowm_recorder's one-bag-per-episode output, or any director
 and runs runtime.ingest.LiveLearner: every complete bag is ingested exactly once (ledger keyed
 by bag name + content hash, rewritten atomically), rebuilt into exact transitions by
 fowm_core.data.bags.read_episode_bag (the same reader as the offline dataset), and buys
-len(episode)·utd balanced offline/online updates (docs/algorithm.md §6). Every ``checkpoint_every`` episodes
-it writes a checkpoint atomically (with optimizer state) and announces it on /fowm/weights as
-{"path", "sha256", "step", task, obs mode, "role": "learner", sender} signed with the lab key
-(``key_file``, docs/trust.md; transient-local, depth 1) for the planner to validate and hot-swap.
+len(episode)·utd balanced offline/online updates (docs/algorithm.md §6). Every
+``checkpoint_every`` episodes it writes a checkpoint atomically (with optimizer state) and
+announces it on /fowm/weights as {"path", "sha256", "step", task, obs mode, "role": "learner",
+sender} signed with the lab key (``key_file``, docs/trust.md; transient-local, depth 1) for the
+planner to validate and hot-swap.
 
 Sharing 2 cores with a live planner: training runs on its own thread with ONE torch thread and
 sleeps ``yield_s`` between updates, so the planner's control thread always finds a core and the
@@ -52,7 +53,8 @@ class LearnerNodeParams:
     checkpoint: str = field(default="", metadata=_p(
         "pretrained checkpoint to start from (ignored once work_dir holds one)"))
     dataset_dir: str = field(default="", metadata=_p(
-        "offline dataset (episode bags) for the offline half of every batch (docs/algorithm.md §6)"))
+        "offline dataset (episode bags) for the offline half of every batch "
+        "(docs/algorithm.md §6)"))
     recompute_reward: bool = field(default=True, metadata=_p(
         "recompute rewards from observations (fowm_core.tasks); false: logged rewards"))
     task: str = field(default="", metadata=_p(
@@ -67,6 +69,9 @@ class LearnerNodeParams:
     torch_threads: int = field(default=1, metadata=_p("torch threads of the training thread",
                                                       1, 256))
     seed: int = field(default=0, metadata=_p("sampling and learner seed", 0, 2**31 - 1))
+    device: str = field(default="cpu", metadata=_p(
+        "torch device of the training: auto | cpu | cuda | cuda:N (checkpoints stay "
+        "device-independent)"))
     key_file: str = field(default="", metadata=_p(
         "lab key that signs every announcement (the planner's trust.key_file; `fowm keygen "
         "PATH` makes one); empty: unsigned, refused by a planner that requires signatures"))
@@ -86,7 +91,8 @@ class LearnerNode(Node):
             checkpoint=Path(p.checkpoint) if p.checkpoint else None,
             dataset_dir=Path(p.dataset_dir) if p.dataset_dir else None,
             recompute_reward=p.recompute_reward, task=p.task or None,
-            checkpoint_every=p.checkpoint_every, keep_checkpoints=p.keep_checkpoints, seed=p.seed)
+            checkpoint_every=p.checkpoint_every, keep_checkpoints=p.keep_checkpoints, seed=p.seed,
+            device=p.device)
         # Loaded now: a key others may read, or none at all, is a startup error, not a quiet
         # stream of announcements the planner refuses.
         self.key = load_key(p.key_file) if p.key_file else None

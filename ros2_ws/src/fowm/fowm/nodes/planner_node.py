@@ -41,6 +41,7 @@ from fowm_core.contract import topics
 from fowm_core.data import convert
 from fowm_core.errors import CheckpointError, ConfigError, FowmError
 from fowm_core.learning.checkpoints import load_agent, load_validated_model
+from fowm_core.model.device import generator_for, resolve_device
 from fowm_core.planner.mppi import Planner, PlanResult
 from fowm_core.runtime.control import DEFAULT_ACTION_SCALE_M, planned_ee_path, uncertainty_rgba
 from fowm_core.runtime.control import param_meta as _p
@@ -89,6 +90,9 @@ class PlannerNodeParams:
     stacked_blocks: bool = field(default=False, metadata=_p(
         "one matmul per layer over all stacked heads instead of one head at a time: slower on "
         "idle cores, far faster when other busy processes share them (fewer OpenMP barriers)"))
+    device: str = field(default="cpu", metadata=_p(
+        "torch device: auto | cpu | cuda | cuda:N; the C row kernels are the CPU path, on CUDA "
+        "a decision replays as one CUDA graph (fowm_core.planner.cuda_graph)"))
     trust: TrustConfig = field(default_factory=TrustConfig)     # docs/trust.md: who may swap
 
 
@@ -132,7 +136,9 @@ class PlannerNode(Node):
         if self.params.torch_threads:
             torch.set_num_threads(self.params.torch_threads)
         self.model, self.cfg = self._load(self.params.checkpoint)
-        self.generator = torch.Generator().manual_seed(self.params.seed)
+        device = resolve_device(self.params.device)
+        self.model = self.model.to(device)
+        self.generator = generator_for(device, self.params.seed)
         self.planner = Planner(self.model, self.cfg, self.generator)
         self.action_dim = self.cfg.model.action_dim
         self.streams = self._streams()
@@ -278,9 +284,8 @@ class PlannerNode(Node):
                                     arrays.get("object_pose"), arrays.get("goal_pose"))
         model_obs: dict[str, Any] = {"state": state}
         if "image" in obs.msgs:
-            # Resized here only, with the bag reader's function (no train/serve skew).
-            rgb = convert.image_array(obs.msgs["image"])[None]            # (1, 3, H, W)
-            model_obs["rgb"] = convert.resize_rgb(rgb, self.cfg.model.img_size)[0]
+            # The bag reader's resize (resize_rgb), straight from the message's HWC buffer.
+            model_obs["rgb"] = convert.model_image(obs.msgs["image"], self.cfg.model.img_size)
         return model_obs
 
     def _plan_and_publish(self, obs: Observation, arrays: dict[str, np.ndarray]) -> None:

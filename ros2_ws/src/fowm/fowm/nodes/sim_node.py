@@ -1,8 +1,8 @@
 """fowm_sim: the MuJoCo twin (fowm_core.sim) on the real robot's topics.
 
-It publishes what realsense-ros, xarm_ros2 and an object tracker would (docs/design.md topic contract;
-every message of one sim step carries the same stamp) and executes /fowm/action with the arm
-driver's safety rule: a command older than command_timeout_s, or none, is a hold (zero motion),
+It publishes what realsense-ros, xarm_ros2 and an object tracker would (docs/design.md topic
+contract; every message of one sim step carries the same stamp) and executes /fowm/action with the
+arm driver's safety rule: a command older than command_timeout_s, or none, is a hold (zero motion),
 and each command is executed at most once. Two clocks:
 
 - real time: a monotonic-deadline thread steps the twin at rate_hz and stamps with the node clock;

@@ -72,7 +72,8 @@ class PlannerWeights:
         self.swapper = HotSwapper(
             node.cfg, Weights.of_checkpoint(node.params.checkpoint), node.model, self.policy,
             gate_cfg=self.trust.gate, monitor_cfg=self.trust.monitor, log=self._log,
-            on_refused=self._refused, ring=ObservationRing(64), disabled_reason=disabled)
+            on_refused=self._refused, ring=ObservationRing(64), disabled_reason=disabled,
+            device=node.planner.device)
         node.add_on_set_parameters_callback(_trust_read_only)
         node.create_subscription(String, topics.WEIGHTS,
                                  self.inputs.guard(topics.WEIGHTS, self._on_weights),

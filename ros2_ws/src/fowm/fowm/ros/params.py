@@ -1,4 +1,5 @@
-"""Declare ROS parameters from a config dataclass, so each default exists once (docs/contributing.md).
+"""Declare ROS parameters from a config dataclass, so each default exists once
+(docs/contributing.md).
 
 Every field of the dataclass becomes a parameter ``<prefix>.<field>`` with the field's default.
 Field metadata (plain keys, so fowm_core needs no ROS import) adds the descriptor:

@@ -2,8 +2,9 @@
 
 Sensor streams are published reliable, so `ros2 bag record`, rviz2 and reliable subscribers all get
 data, and subscribed best-effort with depth 1, so a slow consumer sees the newest sample instead of
-a backlog (a reliable subscriber to a best-effort publisher would get nothing, docs/platform.md §1.6).
-Commands are reliable depth 1: the newest command wins and none is silently lost on the wire.
+a backlog (a reliable subscriber to a best-effort publisher would get nothing,
+docs/platform.md §1.6). Commands are reliable depth 1: the newest command wins and none is
+silently lost on the wire.
 Announcements (weights, robot_description) are transient-local so late joiners get the last one.
 Episode events are reliable and deep (EVENTS), so no start/end is lost.
 """

@@ -1,10 +1,10 @@
 """Control-loop threads with a monotonic deadline, and their tick statistics.
 
 Why a thread and not an rclpy timer: rclpy's MultiThreadedExecutor stalls now and then
-(ros2/rclpy#1223, docs/platform.md §1.5: a 50 Hz timer fired 15-33 times in 3-5 s). A control loop
-that lives on its own thread and sleeps to absolute ``time.monotonic()`` deadlines keeps ticking
-whatever the executor does (ros2_control's choice, PR #275); subscriptions only store the latest
-message for it. No rclpy import here: the loops are plain Python and tested as such.
+(ros2/rclpy#1223, docs/platform.md §1.5). A control loop that lives on its own thread and sleeps
+to absolute ``time.monotonic()`` deadlines keeps ticking whatever the executor does (ros2_control's
+choice, PR #275); subscriptions only store the latest message for it. No rclpy import here: the
+loops are plain Python and tested as such.
 """
 
 from __future__ import annotations

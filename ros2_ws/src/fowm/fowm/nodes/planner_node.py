@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import JointState
 from visualization_msgs.msg import MarkerArray
 
 from fowm.ros import qos
@@ -32,7 +31,7 @@ from fowm.ros.diagnostics import fmt
 from fowm.ros.guard import UNSET_CLOCK_NS, InputGuard, restart_stopped
 from fowm.ros.hot_swap import PlannerWeights
 from fowm.ros.markers import plan_markers
-from fowm.ros.observations import Observation, ObservationInbox
+from fowm.ros.observations import Observation, ObservationInbox, streams_for
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
@@ -141,7 +140,7 @@ class PlannerNode(Node):
         self.generator = generator_for(device, self.params.seed)
         self.planner = Planner(self.model, self.cfg, self.generator)
         self.action_dim = self.cfg.model.action_dim
-        self.streams = self._streams()
+        self.streams = streams_for(self.cfg)
         self.counters = _Counters()
         self._needs_reset = True
         self._planned_seq = -1
@@ -208,20 +207,6 @@ class PlannerNode(Node):
             elites = min(cfg.planner.num_elites, overrides.get("num_samples", 10**9))
             cfg = cfg.with_overrides({"planner": {**overrides, "num_elites": elites}})
         return model, cfg
-
-    def _streams(self) -> dict[str, tuple[type, str]]:
-        """The streams paired into one observation: what build_state and the encoder need."""
-        keys = convert.state_keys(self.cfg.task, self.cfg.model.modality.value)
-        streams: dict[str, tuple[type, str]] = {}
-        if self.cfg.model.uses_rgb:
-            streams["image"] = (Image, topics.COLOR_IMAGE)
-        streams["ee_pose"] = (PoseStamped, topics.EE_POSE)
-        streams["joint_states"] = (JointState, topics.JOINT_STATES)
-        if "obj" in keys:
-            streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
-        if "goal" in keys:
-            streams["goal_pose"] = (PoseStamped, topics.GOAL_POSE)
-        return streams
 
     # -- control thread -------------------------------------------------------------------------
     def tick(self, tick: Tick) -> None:

@@ -14,14 +14,33 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from fowm.ros.guard import InputGuard
+from fowm_core.config import FowmConfig
 from fowm_core.contract import topics
 from fowm_core.contract.messages import EpisodeEvent
 from fowm_core.data import convert
 from fowm_core.data.sync import ApproxTimeSync
 from fowm_core.errors import MessageError
+
+
+def streams_for(cfg: FowmConfig) -> dict[str, tuple[type, str]]:
+    """The streams paired into one observation: what build_state and the encoder need
+    ({name: (message type, topic)}, "ee_pose" the anchor)."""
+    keys = convert.state_keys(cfg.task, cfg.model.modality.value)
+    streams: dict[str, tuple[type, str]] = {}
+    if cfg.model.uses_rgb:
+        streams["image"] = (Image, topics.COLOR_IMAGE)
+    streams["ee_pose"] = (PoseStamped, topics.EE_POSE)
+    streams["joint_states"] = (JointState, topics.JOINT_STATES)
+    if "obj" in keys:
+        streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
+    if "goal" in keys:
+        streams["goal_pose"] = (PoseStamped, topics.GOAL_POSE)
+    return streams
 
 
 @dataclass

@@ -15,29 +15,43 @@ new threads copy a process-wide value: the training thread sets 1 for itself and
 puts the process-wide value back, so the planner's threads keep theirs in a one-process stack.
 The ledger, the checkpoints and their state live in ``work_dir`` (default: bag_dir/.learner,
 hidden so it is never taken for a bag); a restarted learner resumes from them.
+
+Supervision (issue 11): one learner per work directory (an flock held for the process's life,
+fowm_core.runtime.worklock; a second is refused at start naming the holder's pid); with
+``parent_pid`` set (fowm.bringup does) it ends when that process is gone; when training stops on
+an error the process exits non-zero, so fowm.bringup's supervisor restarts it with backoff. Its
+health is on /diagnostics at 1 Hz: state, ingested/refused/ignored bags, step, last checkpoint,
+updates per second.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import rclpy
 import torch
 from rclpy.node import Node
 from std_msgs.msg import String
 
 from fowm.ros import qos
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
 from fowm.ros.params import declare_from_dataclass
-from fowm.ros.spin import run_nodes
+from fowm.ros.spin import spin_nodes
 from fowm_core.contract import topics
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.learning.checkpoints import CheckpointInfo
 from fowm_core.runtime.control import param_meta as _p
 from fowm_core.runtime.hotswap import Weights
 from fowm_core.runtime.ingest import LiveLearner, LiveLearnerConfig, announcement, run_forever
+from fowm_core.runtime.worklock import ParentWatch, WorkDirLock
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,9 @@ class LearnerNodeParams:
     torch_threads: int = field(default=1, metadata=_p("torch threads of the training thread",
                                                       1, 256))
     seed: int = field(default=0, metadata=_p("sampling and learner seed", 0, 2**31 - 1))
+    parent_pid: int = field(default=0, metadata=_p(
+        "end this process when the process with this pid is gone (fowm.bringup); 0: never",
+        0, 2**31 - 1))
 
 
 class LearnerNode(Node):
@@ -80,12 +97,17 @@ class LearnerNode(Node):
             dataset_dir=Path(p.dataset_dir) if p.dataset_dir else None,
             recompute_reward=p.recompute_reward, task=p.task or None,
             checkpoint_every=p.checkpoint_every, keep_checkpoints=p.keep_checkpoints, seed=p.seed)
+        self.lock = WorkDirLock(self.config.work_dir)       # before anything touches it
         self.learner: LiveLearner | None = None
         self.announced: list[dict[str, Any]] = []
         self.error: str | None = None
         self.ready = threading.Event()
         self._stop = threading.Event()
         self.weights_pub = self.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
+        self.diag = DiagnosticsReporter(self, "fowm_learner: finetuning", "fowm_learner")
+        self._rate = (time.monotonic(), 0)                  # (when, updates) at the last report
+        self.create_timer(1.0, self._report_health)
+        self.parent_watch = (ParentWatch(p.parent_pid, self._orphaned) if p.parent_pid else None)
         threads_set = threading.Event()
         process_threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._main, args=(threads_set,),
@@ -108,7 +130,8 @@ class LearnerNode(Node):
         except (FowmError, OSError) as err:
             self.error = str(err)
             self.get_logger().error(f"learner stopped: {err}")
-        except Exception:
+        except Exception as err:
+            self.error = f"{type(err).__name__}: {err}"
             if self.context.ok():
                 raise
         finally:
@@ -134,15 +157,78 @@ class LearnerNode(Node):
         if self.context.ok():
             self.weights_pub.publish(String(data=json.dumps(body, sort_keys=True)))
 
+    # -- health --------------------------------------------------------------------------------
+    def _report_health(self) -> None:
+        learner, now = self.learner, time.monotonic()
+        values: dict[str, Any] = {"work_dir": self.config.work_dir}
+        if learner is not None:
+            then, before = self._rate
+            self._rate = (now, learner.updates)
+            ledger = learner.ledger
+            last = learner.last_checkpoint or None
+            values.update(
+                ingested=len(ledger.ingested), failed=len(ledger.failed),
+                ignored=len(learner.scanner.ignored), step=learner.agent.learner.step,
+                owed_updates=learner.owed_updates, updates=learner.updates,
+                updates_per_s=f"{(learner.updates - before) / max(now - then, 1e-6):.2f}",
+                last_checkpoint=last.path.name if last else (
+                    learner.resumed_from.name if learner.resumed_from else "none"))
+        if self.error is not None:
+            level, state = ERROR, f"stopped: {self.error}"
+        elif learner is None:
+            level, state = OK, "starting"
+        elif learner.owed_updates:
+            level, state = OK, "training"
+        else:
+            level, state = (WARN if values.get("failed") else OK), "waiting for bags"
+        values["state"] = state.split(":")[0]
+        self.diag.update(level, state, **values)
+        self.diag.publish()
+
+    def _orphaned(self) -> None:
+        """The parent is gone: end like on SIGTERM (rclpy's handler), hard after a grace."""
+        self.get_logger().error(
+            f"parent process {self.params.parent_pid} is gone: stopping, so no orphan learner "
+            "outlives its stack")
+        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Timer(30.0, os._exit, args=(3,)).start()
+
+    @property
+    def failed(self) -> bool:
+        """Training stopped on an error (the process's main exits non-zero on this)."""
+        return self.error is not None and self.ready.is_set() and not self._thread.is_alive()
+
     def destroy_node(self) -> None:
         self._stop.set()
         self._thread.join(30.0)
+        if self.parent_watch is not None:
+            self.parent_watch.stop()
+        if not self._thread.is_alive():
+            self.lock.release()
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console script `ros2 run fowm learner_node`: this node until SIGINT/SIGTERM."""
-    run_nodes([LearnerNode], args)
+    """Console script `ros2 run fowm learner_node`: this node until SIGINT/SIGTERM.
+
+    Exit status: 0 on SIGINT/SIGTERM, 1 when training stopped on an error, 2 when it could not
+    start (e.g. its work directory is locked by another learner): a supervisor restarts on both."""
+    sys.exit(run_learner(args))
+
+
+def run_learner(args: list[str] | None = None) -> int:
+    nodes: list[Node] = []
+    try:
+        rclpy.init(args=args)
+        nodes = spin_nodes([LearnerNode], until=lambda ns: bool(ns) and ns[0].failed)
+    except FowmError as err:
+        print(f"fowm_learner: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rclpy.try_shutdown()
+    return 1 if nodes and nodes[0].failed else 0
 
 
 if __name__ == "__main__":

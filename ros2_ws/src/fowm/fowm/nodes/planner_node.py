@@ -9,6 +9,10 @@ with the observation's stamp, docs/design.md), the planned EE path and /diagnost
 
 In lock-step mode (evaluation through ROS against the sim twin on /clock) the loop plans each new
 observation as soon as it is complete instead of on a wall-clock schedule.
+
+A second publisher on an observation topic or on /fowm/action, or a second fowm_planner on the
+domain (fowm.ros.publishers), holds every tick with reason input_conflict at level ERROR until it
+is gone: the data cannot be trusted, and two controllers must not fight over one arm.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from fowm.ros import qos
 from fowm.ros.hot_swap import PlannerWeights
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.publishers import PublisherWatch
 from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
 from fowm_core.config import FowmConfig
@@ -159,6 +164,7 @@ class PlannerNode(Node):
             self.create_subscription(msg_type, topic, self._stream_callback(index, name),
                                      qos.SENSOR_SUB)
         self.weights = PlannerWeights(self)          # hot-swap: validated off this thread
+        self.inputs = PublisherWatch(self, [t for _, t in self.streams.values()], topics.ACTION)
         if self.params.lockstep:
             self.loop = TriggeredLoop(self._new_obs, self.tick, idle_s=0.25, name="fowm_planner")
         else:
@@ -251,6 +257,9 @@ class PlannerNode(Node):
         with self._lock:
             obs = self._latest
         self.counters.ticks += 1
+        if self.inputs.conflict is not None:
+            self._hold(obs, Verdict(HoldReason.INPUT_CONFLICT, self.inputs.conflict))
+            return
         now_ns = self.get_clock().now().nanoseconds
         ages = None if obs is None else {
             name: (now_ns - convert.stamp_ns(m)) * 1e-9 for name, m in obs.msgs.items()}
@@ -370,7 +379,7 @@ class PlannerNode(Node):
         if c.last_reason is not HoldReason.NONE:
             level = DiagnosticStatus.WARN
         if c.last_reason in (HoldReason.NON_FINITE_PLAN, HoldReason.PLANNER_ERROR,
-                             HoldReason.NON_FINITE_OBS):
+                             HoldReason.NON_FINITE_OBS, HoldReason.INPUT_CONFLICT):
             level = DiagnosticStatus.ERROR
         values = {
             "ticks": c.ticks, "plans": c.plans, "holds": c.holds,

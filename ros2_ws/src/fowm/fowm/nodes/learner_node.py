@@ -87,6 +87,10 @@ class LearnerNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_learner", **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.parent_watch: ParentWatch | None = None
+        self.lock: WorkDirLock | None = None     # a refused start still gets destroy_node()
         self.params = p = declare_from_dataclass(self, "", LearnerNodeParams)
         if not p.bag_dir:
             msg = "parameter bag_dir is empty: set it to the recorder's bag directory"
@@ -102,7 +106,6 @@ class LearnerNode(Node):
         self.announced: list[dict[str, Any]] = []
         self.error: str | None = None
         self.ready = threading.Event()
-        self._stop = threading.Event()
         self.weights_pub = self.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
         self.diag = DiagnosticsReporter(self, "fowm_learner: finetuning", "fowm_learner")
         self._rate = (time.monotonic(), 0)                  # (when, updates) at the last report
@@ -196,14 +199,16 @@ class LearnerNode(Node):
     @property
     def failed(self) -> bool:
         """Training stopped on an error (the process's main exits non-zero on this)."""
-        return self.error is not None and self.ready.is_set() and not self._thread.is_alive()
+        return (self.error is not None and self.ready.is_set() and self._thread is not None
+                and not self._thread.is_alive())
 
     def destroy_node(self) -> None:
         self._stop.set()
-        self._thread.join(30.0)
+        if self._thread is not None:
+            self._thread.join(30.0)
         if self.parent_watch is not None:
             self.parent_watch.stop()
-        if not self._thread.is_alive():
+        if self.lock is not None and not (self._thread and self._thread.is_alive()):
             self.lock.release()
         super().destroy_node()
 

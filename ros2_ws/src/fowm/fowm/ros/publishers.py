@@ -12,7 +12,8 @@ sentence naming the topics and the publishing nodes, or None. The planner holds 
   - a publisher of /fowm/action other than this node, or another node with this node's name: two
     controllers would fight over one arm; this one commands zero motion and reports ERROR (the
     other may not: the arm's side and the lab's domain setup have to stop it).
-Graph queries cost a few hundred µs and run on the executor thread, never on the control thread.
+Graph queries cost tens of µs and run on the executor thread every 0.1 s, never on the control
+thread.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class PublisherWatch:
     """Graph check of a node's inputs and its command topic (``conflict``: None or why)."""
 
     def __init__(self, node: Any, inputs: Sequence[str], command: str,
-                 period_s: float = 0.5) -> None:
+                 period_s: float = 0.1) -> None:
         self.node = node
         self.inputs = list(inputs)
         self.command = command

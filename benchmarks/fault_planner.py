@@ -197,7 +197,7 @@ class Harness:
         out.recovered = p.counters.plans > plans
         out.control_alive = p.loop.is_running
         stats = p.weights.swapper.stats
-        out.swaps, out.refused = stats.swaps - before[5], [why for _, why in stats.refused]
+        out.swaps, out.refused = stats.swaps - before[5], [f"{p}: {why}" for p, why in stats.refused]
         return out
 
 
@@ -252,8 +252,11 @@ def flood_image(h: Harness) -> Image:
     return img
 
 
-def weights(h: Harness, body: dict[str, Any]) -> Callable[[Harness], None]:
-    return publish_once(String, topics.WEIGHTS, json.dumps(body), qos.LATCHED)
+def probe_validator(h: Harness) -> None:
+    """After a weights fault: an announcement of a missing file must still be refused (the
+    validator thread is alive and not wedged)."""
+    body = {"path": str(h.work / "absent_probe.safetensors"), "sha256": "ab" * 32, "step": 1}
+    publish_once(String, topics.WEIGHTS, json.dumps(body), qos.LATCHED)(h)
 
 
 def forged_checkpoint(h: Harness, name: str, step: int, seed: int = 7) -> dict[str, Any]:

@@ -59,7 +59,8 @@ class Row:
 HOLD = "no crash, control thread alive, hold (no plan on it), no bad command, recovers"
 FLOOD = ("held as input_conflict (second publisher), no plan on flood data, ≤ 2 deadline misses, "
          "recovers")
-FORGED = "refused: no swap, no crash, planner keeps planning"
+FORGED = ("refused: no swap, no crash, planner keeps planning, the validator answers the next "
+          "announcement")
 
 
 def _nan(msg: Any) -> Any:
@@ -186,7 +187,8 @@ def run_planner_row(spec: PlannerRow, root: Path) -> Row:
     name, expected, inject, every_hz, check, needs, _ = spec
     start = time.monotonic()
     with fp.Harness(root / f"row{abs(hash(name)) % 10**8}") as h:
-        out = h.run(inject, every_hz=every_hz)
+        out = h.run(inject, every_hz=every_hz,
+                    clear=fp.probe_validator if check == "weights" else None)
     common = out.crashes == 0 and out.control_alive and out.bad_commands == 0
     # One plan may still come from the last good observation, in flight as the fault starts.
     if check == "hold":
@@ -195,7 +197,8 @@ def run_planner_row(spec: PlannerRow, root: Path) -> Row:
         holds = (common and out.plans_during <= 1 and out.deadline_misses <= 2
                  and out.recovered and "input_conflict" in out.holds_during)
     elif check == "weights":
-        holds = common and out.swaps == 0 and out.recovered
+        responsive = any("absent_probe" in r for r in out.refused)
+        holds = common and out.swaps == 0 and out.recovered and responsive
     elif check == "live":
         holds = False          # the planner ignores it, but the bag's record is forgeable
     else:
@@ -204,8 +207,13 @@ def run_planner_row(spec: PlannerRow, root: Path) -> Row:
                 f"control thread {'alive' if out.control_alive else 'DEAD'}; "
                 f"{out.plans_during} plans and holds {out.holds_during} in {out.ticks} ticks; "
                 f"swaps {out.swaps}; {'recovered' if out.recovered else 'did NOT recover'}")
-    if out.refused:
-        observed += f"; refused: {out.refused[-1][:100]}"
+    if check == "weights":
+        first = [r for r in out.refused if "absent_probe" not in r]
+        if first:
+            observed += f"; refused: {first[0][:120]}"
+        observed += ("; validator answered a later announcement"
+                     if any("absent_probe" in r for r in out.refused)
+                     else "; validator did NOT answer a later announcement (wedged)")
     if check == "live":
         observed += "; the message is not signed, so a recorder cannot tell it from the planner's"
     return Row(name, expected, observed, holds, out.crashes, out.bad_commands,

@@ -257,8 +257,8 @@ class PlannerNode(Node):
         with self._lock:
             obs = self._latest
         self.counters.ticks += 1
-        if self.inputs.conflict is not None:
-            self._hold(obs, Verdict(HoldReason.INPUT_CONFLICT, self.inputs.conflict))
+        if self.inputs.check() is not None:
+            self._hold(obs, Verdict(HoldReason.INPUT_CONFLICT, self.inputs.conflict or ""))
             return
         now_ns = self.get_clock().now().nanoseconds
         ages = None if obs is None else {

@@ -3,17 +3,18 @@
 A fault-injection campaign (issue 11) found a second stack on the domain answering the same
 observations (147 of 157 answered twice, the arm executing whichever came last) and a flood from a
 second joint-state publisher being planned on. Neither shows in a message's contents; both show in
-the ROS graph. ``PublisherWatch`` reads it on the node's executor every ``period_s``
-(``count_publishers``, ``get_publishers_info_by_topic``, node names) and sets ``conflict`` to a
-sentence naming the topics and the publishing nodes, or None. The planner holds while it is set
+the ROS graph. ``PublisherWatch.check`` reads it (``count_publishers``, node names; the publishers'
+names only when there is a conflict) and sets ``conflict`` to a sentence naming the topics and
+the publishing nodes, or None. The planner checks at the top of every tick, before it plans: a
+reader only receives data from writers it has discovered, so data from a second publisher cannot
+be planned on before the check can see that publisher. The planner holds while it is set
 (fowm.nodes.planner_node, docs/design.md "Safety chain"):
   - more than one publisher on an observation topic: the data cannot be trusted to come from the
     robot, so no plan is made from it;
   - a publisher of /fowm/action other than this node, or another node with this node's name: two
     controllers would fight over one arm; this one commands zero motion and reports ERROR (the
     other may not: the arm's side and the lab's domain setup have to stop it).
-Graph queries cost tens of µs and run on the executor thread every 0.1 s, never on the control
-thread.
+A check costs tens of µs (local graph cache, no network).
 """
 
 from __future__ import annotations
@@ -25,14 +26,12 @@ from typing import Any
 class PublisherWatch:
     """Graph check of a node's inputs and its command topic (``conflict``: None or why)."""
 
-    def __init__(self, node: Any, inputs: Sequence[str], command: str,
-                 period_s: float = 0.1) -> None:
+    def __init__(self, node: Any, inputs: Sequence[str], command: str) -> None:
         self.node = node
         self.inputs = list(inputs)
         self.command = command
         self.conflict: str | None = None
         self.detected = 0                 # checks that found a conflict
-        self.timer = node.create_timer(period_s, self.check)
 
     def check(self) -> str | None:
         problems = [f"{n} publishers on {topic} ({self._who(topic)}): the observation cannot be "

@@ -213,7 +213,7 @@ def run_planner_row(spec: PlannerRow, root: Path) -> Row:
             observed += f"; refused: {first[0][:120]}"
         observed += ("; validator answered a later announcement"
                      if any("absent_probe" in r for r in out.refused)
-                     else "; validator did NOT answer a later announcement (wedged)")
+                     else "; validator did NOT answer a later announcement (dead or wedged)")
     if check == "live":
         observed += "; the message is not signed, so a recorder cannot tell it from the planner's"
     return Row(name, expected, observed, holds, out.crashes, out.bad_commands,

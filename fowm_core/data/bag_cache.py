@@ -30,6 +30,33 @@ def find_bags(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("metadata.yaml") if not _hidden(p, root))
 
 
+def scan_bag_dir(root: str | Path) -> tuple[list[Path], dict[str, str]]:
+    """A watched bag directory (the recorder's output): its episode bags and what else is there.
+
+    Unlike ``find_bags``, ``root`` itself is never a bag: a stray metadata.yaml at its top must
+    not turn the whole directory (the learner's work dir included) into one "bag" whose hash
+    changes with every ledger write (issue 11). Returns (bags sorted, {top-level name: why it is
+    not a bag}); hidden entries (temp dirs being written, the learner's .learner) are skipped.
+    """
+    root = Path(root)
+    bags = sorted(p.parent for p in root.rglob("metadata.yaml")
+                  if p.parent != root and not _hidden(p, root))
+    tops = {b.relative_to(root).parts[0] for b in bags}
+    others: dict[str, str] = {}
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or entry.name in tops:
+            continue
+        if entry.name == "metadata.yaml":
+            others[entry.name] = ("a metadata.yaml at the top of the bag directory: episode bags "
+                                  "are its subdirectories, the directory itself is not one")
+        elif entry.is_dir():
+            others[entry.name] = "a directory without metadata.yaml (not a rosbag2 bag, or one " \
+                                 "still being written)"
+        else:
+            others[entry.name] = "a file, not a bag directory"
+    return bags, others
+
+
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 

@@ -18,12 +18,11 @@ Replay priorities and the sampling RNG are not restored: new rows start at max p
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,118 +35,18 @@ from fowm_core.learning import agent as agents
 from fowm_core.learning import checkpoints, train
 from fowm_core.learning.checkpoints import AgentFile, CheckpointInfo
 from fowm_core.runtime import trust
+from fowm_core.runtime.ledger import (  # noqa: F401  (re-exported: the ledger's old home)
+    LEDGER_FORMAT,
+    BagLedger,
+    BagScanner,
+    LedgerEntry,
+    atomic_write_text,
+)
 
 log = logging.getLogger(__name__)
 
-LEDGER_FORMAT = "fowm-bag-ledger/1"
 TRAINED_KEY = "fowm.trained_entries"     # checkpoint meta: ledger entries whose updates it holds
 CKPT_PREFIX = "step_"
-
-
-# -- the ledger ----------------------------------------------------------------------------------
-@dataclass
-class LedgerEntry:
-    name: str                  # bag directory name (relative to the watched directory)
-    sha256: str                # bag_cache.bag_hash of its files
-    status: str                # "ingested" or "failed"
-    steps: int = 0             # transitions it added (ingested)
-    success: bool = False
-    detail: str = ""           # why it failed
-    time_s: float = 0.0        # wall time of ingestion
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}@{self.sha256}"
-
-
-class BagLedger:
-    """Which bags were ingested or refused; survives crashes (atomic rewrite on every change)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.entries: list[LedgerEntry] = []
-        if self.path.exists():
-            self.entries = self._load()
-        self._keys = {e.key for e in self.entries}
-
-    def _load(self) -> list[LedgerEntry]:
-        try:
-            data = json.loads(self.path.read_text())
-            if data.get("format") != LEDGER_FORMAT:
-                msg = f"format {data.get('format')!r}, expected {LEDGER_FORMAT!r}"
-                raise ValueError(msg)
-            return [LedgerEntry(**e) for e in data["entries"]]
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-            # Never start from an empty ledger silently: that would train on every bag twice.
-            msg = (f"bag ledger {self.path} cannot be read ({err}); it is only ever replaced "
-                   "atomically, so this file was edited or damaged by hand: restore it, or "
-                   "delete it together with the learner's checkpoints to start over")
-            raise FowmError(msg) from err
-
-    def has(self, name: str, sha256: str) -> bool:
-        return f"{name}@{sha256}" in self._keys
-
-    def add(self, entry: LedgerEntry) -> None:
-        if entry.key in self._keys:
-            msg = f"bag {entry.name} ({entry.sha256[:12]}…) is in the ledger already"
-            raise FowmError(msg)
-        self.entries.append(entry)
-        self._keys.add(entry.key)
-        self.save()
-
-    @property
-    def ingested(self) -> list[LedgerEntry]:
-        return [e for e in self.entries if e.status == "ingested"]
-
-    @property
-    def failed(self) -> list[LedgerEntry]:
-        return [e for e in self.entries if e.status == "failed"]
-
-    def save(self) -> None:
-        text = json.dumps({"format": LEDGER_FORMAT,
-                           "entries": [asdict(e) for e in self.entries]}, indent=1)
-        atomic_write_text(self.path, text)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """temp file in the same directory → fsync → rename → fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoints.atomic_write(path, text.encode())
-
-
-@dataclass
-class BagScanner:
-    """Finds complete bags under ``root`` that the ledger has not seen; hashes each bag once per
-    change of its files (size, mtime), not on every poll."""
-
-    root: Path
-    _hashes: dict[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
-
-    def new_bags(self, ledger: BagLedger) -> list[tuple[Path, str, str]]:
-        """[(path, name, sha256)] of bags not in the ledger, in name order."""
-        if not self.root.is_dir():
-            return []
-        out = []
-        for path in bag_cache.find_bags(self.root):
-            name = path.relative_to(self.root).as_posix() if path != self.root else path.name
-            try:
-                digest = self._hash(path, name)
-            except OSError as err:          # removed while we looked: the next poll decides
-                log.warning("cannot hash bag %s: %s", path, err)
-                continue
-            if not ledger.has(name, digest):
-                out.append((path, name, digest))
-        return out
-
-    def _hash(self, path: Path, name: str) -> str:
-        signature = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                                 for p in path.rglob("*") if p.is_file()))
-        cached = self._hashes.get(name)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        digest = bag_cache.bag_hash(path)
-        self._hashes[name] = (signature, digest)
-        return digest
 
 
 # -- the live learner ----------------------------------------------------------------------------

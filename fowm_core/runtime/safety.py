@@ -34,6 +34,7 @@ class HoldReason(enum.StrEnum):
     UNCERTAIN = "uncertain"            # Q-ensemble std above max_uncertainty (paper Eq. 4's u)
     NO_MODEL = "no_model"              # the planner has no usable weights
     PLANNER_ERROR = "planner_error"    # planning raised; logged once, the loop keeps running
+    INPUT_CONFLICT = "input_conflict"  # a second publisher of an input or of the command topic
 
 
 @dataclass(frozen=True)

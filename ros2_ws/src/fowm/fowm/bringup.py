@@ -32,10 +32,13 @@ from fowm.nodes.planner_node import PlannerNode
 from fowm.nodes.recorder_node import RecorderNode
 from fowm.nodes.sim_node import SimNode
 from fowm.ros.spin import NodeFactory, spin_nodes
+from fowm.ros.supervisor import Backoff, SupervisedProcess, SupervisorNode
+from fowm.ros.supervisor import stop_process as stop_process
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.learning.checkpoints import read_meta
 from fowm_core.runtime.ingest import TRAINED_KEY, BagLedger, latest_checkpoint
 from fowm_core.runtime.trust import generate_key
+from fowm_core.runtime.worklock import die_with_parent
 
 Overrides = dict[str, dict[str, Any]]
 
@@ -50,6 +53,9 @@ class LearnerReport:
     ingested: int = 0                      # bags in the ledger
     refused_bags: int = 0                  # bags it could not read
     exit_code: int | None = None           # the process's exit status once stopped
+    restarts: int = 0                      # times the supervisor restarted it
+    failures: list[int] = field(default_factory=list)   # exit codes of its unasked-for exits
+    supervisor_state: str = ""             # running / restarting / given_up at the end
 
 
 @dataclass
@@ -139,32 +145,34 @@ def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
     """Start ``fowm_learner`` in its own process, below the control loop in the OS scheduler.
 
     In the planner's process the learner's Python work competes with the control thread for the
-    GIL; in its own process at nice 10 it takes only idle cycles (docs/results.md "The demo")."""
-    values = {"bag_dir": bag_dir, "checkpoint": checkpoint, "torch_threads": 1, **(params or {})}
+    GIL; in its own process at nice 10 it takes only idle cycles (docs/results.md "The demo"). It
+    dies with this process: SIGTERM on our death (PR_SET_PDEATHSIG, Linux) and its own watch of
+    ``parent_pid`` (anywhere), so a SIGKILLed `fowm run` leaves no orphan to share the work
+    directory with the next one."""
+    parent = os.getpid()
+    values = {"bag_dir": bag_dir, "checkpoint": checkpoint, "torch_threads": 1,
+              "parent_pid": parent, **(params or {})}
     argv = [sys.executable, "-m", "fowm.nodes.learner_node", "--ros-args"]
     if params_file is not None:
         argv += ["--params-file", str(params_file)]
     for name, value in values.items():
         argv += ["-p", f"{name}:={value}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(argv, env=env, preexec_fn=lambda: os.nice(10))
+
+    def in_child() -> None:           # between fork and exec
+        os.nice(10)
+        die_with_parent(signal.SIGTERM, parent)
+
+    return subprocess.Popen(argv, env=env, preexec_fn=in_child)
 
 
-def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> int:
-    """SIGINT first (rclpy shuts down cleanly and frees its /dev/shm segments), SIGKILL last."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def learner_report(work_dir: Path, exit_code: int | None = None) -> LearnerReport:
+def learner_report(work_dir: Path, exit_code: int | None = None,
+                   supervised: SupervisedProcess | None = None) -> LearnerReport:
     """The learner's progress from its files (it runs in another process)."""
     report = LearnerReport(exit_code=exit_code)
+    if supervised is not None:
+        report.restarts, report.failures = supervised.restarts, list(supervised.exit_codes)
+        report.supervisor_state = supervised.state
     path = latest_checkpoint(work_dir / "checkpoints")
     if path is not None:
         meta = read_meta(path)
@@ -182,7 +190,8 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
               episodes: int | None = None, overrides: Overrides | None = None,
               wait_for_learner: bool = False,
               on_episode: Callable[[dict[str, Any]], None] | None = None,
-              key_file: str | Path | None = None) -> StackResult:
+              key_file: str | Path | None = None,
+              backoff: Backoff | None = None) -> StackResult:
     """Run twin + planner + episode manager with ``config_path``'s parameters.
 
     Args:
@@ -199,6 +208,7 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         on_episode: called with each "end" event as it arrives.
         key_file: with ``bag_dir``, the lab key (docs/trust.md); None: ``<learner work
             dir>/lab.key``, created if missing (``trust_overrides``).
+        backoff: the learner's restart policy (fowm.ros.supervisor.Backoff's defaults if None).
     """
     config_path = Path(config_path)
     if not config_path.is_file():
@@ -218,12 +228,17 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
     learner_params = overrides.get("fowm_learner", {})
     rclpy.init(args=["--ros-args", "--params-file", str(config_path)])
     factories = stack_factories(str(checkpoint), lockstep, overrides)
-    learner: subprocess.Popen | None = None
+    learner: SupervisedProcess | None = None
     if bag_dir is not None:          # record every episode and learn; built first: hear every event
         assert work_dir is not None
-        # The recorder only copies bytes and stays here; the learner gets its own process.
-        factories = loop_factories(bag_dir, checkpoint, overrides)[:1] + factories
-        learner = spawn_learner_process(bag_dir, checkpoint, learner_params, config_path)
+        # The recorder only copies bytes and stays here; the learner gets its own process,
+        # restarted with backoff when it dies (fowm.ros.supervisor).
+        learner = SupervisedProcess("fowm_learner", lambda: spawn_learner_process(
+            bag_dir, checkpoint, learner_params, config_path), backoff)
+        learner.start()
+        supervised = learner
+        recorder = loop_factories(bag_dir, checkpoint, overrides)[0]
+        factories = [lambda: SupervisorNode(supervised), recorder, *factories]
     seen = [0]
 
     def finished(nodes: list[Node]) -> bool:
@@ -240,15 +255,15 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         if not (wait_for_learner and learner is not None and work_dir is not None):
             return True
         return (learner_report(work_dir).trained_episodes >= episodes
-                or learner.poll() is not None)
+                or learner.state == "given_up")
 
     try:
         nodes = spin_nodes(factories, duration_s, finished)
     finally:
-        exit_code = stop_process(learner) if learner is not None else None
+        exit_code = learner.stop() if learner is not None else None
     result = _result(nodes, started=len(nodes) == len(factories))
     if work_dir is not None:
-        result.learner = learner_report(work_dir, exit_code)
+        result.learner = learner_report(work_dir, exit_code, learner)
     return result
 
 
@@ -317,7 +332,9 @@ def _print_result(result: StackResult) -> None:
     if result.learner is not None:
         print(f"learner: {len(result.bags)} bags recorded, {result.learner.ingested} trained on, "
               f"step {result.learner.step}; {result.swaps} hot-swaps, "
-              f"{len(result.refused_swaps)} refused, {len(result.rollbacks)} rolled back")
+              f"{len(result.refused_swaps)} refused, {len(result.rollbacks)} rolled back"
+              + (f"; restarted {result.learner.restarts} times (exit codes "
+                 f"{result.learner.failures})" if result.learner.failures else ""))
 
 
 if __name__ == "__main__":

@@ -17,24 +17,36 @@ new threads copy a process-wide value: the training thread sets 1 for itself and
 puts the process-wide value back, so the planner's threads keep theirs in a one-process stack.
 The ledger, the checkpoints and their state live in ``work_dir`` (default: bag_dir/.learner,
 hidden so it is never taken for a bag); a restarted learner resumes from them.
+
+Supervision (issue 11): one learner per work directory (an flock held for the process's life,
+fowm_core.runtime.worklock; a second is refused at start naming the holder's pid); with
+``parent_pid`` set (fowm.bringup does) it ends when that process is gone; when training stops on
+an error the process exits non-zero, so fowm.bringup's supervisor restarts it with backoff. Its
+health is on /diagnostics at 1 Hz: state, ingested/refused/ignored bags, step, last checkpoint,
+updates per second.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import rclpy
 import torch
 from rclpy.node import Node
 from std_msgs.msg import String
 
 from fowm.ros import qos
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
 from fowm.ros.guard import SupervisedThread
 from fowm.ros.params import declare_from_dataclass
-from fowm.ros.spin import run_nodes
+from fowm.ros.spin import spin_nodes
 from fowm_core.contract import topics
 from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.errors import ConfigError, FowmError
@@ -43,6 +55,7 @@ from fowm_core.runtime.control import param_meta as _p
 from fowm_core.runtime.hotswap import Weights
 from fowm_core.runtime.ingest import LiveLearner, LiveLearnerConfig, announcement, run_forever
 from fowm_core.runtime.trust import load_key
+from fowm_core.runtime.worklock import ParentWatch, WorkDirLock
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,9 @@ class LearnerNodeParams:
     key_file: str = field(default="", metadata=_p(
         "lab key that signs every announcement (the planner's trust.key_file; `fowm keygen "
         "PATH` makes one); empty: unsigned, refused by a planner that requires signatures"))
+    parent_pid: int = field(default=0, metadata=_p(
+        "end this process when the process with this pid is gone (fowm.bringup); 0: never",
+        0, 2**31 - 1))
 
 
 class LearnerNode(Node):
@@ -82,6 +98,10 @@ class LearnerNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_learner", **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.parent_watch: ParentWatch | None = None
+        self.lock: WorkDirLock | None = None     # a refused start still gets destroy_node()
         self.params = p = declare_from_dataclass(self, "", LearnerNodeParams)
         if not p.bag_dir:
             msg = "parameter bag_dir is empty: set it to the recorder's bag directory"
@@ -101,12 +121,16 @@ class LearnerNode(Node):
                 "key_file is empty: checkpoints are announced unsigned and a planner that "
                 "requires signatures (the default) refuses them (docs/trust.md)")
         self.sender = f"{self.get_name()}/{os.getpid()}"
+        self.lock = WorkDirLock(self.config.work_dir)       # before anything touches it
         self.learner: LiveLearner | None = None
         self.announced: list[dict[str, Any]] = []
         self.error: str | None = None
         self.ready = threading.Event()
-        self._stop = threading.Event()
         self.weights_pub = self.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
+        self.diag = DiagnosticsReporter(self, "fowm_learner: finetuning", "fowm_learner")
+        self._rate = (time.monotonic(), 0)                  # (when, updates) at the last report
+        self.create_timer(1.0, self._report_health)
+        self.parent_watch = (ParentWatch(p.parent_pid, self._orphaned) if p.parent_pid else None)
         threads_set = threading.Event()
         process_threads = torch.get_num_threads()
         # A training thread that dies of a bug is restarted: a new LiveLearner resumes from the
@@ -132,7 +156,8 @@ class LearnerNode(Node):
         except (FowmError, OSError) as err:
             self.error = str(err)
             self.get_logger().error(f"learner stopped: {err}")
-        except Exception:
+        except Exception as err:
+            self.error = f"{type(err).__name__}: {err}"
             if self.context.ok():
                 raise
         finally:
@@ -165,15 +190,79 @@ class LearnerNode(Node):
         if self.context.ok():
             self.weights_pub.publish(String(data=text))
 
+    # -- health --------------------------------------------------------------------------------
+    def _report_health(self) -> None:
+        learner, now = self.learner, time.monotonic()
+        values: dict[str, Any] = {"work_dir": self.config.work_dir}
+        if learner is not None:
+            then, before = self._rate
+            self._rate = (now, learner.updates)
+            ledger = learner.ledger
+            last = learner.last_checkpoint or None
+            values.update(
+                ingested=len(ledger.ingested), failed=len(ledger.failed),
+                ignored=len(learner.scanner.ignored), step=learner.agent.learner.step,
+                owed_updates=learner.owed_updates, updates=learner.updates,
+                updates_per_s=f"{(learner.updates - before) / max(now - then, 1e-6):.2f}",
+                last_checkpoint=last.path.name if last else (
+                    learner.resumed_from.name if learner.resumed_from else "none"))
+        if self.error is not None:
+            level, state = ERROR, f"stopped: {self.error}"
+        elif learner is None:
+            level, state = OK, "starting"
+        elif learner.owed_updates:
+            level, state = OK, "training"
+        else:
+            level, state = (WARN if values.get("failed") else OK), "waiting for bags"
+        values["state"] = state.split(":")[0]
+        self.diag.update(level, state, **values)
+        self.diag.publish()
+
+    def _orphaned(self) -> None:
+        """The parent is gone: end like on SIGTERM (rclpy's handler), hard after a grace."""
+        self.get_logger().error(
+            f"parent process {self.params.parent_pid} is gone: stopping, so no orphan learner "
+            "outlives its stack")
+        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Timer(30.0, os._exit, args=(3,)).start()
+
+    @property
+    def failed(self) -> bool:
+        """Training stopped on an error (the process's main exits non-zero on this)."""
+        return (self.error is not None and self.ready.is_set() and self._thread is not None
+                and not self._thread.is_alive())
+
     def destroy_node(self) -> None:
         self._stop.set()
         self._thread.stop(30.0)
+        if self.parent_watch is not None:
+            self.parent_watch.stop()
+        if self.lock is not None and not self._thread.is_alive():
+            self.lock.release()
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console script `ros2 run fowm learner_node`: this node until SIGINT/SIGTERM."""
-    run_nodes([LearnerNode], args)
+    """Console script `ros2 run fowm learner_node`: this node until SIGINT/SIGTERM.
+
+    Exit status: 0 on SIGINT/SIGTERM, 1 when training stopped on an error, 2 when it could not
+    start (e.g. its work directory is locked by another learner): a supervisor restarts on both."""
+    sys.exit(run_learner(args))
+
+
+def run_learner(args: list[str] | None = None) -> int:
+    nodes: list[Node] = []
+    try:
+        rclpy.init(args=args)
+        nodes = spin_nodes([LearnerNode], until=lambda ns: bool(ns) and ns[0].failed)
+    except FowmError as err:
+        print(f"fowm_learner: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rclpy.try_shutdown()
+    return 1 if nodes and nodes[0].failed else 0
 
 
 if __name__ == "__main__":

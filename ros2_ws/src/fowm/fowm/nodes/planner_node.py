@@ -7,8 +7,11 @@ its own thread with absolute monotonic deadlines (fowm.ros.timing), so an execut
 no fresh data, holds. Each tick: safety chain → plan → safety chain → publish the action (stamped
 with the observation's stamp, docs/design.md), the planned EE path and /diagnostics.
 
-In lock-step mode (evaluation through ROS against the sim twin on /clock) the loop plans each new
-observation as soon as it is complete instead of on a wall-clock schedule.
+Lock-step mode (evaluation against the twin on /clock) plans each observation set as it completes.
+
+A second publisher on an observation topic or on /fowm/action, or a second fowm_planner on the
+domain (fowm.ros.publishers), holds every tick with reason input_conflict at level ERROR until it
+is gone: the data cannot be trusted, and two controllers must not fight over one arm.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from fowm.ros.hot_swap import PlannerWeights
 from fowm.ros.markers import plan_markers
 from fowm.ros.observations import Observation, ObservationInbox, streams_for
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.publishers import PublisherWatch
 from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
 from fowm_core.config import FowmConfig
@@ -156,6 +160,8 @@ class PlannerNode(Node):
         self.inbox.subscribe(qos.SENSOR_SUB, qos.EVENTS)
         self.weights = PlannerWeights(self)          # hot-swap: validated off this thread
         self.loop = self._make_loop()
+        self.publishers = PublisherWatch(self, [t for _, t in self.streams.values()],
+                                         topics.ACTION)
         self.loop.start()
         # Notices a dead control or validator thread and restarts it (ros/guard.py).
         self.create_timer(1.0, self.inputs.guard("watchdog", self._watchdog))
@@ -231,6 +237,9 @@ class PlannerNode(Node):
         self.weights.between_ticks()                # between two ticks: swap if weights are ready
         obs = self.inbox.newest()
         self.counters.ticks += 1
+        if self.publishers.check() is not None:
+            self._hold(obs, Verdict(HoldReason.INPUT_CONFLICT, self.publishers.conflict or ""))
+            return
         now_ns = self.get_clock().now().nanoseconds
         ages = None if obs is None else {
             name: (now_ns - convert.stamp_ns(m)) * 1e-9 for name, m in obs.msgs.items()}
@@ -343,7 +352,8 @@ class PlannerNode(Node):
         if c.last_reason is not HoldReason.NONE:
             level = DiagnosticStatus.WARN
         if c.last_reason in (HoldReason.NON_FINITE_PLAN, HoldReason.PLANNER_ERROR,
-                             HoldReason.NON_FINITE_OBS, HoldReason.FUTURE_STAMP):
+                             HoldReason.NON_FINITE_OBS, HoldReason.FUTURE_STAMP,
+                             HoldReason.INPUT_CONFLICT):
             level = DiagnosticStatus.ERROR
         values = {
             "ticks": c.ticks, "plans": c.plans, "holds": c.holds,

@@ -58,10 +58,10 @@ def test_a_second_observation_publisher_holds_until_it_is_gone(
     intruder = Node("flooding_joint_states")
     flood = intruder.create_publisher(JointState, topics.JOINT_STATES, qos.SENSOR_PUB)
     executor.add_node(intruder)
-    assert spin_until(lambda: planner.publishers.conflict is not None, timeout_s=15,
+    assert spin_until(lambda: planner.graph_watch.conflict is not None, timeout_s=15,
                       every=robot.publish)
-    assert topics.JOINT_STATES in planner.publishers.conflict
-    assert "/flooding_joint_states" in planner.publishers.conflict
+    assert topics.JOINT_STATES in planner.graph_watch.conflict
+    assert "/flooding_joint_states" in planner.graph_watch.conflict
     plans = planner.counters.plans
     n_actions = len(recs["action"].msgs)
     assert spin_until(lambda: len(_conflicts(recs["diag"])) >= 3, timeout_s=15,
@@ -72,7 +72,7 @@ def test_a_second_observation_publisher_holds_until_it_is_gone(
     assert all(s.level == DiagnosticStatus.ERROR for s in _conflicts(recs["diag"]))
     executor.remove_node(intruder)
     intruder.destroy_node()
-    assert spin_until(lambda: planner.publishers.conflict is None, timeout_s=15,
+    assert spin_until(lambda: planner.graph_watch.conflict is None, timeout_s=15,
                       every=robot.publish)
     assert spin_until(lambda: planner.counters.plans > plans, timeout_s=15, every=robot.publish)
 
@@ -85,20 +85,21 @@ def test_another_action_publisher_or_second_planner_holds_both(
     rogue = Node("rogue_controller")
     rogue.create_publisher(JointState, topics.ACTION, qos.COMMAND)
     executor.add_node(rogue)
-    assert spin_until(lambda: planner.publishers.conflict is not None, timeout_s=15,
+    assert spin_until(lambda: planner.graph_watch.conflict is not None, timeout_s=15,
                       every=robot.publish)
-    conflict = planner.publishers.conflict
+    conflict = planner.graph_watch.conflict
     assert "/rogue_controller" in conflict and topics.ACTION in conflict
     executor.remove_node(rogue)
     rogue.destroy_node()
-    assert spin_until(lambda: planner.publishers.conflict is None, timeout_s=15,
+    assert spin_until(lambda: planner.graph_watch.conflict is None, timeout_s=15,
                       every=robot.publish)
 
     second = _planner(checkpoint)                            # a second stack's planner
     executor.add_node(second)
-    assert spin_until(lambda: planner.publishers.conflict is not None
-                      and second.publishers.conflict is not None, timeout_s=15, every=robot.publish)
-    assert "2 nodes named fowm_planner" in planner.publishers.conflict
+    assert spin_until(lambda: planner.graph_watch.conflict is not None
+                      and second.graph_watch.conflict is not None, timeout_s=15,
+                      every=robot.publish)
+    assert "2 nodes named fowm_planner" in planner.graph_watch.conflict
     plans = (planner.counters.plans, second.counters.plans)
     spin_until(lambda: False, timeout_s=1.0, every=robot.publish)
     assert (planner.counters.plans, second.counters.plans) == plans

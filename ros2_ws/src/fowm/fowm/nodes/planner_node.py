@@ -160,7 +160,7 @@ class PlannerNode(Node):
         self.inbox.subscribe(qos.SENSOR_SUB, qos.EVENTS)
         self.weights = PlannerWeights(self)          # hot-swap: validated off this thread
         self.loop = self._make_loop()
-        self.publishers = PublisherWatch(self, [t for _, t in self.streams.values()],
+        self.graph_watch = PublisherWatch(self, [t for _, t in self.streams.values()],
                                          topics.ACTION)
         self.loop.start()
         # Notices a dead control or validator thread and restarts it (ros/guard.py).
@@ -237,8 +237,8 @@ class PlannerNode(Node):
         self.weights.between_ticks()                # between two ticks: swap if weights are ready
         obs = self.inbox.newest()
         self.counters.ticks += 1
-        if self.publishers.check() is not None:
-            self._hold(obs, Verdict(HoldReason.INPUT_CONFLICT, self.publishers.conflict or ""))
+        if self.graph_watch.check() is not None:
+            self._hold(obs, Verdict(HoldReason.INPUT_CONFLICT, self.graph_watch.conflict or ""))
             return
         now_ns = self.get_clock().now().nanoseconds
         ages = None if obs is None else {

@@ -99,7 +99,7 @@ class LearnerNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_learner", **kwargs)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self.parent_watch: ParentWatch | None = None
         self.lock: WorkDirLock | None = None     # a refused start still gets destroy_node()
         self.params = p = declare_from_dataclass(self, "", LearnerNodeParams)
@@ -164,7 +164,7 @@ class LearnerNode(Node):
             self.ready.set()
 
     def _watchdog(self) -> None:
-        if not self._stop.is_set() and self.context.ok():
+        if self._thread is not None and not self._stop.is_set() and self.context.ok():
             self._thread.check()
 
     def _report_start(self, learner: LiveLearner) -> None:
@@ -234,10 +234,11 @@ class LearnerNode(Node):
 
     def destroy_node(self) -> None:
         self._stop.set()
-        self._thread.stop(30.0)
+        if self._thread is not None:
+            self._thread.stop(30.0)
         if self.parent_watch is not None:
             self.parent_watch.stop()
-        if self.lock is not None and not self._thread.is_alive():
+        if self.lock is not None and not (self._thread and self._thread.is_alive()):
             self.lock.release()
         super().destroy_node()
 

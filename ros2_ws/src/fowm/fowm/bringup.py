@@ -4,8 +4,8 @@ The same node classes as the launch files, composed in one executor (ros2/exampl
 with parameters from the same YAML (--params-file). A SingleThreadedExecutor serves the
 callbacks: the control loops run on their own threads (fowm.ros.timing), so nothing here depends on
 the executor's timing, and the single-threaded one does not show the stalls of rclpy#1223.
-SIGINT/SIGTERM end it cleanly: ExternalShutdownException/KeyboardInterrupt → destroy the nodes →
-rclpy.try_shutdown() (docs/platform.md §1.8).
+SIGINT/SIGTERM end it cleanly: the first one stops the spin loop (fowm.ros.shutdown), later ones
+are ignored → destroy the nodes → rclpy.try_shutdown() (docs/platform.md §1.8).
 """
 
 from __future__ import annotations
@@ -45,24 +45,30 @@ def spin_nodes(factories: Sequence[NodeFactory], duration_s: float | None = None
     rclpy must be initialised; it is shut down on return. Returns the (destroyed) nodes so callers
     can read what they recorded.
     """
+    from fowm.ros.shutdown import stop_on_signals
+
     nodes: list[Node] = []
     executor = SingleThreadedExecutor()
-    try:
-        for factory in factories:
-            nodes.append(factory())
-            executor.add_node(nodes[-1])
-        deadline = None if duration_s is None else time.monotonic() + duration_s
-        while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
-            executor.spin_once(timeout_sec=0.1)
-            if until is not None and until(nodes):
-                break
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        for node in reversed(nodes):
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+    with stop_on_signals() as stop:            # SIGINT/SIGTERM: leave the loop, clean up, exit 0
+        try:
+            for factory in factories:
+                if stop.is_set():
+                    break
+                nodes.append(factory())
+                executor.add_node(nodes[-1])
+            deadline = None if duration_s is None else time.monotonic() + duration_s
+            while rclpy.ok() and not stop.is_set() and (
+                    deadline is None or time.monotonic() < deadline):
+                executor.spin_once(timeout_sec=0.1)
+                if until is not None and until(nodes):
+                    break
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            for node in reversed(nodes):
+                node.destroy_node()
+            executor.shutdown()
+            rclpy.try_shutdown()
     return nodes
 
 

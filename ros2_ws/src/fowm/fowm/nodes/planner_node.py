@@ -32,7 +32,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from fowm.nodes.episode_manager import EVENTS_QOS
 from fowm.ros import qos
 from fowm.ros.hot_swap import PlannerWeights
-from fowm.ros.params import declare_from_dataclass
+from fowm.ros.params import LiveGroup, declare_from_dataclass, only_tighter, watch_live
 from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
 from fowm_core.config import FowmConfig
 from fowm_core.contract import topics
@@ -87,6 +87,11 @@ class PlannerNodeParams:
         "idle cores, far faster when other busy processes share them (fewer OpenMP barriers)"))
 
 
+# Live: the hold thresholds (docs/design.md "Safety chain"), only ever stricter while running (a
+# typo in `ros2 param set` must not switch a check off); every other parameter is read-only.
+LIVE_RULES = {"max_uncertainty": "lower_or_off", "max_obs_age_s": "lower"}
+
+
 @dataclass
 class _Observation:
     """One paired observation: messages in SYNC_STREAMS order plus episode bookkeeping."""
@@ -117,8 +122,11 @@ class PlannerNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_planner", **kwargs)
-        self.params = declare_from_dataclass(self, "", PlannerNodeParams)
+        self.params = declare_from_dataclass(self, "", PlannerNodeParams, live=LIVE_RULES)
         self.limits = SafetyLimits(self.params.max_obs_age_s, self.params.max_uncertainty)
+        watch_live(self, LiveGroup("", lambda: self.params, self._apply_params,
+                                   only_tighter(LIVE_RULES, "the running planner",
+                                                "restart it with the new value")))
         if self.params.torch_threads:
             torch.set_num_threads(self.params.torch_threads)
         self.model, self.cfg = self._load(self.params.checkpoint)
@@ -157,6 +165,11 @@ class PlannerNode(Node):
             f"planning {self.cfg.task} ({self.cfg.model.modality.value}, A={self.action_dim}) "
             f"{'lock-step' if self.params.lockstep else f'at {self.params.rate_hz:g} Hz'} "
             f"with {self.params.checkpoint}")
+
+    def _apply_params(self, params: PlannerNodeParams) -> None:
+        """Control thread reads ``self.limits`` once per tick: one reference swap."""
+        self.params = params
+        self.limits = SafetyLimits(params.max_obs_age_s, params.max_uncertainty)
 
     # -- start-up --------------------------------------------------------------------------
     def _load(self, path: str) -> tuple[torch.nn.Module, FowmConfig]:
@@ -365,7 +378,8 @@ class PlannerNode(Node):
             "hold_reason": c.last_reason.value, "holds_by_reason": json.dumps(c.holds_by_reason),
             "uncertainty": c.last_uncertainty, "plan_latency_ms": c.last_plan_ms,
             "obs_age_s": c.last_obs_age_s, "lockstep": self.params.lockstep,
-            "target_rate_hz": self.params.rate_hz, **timing,
+            "target_rate_hz": self.params.rate_hz, "max_uncertainty": self.params.max_uncertainty,
+            "max_obs_age_s": self.params.max_obs_age_s, **timing,
         }
         status = DiagnosticStatus(
             level=level, name="fowm_planner: control loop", hardware_id="fowm_planner",
@@ -376,8 +390,11 @@ class PlannerNode(Node):
         self.diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        self.loop.stop()
-        self.weights.close()
+        # Parts are missing when __init__ failed (e.g. no checkpoint): stop only what exists.
+        if getattr(self, "loop", None) is not None:
+            self.loop.stop()
+        if getattr(self, "weights", None) is not None:
+            self.weights.close()
         super().destroy_node()
 
 

@@ -44,6 +44,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.serialization import deserialize_message
 from std_msgs.msg import String
 
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health
 from fowm.ros.params import declare_from_dataclass
 from fowm_core.contract import topics
 from fowm_core.data import bags, convert
@@ -155,8 +156,19 @@ class RecorderNode(Node):
             self.create_subscription(_msg_class(topic), topic, self._callback(topic),
                                      self._qos(topic), raw=True)
         self.create_timer(0.1, self._check_grace)
+        self.diag = DiagnosticsReporter(self, "fowm_recorder: bags", str(self.bag_dir))
+        self.diag.publish_every(health=self._health)
         self.get_logger().info(f"recording {len(ordered)} topics into {self.bag_dir}, "
                                "one bag per episode")
+
+    def _health(self) -> Health:
+        values = {"bags_written": len(self.written), "episodes_dropped": len(self.dropped),
+                  "pending": self._pending, "recording": self._episode is not None}
+        if not self._writer.is_alive():
+            return ERROR, "the bag writer thread stopped; bags are not written", values
+        if self.dropped:
+            return WARN, self.dropped[-1], values
+        return OK, f"{len(self.written)} bags written to {self.bag_dir}", values
 
     def _qos(self, topic: str) -> QoSProfile:
         durability = (DurabilityPolicy.TRANSIENT_LOCAL if topic == topics.WEIGHTS

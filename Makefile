@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MUJOCO_GL ?= egl
 
-.PHONY: setup sysdeps test lint demo bench clean
+# ROS 2's own launch/CLI tools (pure Python, no PyPI wheels): wheels built from the upstream sources.
+# In CI a copy of shared/ sits beside the clone; from elsewhere pass ROS2_TOOLS=/path/to/ros2-tools.
+ROS2_TOOLS ?= ../shared/ros2-tools
+
+.PHONY: setup sysdeps ros2-tools test lint demo bench clean
 
 # Debian/Ubuntu libraries that the wheels expect: libusb (pyrealsense2), EGL/Mesa (headless MuJoCo),
 # and a C compiler for the planner's fused row kernels (fowm_core/planner/native.py).
@@ -25,7 +29,16 @@ $(BIN)/.installed: pyproject.toml ros2_ws/src/fowm/setup.py
 
 setup: $(BIN)/.installed
 
-test: setup
+# `ros2 launch`, `ros2 topic|node|param` in the venv, for tests/launch (which fail, not skip, when
+# they are missing). Skipped with a note when the folder is absent: on a ROS distro, source it.
+ros2-tools: $(BIN)/.ros2-tools
+
+$(BIN)/.ros2-tools: $(BIN)/.installed $(wildcard $(ROS2_TOOLS)/*.whl)
+	@if [ -f "$(ROS2_TOOLS)/install.sh" ]; then \
+	  bash "$(ROS2_TOOLS)/install.sh" $(VENV) && touch $@; \
+	else echo "no ROS 2 tools in $(ROS2_TOOLS) (set ROS2_TOOLS=...): tests/launch will fail"; fi
+
+test: setup ros2-tools
 	$(BIN)/python -m pytest -q
 
 lint: setup

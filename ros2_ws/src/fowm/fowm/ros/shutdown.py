@@ -46,10 +46,11 @@ def exit_with_parent(stop: threading.Event) -> bool:
 
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by the first SIGINT/SIGTERM (later ones ignored) while the block runs.
+    """An event set by the first SIGINT/SIGTERM (later ones ignored, also after the block).
 
     Only the main thread may install signal handlers; elsewhere (a test spinning nodes on a
-    worker thread) the event is only set by the caller. Previous handlers are restored on exit.
+    worker thread) the event is only set by the caller. The previous handlers are restored on
+    exit unless a signal came (then the process is ending).
     """
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
@@ -59,7 +60,10 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
     uninstall_signal_handlers()              # rclpy's would raise KeyboardInterrupt mid-cleanup
 
+    signalled = threading.Event()
+
     def request_stop(_signum: int, _frame: object) -> None:
+        signalled.set()
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -67,5 +71,8 @@ def stop_on_signals() -> Iterator[threading.Event]:
     try:
         yield stop
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # After a signal the process is on its way out: a late SIGINT (launch's, after the
+        # terminal's) must not raise KeyboardInterrupt in an atexit hook (torch has some).
+        if not signalled.is_set():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

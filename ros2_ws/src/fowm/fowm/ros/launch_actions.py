@@ -45,6 +45,12 @@ def arguments() -> list[Any]:
         DeclareLaunchArgument(
             "dataset", default_value="",
             description="learn:=true: the offline dataset the checkpoint was pretrained on"),
+        # launch's own setting (ExecuteProcess reads it): seconds from SIGINT to SIGTERM. Its 5 s
+        # default cut clean exits short: five processes closing Fast DDS's TCP (LARGE_DATA)
+        # participants together took 4-10 s here, and were then killed mid-teardown.
+        DeclareLaunchArgument(
+            "sigterm_timeout", default_value="20",
+            description="seconds a node has to exit after SIGINT before launch sends SIGTERM"),
         # 640×480 images between processes need Fast DDS's large-data transport (§1.7).
         SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
         SetEnvironmentVariable(PARENT_ENV, str(os.getpid())),

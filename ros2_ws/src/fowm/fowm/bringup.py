@@ -3,8 +3,9 @@
 The same node classes as the launch files, composed in one executor (ros2/examples composed.py,
 fowm.ros.spin), with parameters from the same YAML (--params-file). With a bag directory the
 recorder joins them and the learner runs in its own process (``spawn_learner_process``).
-SIGINT/SIGTERM end it cleanly (fowm.ros.spin, docs/platform.md §1.8). ``run_stack`` returns what
-the run did (``StackResult``); `fowm run` and `fowm demo` (fowm.demo) print from it.
+SIGINT/SIGTERM end it cleanly: the first one stops the spin loop (fowm.ros.shutdown), later ones
+are ignored (fowm.ros.spin, docs/platform.md §1.8). ``run_stack`` returns what the run did
+(``StackResult``); `fowm run` and `fowm demo` (fowm.demo) print from it.
 
 The planner's checkpoint goes to the twin and the episode manager too: they take the task and
 observation mode from its sidecar (fowm.ros.checkpoint_task). No node imports this module.

@@ -30,6 +30,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from fowm.ros import qos
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health
 from fowm.ros.guard import SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
@@ -93,6 +94,8 @@ class LearnerNode(Node):
         self.ready = threading.Event()
         self._stop = threading.Event()
         self.weights_pub = self.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
+        self.diag = DiagnosticsReporter(self, "fowm_learner: finetuning", p.bag_dir)
+        self.diag.publish_every(health=self._health)
         threads_set = threading.Event()
         process_threads = torch.get_num_threads()
         # A training thread that dies of a bug is restarted: a new LiveLearner resumes from the
@@ -103,6 +106,22 @@ class LearnerNode(Node):
         threads_set.wait(10.0)
         torch.set_num_threads(process_threads)     # the process-wide value, for other threads
         self.create_timer(1.0, self._watchdog)
+
+    def _health(self) -> Health:
+        learner = self.learner
+        values: dict[str, object] = {"checkpoints_announced": len(self.announced),
+                                     "thread_restarts": self._thread.restarts}
+        if learner is not None:
+            values.update(step=learner.agent.learner.step, owed_updates=learner.owed_updates,
+                          bags_ingested=len(learner.ledger.ingested),
+                          bags_refused=len(learner.ledger.failed))
+        if self.error:
+            return ERROR, f"learner stopped: {self.error}", values
+        if not self._thread.is_alive():
+            return ERROR, "the training thread stopped; see the log", values
+        if learner is None:
+            return WARN, "starting (loading the checkpoint and the dataset)", values
+        return OK, f"learning from {self.config.bag_dir}", values
 
     # -- training thread -------------------------------------------------------------------------
     def _main(self, threads_set: threading.Event) -> None:

@@ -156,8 +156,8 @@ def image_hwc(msg: Any) -> np.ndarray:
 # How images are resized to the model's input, live (the planner node) and from bags (the reader):
 # area averaging with OpenCV (INTER_AREA). At 640x480 → 84x84 on one (loaded) core it measured
 # ~1.0 ms from the message's HWC buffer and ~1.4 ms over CHW planes, against ~2.5 ms for torch's
-# antialiased bilinear on CHW (benchmarks/camera_path.py, docs/results/camera_path_cpu.json). The name enters the bag cache key,
-# so cached episodes resized the other way are read again.
+# antialiased bilinear on CHW (benchmarks/camera_path.py, docs/results/camera_path_cpu.json).
+# The name enters the bag cache key, so cached episodes resized the other way are read again.
 RESIZE_METHOD = "cv2-inter-area"
 
 

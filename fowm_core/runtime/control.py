@@ -67,8 +67,11 @@ class EpisodeTracker:
     reward(task, state after the step, action), as the learner recomputes it from bags.
     Episodes end after max_steps (docs/algorithm.md §7.1: 25) or, if end_on_success, at the first
     success.
-    With strict_pairing (lock-step sim) a step needs the action stamped with the previous
-    observation; without it (real time: the arm runs on its own clock) every new observation is a
+    With strict_pairing (lock-step sim) the action is the one stamped with the previous
+    observation, and a new observation without one is still a step: the lock-step twin publishes
+    one observation per step and steps on the hold (zeros) when no answer came in time, so
+    skipping it would leave the count one short of the twin's and the episode would never end.
+    Without strict pairing (real time: the arm runs on its own clock) every new observation is a
     step and its action is the newest one received by then (zeros if none: the arm held).
     """
 
@@ -127,17 +130,17 @@ class EpisodeTracker:
             self._first_obs_stamp = stamp_ns
             return None                       # first observation of the episode
         action = self._action_for(prev)
-        if action is None:
-            return None                       # lock-step: the sim never moves without an answer
         reward = float(self.reward_fn(self.task, state, action))
         self.steps += 1
         self.ret += reward
         self.success = bool(self.success_fn(self.task, state))
         return reward
 
-    def _action_for(self, stamp_ns: int) -> np.ndarray | None:
-        if stamp_ns in self._actions or self.strict_pairing:
-            return self._actions.pop(stamp_ns, None)
+    def _action_for(self, stamp_ns: int) -> np.ndarray:
+        if stamp_ns in self._actions:
+            return self._actions.pop(stamp_ns) if self.strict_pairing else self._actions[stamp_ns]
+        if self.strict_pairing:                   # unanswered: the twin stepped on the hold
+            return np.zeros(self.action_dim, dtype=np.float32)
         older = [s for s in self._actions if s <= stamp_ns]
         if not older:
             return np.zeros(self.action_dim, dtype=np.float32)

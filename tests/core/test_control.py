@@ -38,18 +38,30 @@ def test_tracker_pairs_actions_with_observation_stamps() -> None:
     assert tr.observe(100, 0) is None            # first observation: no step yet
     tr.record_action(100, np.array([0.5]))
     assert tr.observe(200, 1) == pytest.approx(-1.5)
-    assert tr.observe(300, 1) is None            # no action answered stamp 200: sim did not step
-    tr.record_action(300, np.array([0.0]))
-    assert tr.observe(400, 2) == pytest.approx(-2.0)
+    tr.record_action(200, np.array([0.0]))
+    assert tr.observe(300, 2) == pytest.approx(-2.0)
     assert tr.steps == 2 and tr.success and not tr.is_done
-    tr.record_action(400, np.array([0.0]))
-    tr.observe(500, 1)
+    tr.record_action(300, np.array([0.0]))
+    tr.observe(400, 1)
     assert tr.is_done and not tr.success         # success is the state at the last step
     end = tr.finish()
     assert end.as_dict() == {"event": "end", "episode": 4, "task": "reach", "seed": 7,
                              "success": False, "terminal": False, "steps": 3,
                              "return": pytest.approx(-4.5), "first_stamp_ns": 100,
-                             "final_stamp_ns": 500}
+                             "final_stamp_ns": 400}
+
+
+def test_tracker_lockstep_counts_an_unanswered_step_as_the_hold() -> None:
+    # The lock-step twin publishes one observation per step; with no answer in time it stepped
+    # on the hold (zeros). Skipping that step left the count one short of the twin's episode
+    # length: the episode never ended and the twin waited for a reset forever.
+    tr = _tracker(max_steps=2)
+    tr.start(0, 0)
+    tr.observe(100, 0)
+    assert tr.observe(200, 1) == pytest.approx(-1.0)     # no answer to 100: the hold, counted
+    tr.record_action(200, np.array([0.5]))
+    assert tr.observe(300, 1) == pytest.approx(-1.5)
+    assert tr.is_done and tr.steps == 2
 
 
 def test_tracker_real_time_uses_latest_action_or_zero() -> None:

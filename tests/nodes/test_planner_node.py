@@ -252,3 +252,29 @@ def test_a_checkpoint_of_another_state_layout_is_refused_at_start(ros: None, tmp
 def test_missing_checkpoint_file_is_refused(ros: None, tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"missing\.safetensors"):
         _planner(tmp_path / "missing.safetensors")
+
+
+def test_hold_thresholds_apply_live_and_only_tighter(
+        executor: SingleThreadedExecutor, spin_until: Callable[..., bool],
+        checkpoint: Path) -> None:
+    # `ros2 param set /fowm_planner max_uncertainty ...` used to answer success and change nothing.
+    planner, robot, _ = _setup(executor, checkpoint)
+    assert spin_until(lambda: planner.counters.plans > 0, timeout_s=20, every=robot.publish)
+    assert planner.set_parameters([Parameter("max_uncertainty", value=1e-6)])[0].successful
+    assert planner.limits.max_uncertainty == 1e-6
+    assert spin_until(lambda: planner.counters.holds_by_reason.get("uncertain", 0) > 0,
+                      timeout_s=20, every=robot.publish)
+    looser = planner.set_parameters([Parameter("max_uncertainty", value=0.0)])[0]   # 0 = off
+    assert not looser.successful and "restart" in looser.reason
+    assert planner.limits.max_uncertainty == 1e-6
+    assert not planner.set_parameters([Parameter("rate_hz", value=5.0)])[0].successful
+
+
+def test_no_checkpoint_fails_with_one_clear_error(ros: None) -> None:
+    import rclpy
+
+    with pytest.raises(ConfigError, match="parameter checkpoint is empty"):
+        PlannerNode()
+    # The half-built node is destroyed by the context's cleanup: no second, confusing error
+    # (it was AttributeError: 'PlannerNode' object has no attribute 'loop').
+    rclpy.try_shutdown()

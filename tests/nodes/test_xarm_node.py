@@ -298,3 +298,31 @@ def test_bad_parameters_fail_at_startup_naming_the_value(ros, name, value, needl
         XArmNode(api_factory=lambda ip, rt: XArmDouble(ip, do_not_open=True),
                  parameter_overrides=[Parameter(name, value=value)])
     assert needle in str(err.value)
+
+
+def test_every_limit_has_a_stricter_direction() -> None:
+    import dataclasses
+
+    from fowm.nodes.xarm_node import STRICTER
+
+    from fowm_core.runtime.arm import ArmLimits
+
+    assert set(STRICTER) == {f.name for f in dataclasses.fields(ArmLimits)}
+
+
+def test_limits_apply_live_but_only_tighter_while_armed(make_rig, spin_until) -> None:
+    rig = make_rig()
+    node = rig.node
+    # Disarmed: any valid value applies (and reaches the commander that bounds the velocity).
+    assert node.set_parameters([Parameter("limits.max_speed_m_s", value=0.5)])[0].successful
+    assert node.commander.limits.max_speed_m_s == 0.5
+    assert call(spin_until, rig.rearm_cli).success and node.gate.is_armed
+    tighter = node.set_parameters([Parameter("limits.max_speed_m_s", value=0.1)])[0]
+    assert tighter.successful and node.commander.limits.max_speed_m_s == 0.1
+    for name, value in (("limits.max_speed_m_s", 0.2),
+                        ("limits.workspace_max_m", [0.7, 0.35, 0.5])):
+        looser = node.set_parameters([Parameter(name, value=value)])[0]
+        assert not looser.successful and "~/estop" in looser.reason, looser.reason
+    assert node.commander.limits.max_speed_m_s == 0.1
+    assert node.get_parameter("limits.max_speed_m_s").value == 0.1
+    assert not node.set_parameters([Parameter("rate_hz", value=60.0)])[0].successful  # read-only

@@ -3,8 +3,9 @@
 The same node classes as the launch files, composed in one executor (ros2/examples composed.py,
 fowm.ros.spin), with parameters from the same YAML (--params-file). With a bag directory the
 recorder joins them and the learner runs in its own process (``spawn_learner_process``).
-SIGINT/SIGTERM end it cleanly (fowm.ros.spin, docs/platform.md §1.8). ``run_stack`` returns what
-the run did (``StackResult``); `fowm run` and `fowm demo` (fowm.demo) print from it.
+SIGINT/SIGTERM end it cleanly: the first one stops the spin loop (fowm.ros.shutdown), later ones
+are ignored (fowm.ros.spin, docs/platform.md §1.8). ``run_stack`` returns what the run did
+(``StackResult``); `fowm run` and `fowm demo` (fowm.demo) print from it.
 
 The planner's checkpoint goes to the twin and the episode manager too: they take the task and
 observation mode from its sidecar (fowm.ros.checkpoint_task). No node imports this module.
@@ -31,13 +32,13 @@ from fowm.nodes.learner_node import LearnerNode
 from fowm.nodes.planner_node import PlannerNode
 from fowm.nodes.recorder_node import RecorderNode
 from fowm.nodes.sim_node import SimNode
+from fowm.ros.lab_key import trust_overrides
 from fowm.ros.spin import NodeFactory, spin_nodes
 from fowm.ros.supervisor import Backoff, SupervisedProcess, SupervisorNode
 from fowm.ros.supervisor import stop_process as stop_process
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.learning.checkpoints import read_meta
 from fowm_core.runtime.ingest import TRAINED_KEY, BagLedger, latest_checkpoint
-from fowm_core.runtime.trust import generate_key
 from fowm_core.runtime.worklock import die_with_parent
 
 Overrides = dict[str, dict[str, Any]]
@@ -110,20 +111,6 @@ def loop_factories(bag_dir: str | Path, checkpoint: str | Path,
             per_node[name].update(values)
     return [_factory(RecorderNode, per_node["fowm_recorder"]),
             _factory(LearnerNode, per_node["fowm_learner"])]
-
-
-def trust_overrides(work_dir: str | Path, key_file: str | Path | None = None) -> Overrides:
-    """Who may swap weights in (docs/trust.md): the lab key for the learner (signs), the planner
-    (verifies) and the recorder (records only authentic live reports), and the learner's
-    checkpoint directory as the planner's trusted directory. Without ``key_file`` the key is
-    ``<work_dir>/lab.key``, created (0600) if missing: a local run is authenticated too."""
-    work_dir = Path(work_dir)
-    key = Path(key_file) if key_file else work_dir / "lab.key"
-    if not key_file and not key.exists():
-        generate_key(key)
-    return {"fowm_learner": {"key_file": str(key)}, "fowm_recorder": {"key_file": str(key)},
-            "fowm_planner": {"trust.key_file": str(key),
-                             "trust.trusted_dir": str(work_dir / "checkpoints")}}
 
 
 def merged(base: Overrides, over: Overrides) -> Overrides:

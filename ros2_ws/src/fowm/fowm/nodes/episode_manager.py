@@ -24,6 +24,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool, Trigger
 
 from fowm.ros import checkpoint_task, qos
-from fowm.ros.diagnostics import OK, WARN, DiagnosticsReporter
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health, with_guard
 from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
@@ -111,9 +112,10 @@ class EpisodeManagerNode(Node):
         self._obj_init_z: float | None = None
         self._recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=8)
         self._next_episode = 0
+        self.error = ""
+        self.waiting_for = ""                         # the operator service awaited, if any
         self.inputs = InputGuard(self, p.max_future_s)
-        self.diag = DiagnosticsReporter(self, "fowm_episode_manager: episodes",
-                                        "fowm_episode_manager")
+        self.diag = DiagnosticsReporter(self, "fowm_episode_manager: episodes", p.mode)
 
         self.reward_pub = self.create_publisher(Float32, topics.REWARD, qos.COMMAND)
         self.episode_pub = self.create_publisher(String, topics.EPISODE, qos.EVENTS)
@@ -140,6 +142,23 @@ class EpisodeManagerNode(Node):
                                         lambda text: self.get_logger().error(text))
         self._worker.start()
         self.create_timer(1.0, guard("watchdog", self._watchdog))
+        self.diag.publish_every(health=lambda: with_guard(
+            self._health(), self.inputs, worker_restarts=self._worker.restarts))
+
+    def _health(self) -> Health:
+        t = self.tracker
+        values = {"mode": self.params.mode, "task": self.params.task, "episode": t.episode,
+                  "steps": t.steps, "episode_length": self.params.episode_length,
+                  "return": t.ret, "episodes_ended": sum(e["event"] == "end" for e in self.events)}
+        if self.error:
+            return ERROR, f"stopped: {self.error}", values
+        if not self._worker.is_alive():
+            return OK, "finished", values
+        if self.waiting_for:
+            return WARN, f"waiting for the operator: call ~/{self.waiting_for}", values
+        if t.active:
+            return OK, f"episode {t.episode}: step {t.steps}/{self.params.episode_length}", values
+        return OK, "resetting", values
 
     # -- executor side -----------------------------------------------------------------------------
     def _on_action(self, msg: JointState) -> None:
@@ -213,15 +232,9 @@ class EpisodeManagerNode(Node):
 
     # -- worker thread -----------------------------------------------------------------------------
     def _watchdog(self) -> None:
-        """Executor timer: restart a worker that died, and report the input counters."""
-        if self._stop.is_set() or not self.context.ok():
-            return
-        self._worker.check()
-        values = {**self.inputs.values(), "worker_restarts": self._worker.restarts}
-        bad = self.inputs.total or self._worker.restarts
-        self.diag.update(WARN if bad else OK, (
-            f"refused {self.inputs.total} inputs, worker restarts {self._worker.restarts}"
-            if bad else "ok"), **values)
+        """Executor timer: restart a worker that died (reported by ``_health``)."""
+        if not self._stop.is_set() and self.context.ok():
+            self._worker.check()
 
     def _run(self) -> None:
         """Worker thread; a restarted worker runs the episode that did not finish again."""
@@ -232,6 +245,9 @@ class EpisodeManagerNode(Node):
                     return
                 self._next_episode += 1
         except FowmError as err:
+            if self._stop.is_set():
+                return                         # shutting down: the twin went first, no error
+            self.error = str(err)
             self.get_logger().error(f"episode manager stopped: {err}")
         except Exception:
             if self.context.ok():          # a signal may have shut ROS down under our feet
@@ -244,7 +260,7 @@ class EpisodeManagerNode(Node):
             self.get_logger().info(
                 f"episode {episode}: reset the scene, then call "
                 f"{self.get_fully_qualified_name()}/confirm_reset (std_srvs/Trigger)")
-            if not self._wait(self._operator["reset"]):
+            if not self._wait(self._operator["reset"], "confirm_reset"):
                 return False
             self._begin(episode, seed, self.get_clock().now().nanoseconds)
         else:
@@ -259,7 +275,7 @@ class EpisodeManagerNode(Node):
             self.get_logger().info(
                 f"episode {episode} ended: label it with {self.get_fully_qualified_name()}"
                 "/label_success (std_srvs/SetBool, data: true if it succeeded)")
-            if not self._wait(self._operator["label"]):
+            if not self._wait(self._operator["label"], "label_success"):
                 return False
             label = self._label
         with self._lock:
@@ -295,7 +311,7 @@ class EpisodeManagerNode(Node):
         while self.episode_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         for client in (self.param_client, self.reset_client):
-            if not client.wait_for_service(timeout_sec=self.params.service_timeout_s):
+            if not self._until(lambda c=client: c.wait_for_service(timeout_sec=0.1)):
                 msg = (f"service {client.srv_name} not available after "
                        f"{self.params.service_timeout_s} s; start {self.params.sim_node} or set "
                        "sim_node to the twin's node name")
@@ -307,18 +323,32 @@ class EpisodeManagerNode(Node):
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout) or future.result() is None:
+        if not self._until(lambda: done.wait(0.1)) or future.result() is None:
             msg = f"service {client.srv_name} did not answer within {timeout} s"
             raise FowmError(msg)
         return future.result()
 
-    def _wait(self, event: threading.Event) -> bool:
-        """Wait for ``event`` unless the node is shutting down; False means stop."""
-        while not self._stop.is_set():
-            if event.wait(0.1):
-                event.clear()
+    def _until(self, ready: Callable[[], bool]) -> bool:
+        """Poll ``ready`` (which waits ~0.1 s) for service_timeout_s; False on timeout or on
+        shutdown, so a stopping node never waits out a full service timeout."""
+        deadline = time.monotonic() + self.params.service_timeout_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if ready():
                 return True
         return False
+
+    def _wait(self, event: threading.Event, service: str = "") -> bool:
+        """Wait for ``event`` (an operator's ``service`` call, for /diagnostics) unless the node
+        is shutting down; False means stop."""
+        self.waiting_for = service
+        try:
+            while not self._stop.is_set():
+                if event.wait(0.1):
+                    event.clear()
+                    return True
+            return False
+        finally:
+            self.waiting_for = ""
 
     def _publish(self, event: EpisodeEvent) -> None:
         text = event.to_json()

@@ -43,7 +43,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 
 from fowm.ros import qos
-from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health
 from fowm.ros.guard import SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import spin_nodes
@@ -129,7 +129,7 @@ class LearnerNode(Node):
         self.weights_pub = self.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
         self.diag = DiagnosticsReporter(self, "fowm_learner: finetuning", "fowm_learner")
         self._rate = (time.monotonic(), 0)                  # (when, updates) at the last report
-        self.create_timer(1.0, self._report_health)
+        self.diag.publish_every(health=self._health)
         self.parent_watch = (ParentWatch(p.parent_pid, self._orphaned) if p.parent_pid else None)
         threads_set = threading.Event()
         process_threads = torch.get_num_threads()
@@ -191,9 +191,12 @@ class LearnerNode(Node):
             self.weights_pub.publish(String(data=text))
 
     # -- health --------------------------------------------------------------------------------
-    def _report_health(self) -> None:
+    def _health(self) -> Health:
+        """Once a second on /diagnostics: state, what was learned, the training rate."""
         learner, now = self.learner, time.monotonic()
-        values: dict[str, Any] = {"work_dir": self.config.work_dir}
+        values: dict[str, Any] = {"work_dir": self.config.work_dir,
+                                  "checkpoints_announced": len(self.announced),
+                                  "thread_restarts": self._thread.restarts if self._thread else 0}
         if learner is not None:
             then, before = self._rate
             self._rate = (now, learner.updates)
@@ -208,6 +211,8 @@ class LearnerNode(Node):
                     learner.resumed_from.name if learner.resumed_from else "none"))
         if self.error is not None:
             level, state = ERROR, f"stopped: {self.error}"
+        elif self._thread is None or not self._thread.is_alive():
+            level, state = ERROR, "stopped: the training thread is not running; see the log"
         elif learner is None:
             level, state = OK, "starting"
         elif learner.owed_updates:
@@ -215,8 +220,7 @@ class LearnerNode(Node):
         else:
             level, state = (WARN if values.get("failed") else OK), "waiting for bags"
         values["state"] = state.split(":")[0]
-        self.diag.update(level, state, **values)
-        self.diag.publish()
+        return level, state, values
 
     def _orphaned(self) -> None:
         """The parent is gone: end like on SIGTERM (rclpy's handler), hard after a grace."""

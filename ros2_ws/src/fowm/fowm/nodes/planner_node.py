@@ -36,6 +36,12 @@ from fowm.ros.hot_swap import PlannerWeights
 from fowm.ros.markers import plan_markers
 from fowm.ros.observations import Observation, ObservationInbox, streams_for
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.planner_params import (
+    LIVE_RULES,
+    PlannerNodeParams,
+    safety_limits,
+    watch_live_limits,
+)
 from fowm.ros.publishers import PublisherWatch
 from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
@@ -46,57 +52,9 @@ from fowm_core.errors import CheckpointError, ConfigError, FowmError
 from fowm_core.learning.checkpoints import load_agent, load_validated_model
 from fowm_core.model.device import generator_for, resolve_device
 from fowm_core.planner.mppi import Planner, PlanResult
-from fowm_core.runtime.control import DEFAULT_ACTION_SCALE_M, planned_ee_path, uncertainty_rgba
-from fowm_core.runtime.control import param_meta as _p
-from fowm_core.runtime.safety import (
-    HoldReason,
-    SafetyLimits,
-    Verdict,
-    check_observation,
-    check_plan,
-)
+from fowm_core.runtime.control import planned_ee_path, uncertainty_rgba
+from fowm_core.runtime.safety import HoldReason, Verdict, check_observation, check_plan
 from fowm_core.runtime.safety import safe_action as zero_action
-from fowm_core.runtime.trust import TrustConfig
-
-
-@dataclass(frozen=True)
-class PlannerNodeParams:
-    checkpoint: str = field(default="", metadata=_p(
-        "path of the .safetensors checkpoint (fowm_core.learning.checkpoints) to plan with"))
-    rate_hz: float = field(default=6.25, metadata=_p(
-        "control rate; the twin's agent step is 0.16 s (docs/algorithm.md §7.1)", 0.1, 100.0))
-    lockstep: bool = field(default=False, metadata=_p(
-        "plan every new observation at once (sim twin on /clock) instead of at rate_hz"))
-    max_obs_age_s: float = field(default=0.5, metadata=_p(
-        "hold when any observation stream is older than this (node clock − header stamp)",
-        0.01, 60.0))
-    max_future_s: float = field(default=0.5, metadata=_p(
-        "refuse stamps further ahead of the node clock than this; hold on such ages", 0.0, 10.0))
-    max_uncertainty: float = field(default=0.0, metadata=_p(
-        "hold when the Q-ensemble std of the chosen action exceeds this; 0 disables", 0.0, 1e9))
-    eval_mode: bool = field(default=True, metadata=_p(
-        "no exploration noise (evaluation); false adds N(0, std²) as when collecting data"))
-    seed: int = field(default=1, metadata=_p(
-        "planner RNG seed; each episode start re-seeds it with the episode's seed", 0, 2**31 - 1))
-    sync_slop_s: float = field(default=0.02, metadata=_p(
-        "approximate-time pairing tolerance of image, ee_pose and joint_states", 1e-4, 1.0))
-    sync_queue_size: int = field(default=10, metadata=_p(
-        "messages kept per stream while pairing", 1, 1000))
-    action_scale_m: float = field(default=DEFAULT_ACTION_SCALE_M, metadata=_p(
-        "metres of EE motion per unit action per step, for the planned-path marker", 0.0, 1.0))
-    iterations: int = field(default=0, metadata=_p(
-        "MPPI iterations; 0 keeps the checkpoint's planner config", 0, 100))
-    num_samples: int = field(default=0, metadata=_p(
-        "MPPI Gaussian samples; 0 keeps the checkpoint's planner config", 0, 100000))
-    torch_threads: int = field(default=0, metadata=_p(
-        "torch intra-op threads; 0 leaves torch's default", 0, 256))
-    stacked_blocks: bool = field(default=False, metadata=_p(
-        "one matmul per layer over all stacked heads instead of one head at a time: slower on "
-        "idle cores, far faster when other busy processes share them (fewer OpenMP barriers)"))
-    device: str = field(default="cpu", metadata=_p(
-        "torch device: auto | cpu | cuda | cuda:N; the C row kernels are the CPU path, on CUDA "
-        "a decision replays as one CUDA graph (fowm_core.planner.cuda_graph)"))
-    trust: TrustConfig = field(default_factory=TrustConfig)     # docs/trust.md: who may swap
 
 
 @dataclass(frozen=True)
@@ -132,10 +90,10 @@ class PlannerNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_planner", **kwargs)
-        self.params = declare_from_dataclass(self, "", PlannerNodeParams)
-        self.limits = SafetyLimits(self.params.max_obs_age_s, self.params.max_uncertainty,
-                                   self.params.max_future_s)
+        self.params = declare_from_dataclass(self, "", PlannerNodeParams, live=LIVE_RULES)
+        self.limits = safety_limits(self.params)
         self.inputs = InputGuard(self, self.params.max_future_s)
+        watch_live_limits(self, lambda: self.params, self._apply_params)
         if self.params.torch_threads:
             torch.set_num_threads(self.params.torch_threads)
         self.model, self.cfg = self._load(self.params.checkpoint)
@@ -169,6 +127,11 @@ class PlannerNode(Node):
             f"planning {self.cfg.task} ({self.cfg.model.modality.value}, A={self.action_dim}) "
             f"{'lock-step' if self.params.lockstep else f'at {self.params.rate_hz:g} Hz'} "
             f"with {self.params.checkpoint}")
+
+    def _apply_params(self, params: PlannerNodeParams) -> None:
+        """Control thread reads ``self.limits`` once per tick: one reference swap."""
+        self.params = params
+        self.limits = safety_limits(params)
 
     # -- start-up --------------------------------------------------------------------------
     def _make_loop(self) -> FixedRateLoop | TriggeredLoop:
@@ -360,7 +323,8 @@ class PlannerNode(Node):
             "hold_reason": c.last_reason.value, "holds_by_reason": json.dumps(c.holds_by_reason),
             "uncertainty": c.last_uncertainty, "plan_latency_ms": c.last_plan_ms,
             "obs_age_s": c.last_obs_age_s, "lockstep": self.params.lockstep,
-            "target_rate_hz": self.params.rate_hz, **timing, **self.inputs.values(),
+            "target_rate_hz": self.params.rate_hz, "max_uncertainty": self.params.max_uncertainty,
+            "max_obs_age_s": self.params.max_obs_age_s, **timing, **self.inputs.values(),
             "tick_errors": c.tick_errors, "loop_restarts": c.loop_restarts,
             **self.weights.values(),
         }
@@ -383,10 +347,10 @@ class PlannerNode(Node):
 
     def destroy_node(self) -> None:
         self._closing = True
-        # A node whose __init__ failed may be destroyed too (by the context at shutdown).
-        if hasattr(self, "loop"):
+        # Parts are missing when __init__ failed (e.g. no checkpoint): stop only what exists.
+        if getattr(self, "loop", None) is not None:
             self.loop.stop()
-        if hasattr(self, "weights"):
+        if getattr(self, "weights", None) is not None:
             self.weights.close()
         super().destroy_node()
 

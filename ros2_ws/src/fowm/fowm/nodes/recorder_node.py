@@ -47,7 +47,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.serialization import deserialize_message
 from std_msgs.msg import String
 
-from fowm.ros.diagnostics import OK, WARN, DiagnosticsReporter
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health, with_guard
 from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
@@ -168,7 +168,7 @@ class RecorderNode(Node):
         self._lock = threading.Lock()
         self._jobs: queue.Queue[_Episode | None] = queue.Queue()
         self.inputs = InputGuard(self)
-        self.diag = DiagnosticsReporter(self, "fowm_recorder: bags", "fowm_recorder")
+        self.diag = DiagnosticsReporter(self, "fowm_recorder: bags", str(self.bag_dir))
         self._writer = SupervisedThread("fowm_recorder_writer", self._write_loop,
                                         lambda text: self.get_logger().error(text))
         self._writer.start()
@@ -179,8 +179,19 @@ class RecorderNode(Node):
                                      self._qos(topic), raw=True)
         self.create_timer(0.1, self.inputs.guard("grace timer", self._check_grace))
         self.create_timer(1.0, self.inputs.guard("watchdog", self._watchdog))
+        self.diag.publish_every(health=lambda: with_guard(
+            self._health(), self.inputs, writer_restarts=self._writer.restarts))
         self.get_logger().info(f"recording {len(ordered)} topics into {self.bag_dir}, "
                                "one bag per episode")
+
+    def _health(self) -> Health:
+        values = {"bags_written": len(self.written), "episodes_dropped": len(self.dropped),
+                  "pending": self._pending, "recording": self._episode is not None}
+        if not self._writer.is_alive():
+            return ERROR, "the bag writer thread stopped; bags are not written", values
+        if self.dropped:
+            return WARN, self.dropped[-1], values
+        return OK, f"{len(self.written)} bags written to {self.bag_dir}", values
 
     def _qos(self, topic: str) -> QoSProfile:
         durability = (DurabilityPolicy.TRANSIENT_LOCAL if topic == topics.WEIGHTS
@@ -270,15 +281,9 @@ class RecorderNode(Node):
         return note
 
     def _watchdog(self) -> None:
-        """Executor timer: restart a writer that died; report refused inputs and drops."""
-        if not self.context.ok():
-            return
-        self._writer.check()
-        bad = self.inputs.total or self._writer.restarts
-        self.diag.update(WARN if bad else OK, (
-            f"refused {self.inputs.total} inputs, writer restarts {self._writer.restarts}"
-            if bad else "recording"), written=len(self.written), dropped=len(self.dropped),
-            writer_restarts=self._writer.restarts, **self.inputs.values())
+        """Executor timer: restart a writer that died (reported by ``_health``)."""
+        if self.context.ok():
+            self._writer.check()
 
     def _check_grace(self) -> None:
         with self._lock:

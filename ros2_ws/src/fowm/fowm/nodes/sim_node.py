@@ -35,6 +35,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 
 from fowm.ros import checkpoint_task, qos
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick
@@ -81,8 +82,9 @@ class SimNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_sim", **kwargs)
+        # seed is live: the episode manager sets it before each ~/reset, which reads it.
         self.params = p = checkpoint_task.resolve(
-            self.get_name(), declare_from_dataclass(self, "", SimNodeParams))
+            self.get_name(), declare_from_dataclass(self, "", SimNodeParams, live=("seed",)))
         try:
             tasks.get(p.task)
             Modality(p.obs_mode)
@@ -103,6 +105,7 @@ class SimNode(Node):
         self._sim_time_ns = 1_000_000_000         # lock-step time starts at 1 s (0 = "unset")
         self.executed_holds = 0
         self.steps = 0
+        self.twin_error = ""
         self._obs: dict[str, np.ndarray] = {}
 
         self.image_pub = self.create_publisher(Image, topics.COLOR_IMAGE, qos.SENSOR_PUB)
@@ -123,6 +126,23 @@ class SimNode(Node):
         self.loop.on_exit = self._close_env
         self.loop.alive = self.context.ok
         self.loop.start()
+        self.diag = DiagnosticsReporter(self, "fowm_sim: twin", f"mujoco {p.task}/{p.obs_mode}")
+        self.diag.publish_every(health=self._health)
+
+    def _health(self) -> Health:
+        values: dict[str, object] = {"steps": self.steps, "executed_holds": self.executed_holds,
+                                     "lockstep": self.params.lockstep}
+        if hasattr(self.loop, "stats"):
+            values.update(self.loop.stats.summary())
+        if not self.loop.is_running:
+            return ERROR, "the twin's loop thread stopped; see the log and restart", values
+        if self.twin_error:
+            return ERROR, self.twin_error, values
+        if self._episode_over:
+            return OK, "waiting for ~/reset", values
+        if self.params.lockstep and not self.planner_ready():
+            return WARN, "lock-step: waiting for a planner on /fowm/action", values
+        return OK, "stepping", values
 
     def ensure_env(self) -> None:
         """Build the twin on the calling (loop) thread, once."""
@@ -148,9 +168,12 @@ class SimNode(Node):
         with self._lock:
             self._reset_request = job
         self._command_event.set()                       # wake a lock-step loop at once
-        if not job.done.wait(self.params.lockstep_timeout_s + 1.0 / self.params.rate_hz):
-            response.success, response.message = False, "the twin's loop did not run the reset"
-            return response
+        deadline = time.monotonic() + self.params.lockstep_timeout_s + 1.0 / self.params.rate_hz
+        # In slices: a loop that stopped (shutdown) must not hold the executor for the timeout.
+        while not job.done.wait(0.05):
+            if time.monotonic() > deadline or not self.loop.is_running:
+                response.success, response.message = False, "the twin's loop did not run the reset"
+                return response
         response.success = job.error is None
         response.message = job.error or json.dumps({"seed": seed, "stamp_ns": job.stamp_ns})
         return response
@@ -169,6 +192,7 @@ class SimNode(Node):
                 job.done.set()
                 return
             self._command, self._episode_over, self.steps = None, False, 0
+            self.twin_error = ""
             if self.params.lockstep:
                 job.stamp_ns = self._advance_clock()
                 self._publish_observation(job.stamp_ns)
@@ -195,7 +219,8 @@ class SimNode(Node):
         try:
             self._obs, _, terminated, truncated, _ = self.env.step(action)
         except EnvError as err:
-            self.get_logger().error(f"twin failed, holding until ~/reset: {err}")
+            self.twin_error = f"twin failed, holding until ~/reset: {err}"
+            self.get_logger().error(self.twin_error)
             self._episode_over = True
             return
         self.steps += 1
@@ -222,6 +247,10 @@ class SimNode(Node):
             self._step(action)
             self._publish_observation(self._advance_clock())
             return True
+
+    def planner_ready(self) -> bool:
+        """Lock-step: something publishes /fowm/action (the planner finished starting)."""
+        return self.count_publishers(topics.ACTION) > 0
 
     def _advance_clock(self) -> int:
         self._sim_time_ns += round(AGENT_STEP_S * 1e9)
@@ -305,6 +334,10 @@ class _LockstepLoop:
         self._stop.set()
         self._thread.join(5.0)
 
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
     def _main(self) -> None:
         try:
             self._run()
@@ -320,7 +353,10 @@ class _LockstepLoop:
         while not self._stop.is_set() and self.alive():
             self._node._command_event.wait(0.05)
             self._node._command_event.clear()
-            if self._node.lockstep_step(time.monotonic() - since) or self._node._episode_over:
+            # The answer timeout runs only once a planner is up: a planner still loading its
+            # checkpoint must not make the twin step on holds.
+            if (self._node.lockstep_step(time.monotonic() - since) or self._node._episode_over
+                    or not self._node.planner_ready()):
                 since = time.monotonic()
 
 

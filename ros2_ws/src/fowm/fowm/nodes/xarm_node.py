@@ -38,7 +38,7 @@ from fowm.hardware.xarm import (
 )
 from fowm.ros import qos
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
-from fowm.ros.params import declare_from_dataclass
+from fowm.ros.params import LiveGroup, declare_from_dataclass, only_tighter, watch_live
 from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
@@ -78,6 +78,12 @@ class XArmNodeConfig:
             raise ConfigError(msg)
 
 
+# limits.* are live; while armed each may only get stricter in this direction.
+STRICTER = {"max_step_m": "lower", "max_speed_m_s": "lower", "max_accel_m_s2": "lower",
+            "tracking_gain_hz": "lower", "command_timeout_s": "lower",
+            "workspace_min_m": "higher", "workspace_max_m": "lower"}
+
+
 class XArmNode(Node):
     """The xArm driver; ``api_factory(ip, report_type)`` builds the SDK object (tests: a double)."""
 
@@ -85,7 +91,7 @@ class XArmNode(Node):
                  **node_kwargs: Any) -> None:
         super().__init__("fowm_xarm", **node_kwargs)
         self.config = declare_from_dataclass(self, "", XArmNodeConfig)
-        self.limits = declare_from_dataclass(self, "limits", ArmLimits)
+        self.limits = declare_from_dataclass(self, "limits", ArmLimits, live=True)
         api = (api_factory or make_xarm_api)(self.config.robot_ip, self.config.report_type)
         self.arm = XArm(api, with_gripper=self.config.with_gripper)
         self.commander = ArmCommander(self.limits)
@@ -104,6 +110,9 @@ class XArmNode(Node):
         self._last_tick = time.monotonic()
         self._hold = HoldReason.NO_COMMAND
         self.diag = DiagnosticsReporter(self, "fowm_xarm: arm", self.config.robot_ip)
+        watch_live(self, LiveGroup("limits", lambda: self.limits, self._apply_limits, only_tighter(
+            STRICTER, "the armed xArm", "disarm it with ~/estop first (or restart the node)",
+            unless=lambda: not self.gate.is_armed)))
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos.SENSOR_PUB)
         self.pose_pub = self.create_publisher(PoseStamped, topics.EE_POSE, qos.SENSOR_PUB)
         self.create_subscription(JointState, topics.ACTION, self._on_action, qos.COMMAND)
@@ -111,6 +120,10 @@ class XArmNode(Node):
         self.create_service(Trigger, "~/rearm", self._on_rearm)
         self.create_timer(1.0 / self.config.rate_hz, self._tick)
         self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
+
+    def _apply_limits(self, limits: ArmLimits) -> None:
+        # Parameter services run on the executor thread, as the control timer: no race.
+        self.limits = self.commander.limits = limits
 
     # --- control tick ----------------------------------------------------------------------
     def _tick(self) -> None:

@@ -37,6 +37,8 @@ from fowm_core.config import FowmConfig, cpu
 from fowm_core.contract import topics
 from fowm_core.learning.checkpoints import save_agent
 from fowm_core.model import WorldModel
+from fowm_core.runtime import trust
+from fowm_core.runtime.hotswap import Weights
 
 JOINTS = [f"joint{i}" for i in range(1, 8)] + [topics.GRIPPER_JOINT]
 RATE_HZ = 10.0
@@ -115,8 +117,24 @@ class Harness:
     def __init__(self, work: Path, **params: Any) -> None:
         self.work = work
         self.ckpt = tiny_checkpoint(work / "live.safetensors")
+        # The lab's trust set-up (docs/trust.md): the key the learner signs with and the only
+        # directory weights may come from; forged rows differ from an honest one in one respect.
+        self.trusted = work / "checkpoints"
+        self.trusted.mkdir(parents=True, exist_ok=True)
+        self.key_file = trust.generate_key(work / "lab.key")
+        self.key = trust.load_key(self.key_file)
+        self._probes = itertools.count(10_000)
         self.params = {"checkpoint": str(self.ckpt), "rate_hz": RATE_HZ,
-                       "max_obs_age_s": 0.5, **params}
+                       "max_obs_age_s": 0.5, "trust.key_file": str(self.key_file),
+                       "trust.trusted_dir": str(self.trusted), **params}
+
+    def signed(self, path: Path | str, step: int, key: bytes | None = None,
+               sha256: str | None = None) -> dict[str, Any]:
+        """A learner's announcement of ``path``, signed with ``key`` (default: the lab key)."""
+        if sha256 is None:
+            sha256 = Weights.of_checkpoint(path).sha256 if Path(path).is_file() else "ab" * 32
+        return trust.announcement(key or self.key, path=str(path), sha256=sha256, step=step,
+                                  cfg=tiny_config(), sender="fault_injector/1")
 
     def __enter__(self) -> Harness:
         os.environ["ROS_DOMAIN_ID"] = str(120 + (os.getpid() + next(_domains)) % 80)
@@ -254,12 +272,12 @@ def flood_image(h: Harness) -> Image:
 
 
 def probe_validator(h: Harness) -> None:
-    """After a weights fault: an announcement of a missing file must still be refused (the
-    validator thread is alive and not wedged)."""
-    body = {"path": str(h.work / "absent_probe.safetensors"), "sha256": "ab" * 32, "step": 1}
+    """After a weights fault: a correctly signed announcement of a missing file in the trusted
+    directory must still be refused by the validator thread (it is alive and not wedged)."""
+    body = h.signed(h.trusted / "absent_probe.safetensors", next(h._probes))
     publish_once(String, topics.WEIGHTS, json.dumps(body), qos.LATCHED)(h)
 
 
-def forged_checkpoint(h: Harness, name: str, step: int, seed: int = 7) -> dict[str, Any]:
-    path = tiny_checkpoint(h.work / "forged" / name, seed=seed, step=step)
-    return {"path": str(path), "step": step}
+def forged_checkpoint(h: Harness, name: str, step: int, seed: int = 7) -> Path:
+    """Random weights in our own format, inside the trusted directory."""
+    return tiny_checkpoint(h.trusted / name, seed=seed, step=step)

@@ -35,6 +35,7 @@ if __package__ in (None, ""):          # run as a script: make `benchmarks` impo
 from benchmarks import fault_planner as fp
 from benchmarks.fault_process import PROCESS_ROWS
 from fowm_core.contract import topics
+from fowm_core.runtime import trust
 
 CONTRACT = "typed messages + stamp checks (issue 11, other helper)"
 TRUST = "trust layer wired into the hot-swap (issue 11, integrator)"
@@ -103,24 +104,41 @@ def _bad_encoding(msg: Image) -> Image:
     return msg
 
 
-def _weights(name: str, step: int, **extra: Any) -> Callable[[fp.Harness], None]:
+def _announce(body: Callable[[fp.Harness], dict[str, Any]]) -> Callable[[fp.Harness], None]:
     def inject(h: fp.Harness) -> None:
-        body = {**fp.forged_checkpoint(h, name, step), **extra}
-        fp.publish_once(String, topics.WEIGHTS, json.dumps(body), fp.qos.LATCHED)(h)
+        fp.publish_once(String, topics.WEIGHTS, json.dumps(body(h)), fp.qos.LATCHED)(h)
     return inject
 
 
-def _weights_path(make: Callable[[fp.Harness], str]) -> Callable[[fp.Harness], None]:
-    def inject(h: fp.Harness) -> None:
-        fp.publish_once(String, topics.WEIGHTS, json.dumps({"path": make(h), "step": 200}),
-                        fp.qos.LATCHED)(h)
-    return inject
+def _unsigned(h: fp.Harness) -> dict[str, Any]:
+    body = h.signed(fp.forged_checkpoint(h, "random.safetensors", 200), 200)
+    body.pop(trust.SIGNATURE)
+    return body
 
 
-def _fifo(h: fp.Harness) -> str:
-    path = h.work / "weights.fifo"
+def _wrong_key(h: fp.Harness) -> dict[str, Any]:
+    other = trust.load_key(trust.generate_key(h.work / "other.key"))
+    return h.signed(fp.forged_checkpoint(h, "wrongkey.safetensors", 200), 200, key=other)
+
+
+def _outside(h: fp.Harness) -> dict[str, Any]:
+    path = fp.tiny_checkpoint(Path(tempfile.mkdtemp()) / "x.safetensors", seed=9, step=300)
+    return h.signed(path, 300)
+
+
+def _fifo(h: fp.Harness) -> dict[str, Any]:
+    path = h.trusted / "weights.fifo"
     os.mkfifo(path)
-    return str(path)
+    return h.signed(path, 400, sha256="cd" * 32)
+
+
+def _dev_zero(h: fp.Harness) -> dict[str, Any]:
+    link = h.trusted / "zero.safetensors"          # inside the trusted directory, pointing out
+    link.symlink_to("/dev/zero")
+    return h.signed(link, 500, sha256="ef" * 32)
+
+
+FORGED_LIVE = {"live": True, "path": "/evil.safetensors", "sha256": "0" * 64, "step": 999}
 
 
 PlannerRow = tuple[str, str, Callable[[fp.Harness], Any], float, str, str, bool]
@@ -162,24 +180,24 @@ PLANNER_ROWS: list[PlannerRow] = [
      fp.publish_once(String, topics.WEIGHTS, '{"path": "x", "step": "abc"}', fp.qos.LATCHED), 0,
      "weights", CONTRACT, True),
     ("/fowm/weights: unsigned checkpoint (random weights, our format)", FORGED,
-     _weights("random.safetensors", 200), 0, "weights", TRUST, True),
-    ("/fowm/weights: signed with a wrong key", FORGED,
-     _weights("wrongkey.safetensors", 200, signature="00" * 32), 0, "weights", TRUST, False),
-    ("/fowm/weights: rollback to an older step (5 < live 100)", FORGED,
-     _weights("old.safetensors", 5), 0, "weights", TRUST, False),
-    ("/fowm/weights: path outside the trusted directory", FORGED,
-     _weights_path(lambda h: str(fp.tiny_checkpoint(Path(tempfile.mkdtemp()) / "x.safetensors",
-                                                    seed=9, step=300))), 0, "weights", TRUST,
+     _announce(_unsigned), 0, "weights", TRUST, True),
+    ("/fowm/weights: signed with a wrong key", FORGED, _announce(_wrong_key), 0, "weights",
+     TRUST, False),
+    ("/fowm/weights: rollback to an older step (5 < live 100), correctly signed", FORGED,
+     _announce(lambda h: h.signed(fp.forged_checkpoint(h, "old.safetensors", 5), 5)), 0,
+     "weights", TRUST, False),
+    ("/fowm/weights: path outside the trusted directory, correctly signed", FORGED,
+     _announce(_outside), 0, "weights", TRUST,
      False),
     ("/fowm/weights: forged {live: true} from another node",
      "ignored by the planner; bags can tell it from the planner's own (origin signature)",
-     fp.publish_once(String, topics.WEIGHTS, json.dumps(
-         {"live": True, "path": "/evil.safetensors", "sha256": "0" * 64, "step": 999}),
-         fp.qos.LATCHED), 0, "live", TRUST, False),
+     fp.publish_once(String, topics.WEIGHTS, json.dumps(FORGED_LIVE), fp.qos.LATCHED), 0,
+     "live", TRUST, False),
     # Last: these can wedge (FIFO) or spin (/dev/zero) the validator thread of this process.
-    ("/fowm/weights: a FIFO as path", FORGED, _weights_path(_fifo), 0, "weights", TRUST, False),
-    ("/fowm/weights: /dev/zero as path", FORGED, _weights_path(lambda h: "/dev/zero"), 0,
-     "weights", TRUST, False),
+    ("/fowm/weights: a FIFO in the trusted directory, correctly signed", FORGED, _announce(_fifo),
+     0, "weights", TRUST, False),
+    ("/fowm/weights: a link to /dev/zero in the trusted directory, correctly signed", FORGED,
+     _announce(_dev_zero), 0, "weights", TRUST, False),
 ]
 
 
@@ -199,8 +217,9 @@ def run_planner_row(spec: PlannerRow, root: Path) -> Row:
     elif check == "weights":
         responsive = any("absent_probe" in r for r in out.refused)
         holds = common and out.swaps == 0 and out.recovered and responsive
-    elif check == "live":
-        holds = False          # the planner ignores it, but the bag's record is forgeable
+    elif check == "live":          # ignored, and a reader of the bag can tell it is forged
+        holds = (common and out.swaps == 0 and out.recovered
+                 and not trust.authentic_live(h.key, FORGED_LIVE))
     else:
         holds = common and out.recovered
     observed = (f"crashes {out.crashes}{' (' + out.crash_detail + ')' if out.crashes else ''}; "
@@ -215,7 +234,8 @@ def run_planner_row(spec: PlannerRow, root: Path) -> Row:
                      if any("absent_probe" in r for r in out.refused)
                      else "; validator did NOT answer a later announcement (dead or wedged)")
     if check == "live":
-        observed += "; the message is not signed, so a recorder cannot tell it from the planner's"
+        observed += ("; a bag reader marks it forged (not signed by the planner)"
+                     if not trust.authentic_live(h.key, FORGED_LIVE) else "; passes as authentic")
     return Row(name, expected, observed, holds, out.crashes, out.bad_commands,
                out.swaps if check in ("weights", "live") else 0, None, out.deadline_misses,
                "" if holds else needs, round(time.monotonic() - start, 1))

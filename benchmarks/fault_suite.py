@@ -160,7 +160,10 @@ PLANNER_ROWS: list[PlannerRow] = [
     ("every stream stamped 1 h in the future", HOLD,
      lambda h: h.robot.mutate.update(dict.fromkeys(h.robot.pubs, fp.shift_stamp(3600))), 0,
      "hold", CONTRACT, True),
-    ("object_pose: NaN position", HOLD, M("object_pose", _nan), 0, "hold", CONTRACT, False),
+    # This planner's model (RGB + proprio) does not read the object pose: it must ignore it.
+    ("object_pose: NaN position (not read by an RGB + proprio model)",
+     "ignored: planning goes on, no bad command", M("object_pose", _nan), 0, "ignored", CONTRACT,
+     False),
     ("image: data shorter than height×step", HOLD, M("image", _short_image), 0, "hold",
      CONTRACT, False),
     ("image: 100000×100000 declared", HOLD, M("image", _huge_dims), 0, "hold", CONTRACT, False),
@@ -217,6 +220,8 @@ def run_planner_row(spec: PlannerRow, root: Path) -> Row:
     elif check == "weights":
         responsive = any("absent_probe" in r for r in out.refused)
         holds = common and out.swaps == 0 and out.recovered and responsive
+    elif check == "ignored":
+        holds = common and out.recovered and out.plans_during > 1
     elif check == "live":          # ignored, and a reader of the bag can tell it is forged
         holds = (common and out.swaps == 0 and out.recovered
                  and not trust.authentic_live(h.key, FORGED_LIVE))

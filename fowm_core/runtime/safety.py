@@ -100,9 +100,10 @@ def check_observation(ages_s: Mapping[str, float] | None,
         if not age <= limits.max_obs_age_s:
             return Verdict(HoldReason.STALE,
                            f"{name} is {age:.3f} s old (limit {limits.max_obs_age_s:.3f} s)")
-    bad = first_non_finite(arrays)
+    bad = first_non_finite(arrays, MAX_ABS_OBSERVATION)
     if bad is not None:
-        return Verdict(HoldReason.NON_FINITE_OBS, f"non-finite values in observation '{bad}'")
+        return Verdict(HoldReason.NON_FINITE_OBS,
+                       f"non-finite or out-of-range values in observation '{bad}'")
     return OK
 
 
@@ -121,11 +122,19 @@ def check_plan(action: np.ndarray, uncertainty: float, limits: SafetyLimits,
     return OK
 
 
-def first_non_finite(arrays: Mapping[str, np.ndarray]) -> str | None:
-    """Name of the first array holding NaN or inf (integer arrays, e.g. pixels, are finite)."""
+# No position (m), angle (rad) or pixel the robot can report comes near this: a larger value is a
+# broken driver or a hostile message, and planning on it only yields a non-finite plan later.
+MAX_ABS_OBSERVATION = 1e4
+
+
+def first_non_finite(arrays: Mapping[str, np.ndarray],
+                     max_abs: float = np.inf) -> str | None:
+    """Name of the first array holding NaN, inf or a magnitude above ``max_abs`` (integer
+    arrays, e.g. pixels, are finite and bounded by their type)."""
     for name, value in arrays.items():
         arr = np.asarray(value)
-        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        if arr.dtype.kind in "fc" and arr.size and not (
+                np.isfinite(arr).all() and np.abs(arr).max() <= max_abs):
             return name
     return None
 

@@ -41,8 +41,9 @@ def test_age_exactly_at_the_limit_is_still_fresh() -> None:
     assert not check_observation({"image": 0.3}, GOOD, LIMITS).hold
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_observation_holds(bad: float) -> None:
+# 1e30 is finite but no sensor reports it: planning on it only yields a non-finite plan later.
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30, -2e4])
+def test_non_finite_or_out_of_range_observation_holds(bad: float) -> None:
     obs = dict(GOOD, ee=np.array([0.1, bad, 0.3]))
     verdict = check_observation({"image": 0.0}, obs, LIMITS)
     assert verdict.reason is HoldReason.NON_FINITE_OBS

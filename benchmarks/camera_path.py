@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,17 +27,12 @@ import torch
 
 from fowm_core.config import Modality, preset
 from fowm_core.data import convert
+from fowm_core.jobs.bench import median_seconds
 from fowm_core.model import WorldModel
 
 
 def _ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(fn, repeats)
 
 
 def main() -> None:

@@ -24,8 +24,6 @@ from fowm_core.runtime.trust import (
     SIGNATURE,
     TrustError,
     authentic_live,
-    generate_key,
-    load_key,
     signed,
 )
 
@@ -34,17 +32,6 @@ TASK, MODE = CFG.task, CFG.model.modality.value
 FIELDS = {"path": "/ckpt/step_00000025.safetensors", "sha256": "ab" * 32, "step": 25,
           "task": "reach", "obs_mode": "state", "role": ROLE_LEARNER, "sender": "learner/1"}
 
-
-@pytest.fixture
-def key(tmp_path: Path) -> bytes:
-    return load_key(generate_key(tmp_path / "keys" / "fowm.key"))
-
-
-@pytest.fixture
-def ckpt_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "checkpoints"
-    d.mkdir()
-    return d
 
 
 def _announce(key: bytes | None, path: Path, **over) -> dict:

@@ -34,17 +34,6 @@ CFG = tiny_config()                  # lift, state
 TASK, MODE = CFG.task, CFG.model.modality.value
 
 
-@pytest.fixture
-def key(tmp_path: Path) -> bytes:
-    return load_key(generate_key(tmp_path / "keys" / "fowm.key"))
-
-
-@pytest.fixture
-def ckpt_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "checkpoints"
-    d.mkdir()
-    return d
-
 
 # -- the key -------------------------------------------------------------------------------------
 def test_generate_key_writes_32_random_bytes_hex_encoded_with_mode_0600(tmp_path: Path) -> None:

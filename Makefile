@@ -38,8 +38,10 @@ $(BIN)/.ros2-tools: $(BIN)/.installed $(wildcard $(ROS2_TOOLS)/*.whl)
 	  bash "$(ROS2_TOOLS)/install.sh" $(VENV) && touch $@; \
 	else echo "no ROS 2 tools in $(ROS2_TOOLS) (set ROS2_TOOLS=...): tests/launch will fail"; fi
 
+# CI passes PYTEST_ARGS=-v so its log names every test that ran (tests/launch included).
+PYTEST_ARGS ?= -q
 test: setup ros2-tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fast lane: everything but the end-to-end and launch runs and the tests marked slow.
 test-fast: setup

@@ -1,6 +1,6 @@
 """Running ROS 2's real `ros2 launch` / `ros2 topic|node|param` against a colcon-built fowm.
 
-The tools come from ../shared/ros2-tools (`make ros2-tools`, installed by .ci/run) or a ROS distro;
+The tools come from the upstream wheels (`make ros2-tools`, ROS2_TOOLS in the Makefile) or a distro;
 missing tools fail the tests with the fix, never skip them. Every launch runs in its own session
 (process group) on a domain of its own, discovery limited to localhost, and is stopped like a
 terminal Ctrl-C: SIGINT to the whole group.

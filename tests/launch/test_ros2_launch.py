@@ -69,7 +69,7 @@ def test_sim_launch_starts_every_node_and_rviz_is_optional(sim: Launch, env) -> 
     # A fresh `ros2 node list` participant may not discover every node within its spin: poll.
     listed = until(lambda: (lambda n: n if n >= SIM_NODES | LOOP_NODES else None)(
         node_names(env)), 30.0)
-    assert listed, f"missing nodes: {SIM_NODES | LOOP_NODES - node_names(env)}"
+    assert listed, f"missing nodes: {(SIM_NODES | LOOP_NODES) - node_names(env)}"
     assert "rviz" not in sim.log().lower() or "rviz2 is not installed" in sim.log()
     assert set(sim.pids()) >= {"sim_node-3", "planner_node-4", "episode_manager-5"}
 

@@ -137,7 +137,7 @@ def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
         while chunk := os.read(fd, 1 << 20):
             size += len(chunk)
             if size > max_bytes:
-                msg = f"{path} grew past {max_bytes} bytes while being read; refused"
+                msg = f"{path} grew to more than {max_bytes} bytes while being read; refused"
                 raise CheckpointError(msg)
             chunks.append(chunk)
         return b"".join(chunks)
@@ -151,7 +151,7 @@ def _check_regular(path: Path, st: os.stat_result, max_bytes: int) -> None:
                "must be a plain file written by checkpoints.save_agent")
         raise CheckpointError(msg)
     if st.st_size > max_bytes:
-        msg = (f"{path} has {st.st_size} bytes: expected at most {max_bytes} bytes for a "
+        msg = (f"{path} has {st.st_size} bytes, more than {max_bytes} bytes allowed for a "
                "checkpoint file")
         raise CheckpointError(msg)
 

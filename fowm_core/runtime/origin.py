@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import stat
 from collections.abc import Mapping
@@ -25,8 +24,9 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from fowm_core.config import FowmConfig
-from fowm_core.errors import ConfigError
+from fowm_core.errors import CheckpointError, ConfigError
 from fowm_core.learning import checkpoints
+from fowm_core.learning.checkpoint_file import read_regular_file
 from fowm_core.model import WorldModel
 from fowm_core.runtime.trust import (
     ROLE_LEARNER,
@@ -190,31 +190,15 @@ def _checked(path: Path, trusted_dir: Path, max_bytes: int) -> Path:
 
 
 def read_bounded(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most max_bytes: never blocks on a FIFO (O_NONBLOCK,
-    then fstat of the opened file), never reads more than max_bytes + 1."""
+    """The bytes of a regular file of at most max_bytes (checkpoint_file.read_regular_file:
+    never blocks on a FIFO, never reads past the bound), refusals as TrustError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return read_regular_file(path, max_bytes)
+    except CheckpointError as err:
+        raise TrustError(str(err)) from err
     except OSError as err:
         msg = f"cannot open {path}: {err.strerror}"
         raise TrustError(msg) from err
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            msg = f"{path} is not a regular file (a FIFO, device or directory); refused"
-            raise TrustError(msg)
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > max_bytes:
-        msg = f"{path} has more than {max_bytes} bytes (it grew while read?); refused"
-        raise TrustError(msg)
-    return data
 
 
 def _sidecar(path: Path, digest: str, size: int) -> dict[str, Any]:

@@ -35,13 +35,7 @@ from fowm_core.learning import agent as agents
 from fowm_core.learning import checkpoints, train
 from fowm_core.learning.checkpoints import AgentFile, CheckpointInfo
 from fowm_core.runtime import trust
-from fowm_core.runtime.ledger import (  # noqa: F401  (re-exported: the ledger's old home)
-    LEDGER_FORMAT,
-    BagLedger,
-    BagScanner,
-    LedgerEntry,
-    atomic_write_text,
-)
+from fowm_core.runtime.ledger import BagLedger, BagScanner, LedgerEntry
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from fowm_core.contract.messages import ABSENT
 from fowm_core.errors import FowmError
 from fowm_core.learning import checkpoint_file, checkpoints
 from fowm_core.runtime import ingest, trust
-from fowm_core.runtime.ingest import BagLedger, LedgerEntry, LiveLearner, LiveLearnerConfig
+from fowm_core.runtime.ingest import LiveLearner, LiveLearnerConfig
+from fowm_core.runtime.ledger import BagLedger, LedgerEntry
 
 REPO = Path(__file__).resolve().parents[2]
 torch.set_num_threads(1)

@@ -38,7 +38,8 @@ from fowm.ros.supervisor import Backoff, SupervisedProcess, SupervisorNode
 from fowm.ros.supervisor import stop_process as stop_process
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.learning.checkpoints import read_meta
-from fowm_core.runtime.ingest import TRAINED_KEY, BagLedger, latest_checkpoint
+from fowm_core.runtime.ingest import TRAINED_KEY, latest_checkpoint
+from fowm_core.runtime.ledger import BagLedger
 from fowm_core.runtime.worklock import die_with_parent
 
 Overrides = dict[str, dict[str, Any]]

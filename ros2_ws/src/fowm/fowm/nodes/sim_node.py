@@ -38,7 +38,7 @@ from fowm.ros import checkpoint_task, qos
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
-from fowm.ros.timing import FixedRateLoop, Tick
+from fowm.ros.timing import FixedRateLoop, LoopThread, Tick, TickStats
 from fowm_core import tasks
 from fowm_core.config import Modality
 from fowm_core.contract import topics
@@ -317,36 +317,12 @@ class SimNode(Node):
         super().destroy_node()
 
 
-class _LockstepLoop:
+class _LockstepLoop(LoopThread):
     """Waits for answers on its own thread (never inside the executor) and steps the twin."""
 
     def __init__(self, node: SimNode) -> None:
+        super().__init__("fowm_sim", lambda tick: None, TickStats(None))
         self._node = node
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="fowm_sim", daemon=True)
-        self.on_exit: Any = None
-        self.alive = node.context.ok
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
-
-    @property
-    def is_running(self) -> bool:
-        return self._thread.is_alive() and not self._stop.is_set()
-
-    def _main(self) -> None:
-        try:
-            self._run()
-        except Exception:
-            if self._node.context.ok():
-                raise
-        finally:
-            if self.on_exit is not None:
-                self.on_exit()
 
     def _run(self) -> None:
         since = time.monotonic()

@@ -82,7 +82,9 @@ def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else 0.0
 
 
-class _LoopThread:
+class LoopThread:
+    """A loop on its own thread: start, stop, is_running; subclasses write ``_run``."""
+
     def __init__(self, name: str, fn: Callable[[Tick], None], stats: TickStats) -> None:
         self.stats = stats
         self._fn = fn
@@ -122,7 +124,7 @@ class _LoopThread:
         raise NotImplementedError
 
 
-class FixedRateLoop(_LoopThread):
+class FixedRateLoop(LoopThread):
     """Calls ``fn`` every ``period_s`` on absolute monotonic deadlines (no drift). A tick that
     overruns skips the slots it covered instead of bursting to catch up; both count as misses."""
 
@@ -151,7 +153,7 @@ class FixedRateLoop(_LoopThread):
             index += 1
 
 
-class TriggeredLoop(_LoopThread):
+class TriggeredLoop(LoopThread):
     """Calls ``fn`` whenever ``trigger`` is set (lock-step: a new observation arrived), and at
     least every ``idle_s`` so the caller can still report and hold while nothing arrives."""
 

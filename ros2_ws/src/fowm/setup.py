@@ -28,6 +28,7 @@ NODES = {
     "stack": "fowm.bringup",
     "recorder_node": "fowm.nodes.recorder_node",
     "learner_node": "fowm.nodes.learner_node",
+    "tracker_node": "fowm.nodes.tracker_node",
 }
 # Verbs of the `fowm` command (fowm_core.jobs.cli finds them by this entry point group, as ros2cli
 # finds its verbs): each is called with the arguments after the verb and returns an exit code.

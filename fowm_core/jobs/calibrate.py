@@ -19,6 +19,7 @@ from fowm_core.perception import calibration, geometry
 from fowm_core.perception import markers as mk
 from fowm_core.perception.tracker import MarkerDetector
 from fowm_core.sim.base import XarmEnv
+from fowm_core.sim.markers import TRACKER_CAMERA
 from fowm_core.sim.scene import GRIPPER_QUAT
 
 WIDTH, HEIGHT = 640, 480
@@ -26,13 +27,25 @@ WIDTH, HEIGHT = 640, 480
 
 def calibrate_twin(out: Path | None, poses: int = 30, seed: int = 0, method: str = "park",
                    task: str = "reach", max_tilt_deg: float = 30.0,
-                   max_turn_deg: float = 40.0) -> dict[str, Any]:
+                   max_turn_deg: float = 40.0, camera: str = TRACKER_CAMERA) -> dict[str, Any]:
     """Run the calibration on the twin; write the extrinsics YAML to ``out`` (if given) and
     return the summary (residual, error against the true camera pose, samples used)."""
-    env = XarmEnv(task, "state", markers=True)
+    t_base_cam, summary = twin_calibration(poses, seed, method, task, max_tilt_deg, max_turn_deg,
+                                           camera)
+    if out is not None:
+        geometry.save_extrinsics(out, t_base_cam, {**summary, "source": "twin"})
+        summary["out"] = str(out)
+    return summary
+
+
+def twin_calibration(poses: int = 30, seed: int = 0, method: str = "park", task: str = "reach",
+                     max_tilt_deg: float = 30.0, max_turn_deg: float = 40.0,
+                     camera: str = TRACKER_CAMERA) -> tuple[np.ndarray, dict[str, Any]]:
+    """(T_base_camera, summary) of one calibration run on the twin."""
+    env = XarmEnv(task, "state", gripper_marker=camera)
     try:
         env.reset(seed=seed)
-        intr = env.camera_intrinsics(WIDTH, HEIGHT)
+        intr = env.camera_intrinsics(WIDTH, HEIGHT, camera)
         detector = MarkerDetector({mk.GRIPPER_ID: mk.GRIPPER_PLATE_M * mk.MARKER_FRACTION},
                                   mk.DICTIONARY, refinement="APRILTAG")
         base_gripper, cam_marker, missed = [], [], 0
@@ -40,7 +53,7 @@ def calibrate_twin(out: Path | None, poses: int = 30, seed: int = 0, method: str
                 np.array(env.workspace.low), np.array(env.workspace.high), poses, GRIPPER_QUAT,
                 max_tilt_deg, max_turn_deg, seed=seed):
             env.hold_tool(position, quat)
-            seen = [d for d in detector.detect(env.render(WIDTH, HEIGHT), intr)[0]
+            seen = [d for d in detector.detect(env.render(WIDTH, HEIGHT, camera), intr)[0]
                     if d.marker_id == mk.GRIPPER_ID]
             if not seen:
                 missed += 1
@@ -55,12 +68,9 @@ def calibrate_twin(out: Path | None, poses: int = 30, seed: int = 0, method: str
                    f"expected at least {calibration.MIN_SAMPLES}: add poses or lower the tilts")
             raise PerceptionError(msg)
         result = calibration.solve_eye_to_hand(base_gripper, cam_marker, method)
-        mm, deg = geometry.pose_error(result.t_base_cam, env.camera_pose())
+        mm, deg = geometry.pose_error(result.t_base_cam, env.camera_pose(camera))
     finally:
         env.close()
-    summary = {**result.summary(), "poses": poses, "missed": missed, "seed": seed,
+    summary = {**result.summary(), "camera": camera, "poses": poses, "missed": missed, "seed": seed,
                "error_vs_truth_mm": round(mm, 3), "error_vs_truth_deg": round(deg, 4)}
-    if out is not None:
-        geometry.save_extrinsics(out, result.t_base_cam, {**summary, "source": "twin"})
-        summary["out"] = str(out)
-    return summary
+    return result.t_base_cam, summary

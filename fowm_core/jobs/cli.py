@@ -136,7 +136,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     summary = calibrate.calibrate_twin(args.out, poses=args.poses, seed=args.seed,
                                        method=args.method, max_tilt_deg=args.max_tilt_deg,
-                                       max_turn_deg=args.max_turn_deg)
+                                       max_turn_deg=args.max_turn_deg, camera=args.camera)
     print(json.dumps(summary))
     return 0
 
@@ -245,6 +245,9 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--poses", type=int, default=30, help="arm poses to visit")
     p.add_argument("--method", default="park", choices=["tsai", "park", "horaud", "andreff",
                                                           "daniilidis"])
+    p.add_argument("--camera", default="tracker_cam", choices=["tracker_cam", "camera0"],
+                   help="the twin's camera to calibrate (tracker_cam: the tracker's, across "
+                        "the table; camera0: the model's view)")
     p.add_argument("--max-tilt-deg", type=float, default=30.0)
     p.add_argument("--max-turn-deg", type=float, default=40.0)
     p.add_argument("--seed", type=int, default=0)

@@ -20,9 +20,11 @@ from fowm_core.perception import geometry
 from fowm_core.perception.markers import Layout, MarkerSet, dictionary
 
 DEFAULT_MAX_REPROJ_PX = 2.0
-# cv2.aruco corner refinements: SUBPIX finds the most markers (the tracker's default); APRILTAG
-# places corners best but misses more small markers (calibration, where a miss only skips a pose).
+# cv2.aruco corner refinements. APRILTAG places corners best (on the twin: 1.5-5 mm mean object
+# error against 10-12 mm for SUBPIX) but misses a few more small markers, so the default runs
+# it first and lets SUBPIX add the markers it missed (docs/results/tracker_twin.json).
 REFINEMENTS = ("NONE", "SUBPIX", "CONTOUR", "APRILTAG")
+DEFAULT_REFINEMENT = "APRILTAG,SUBPIX"
 
 
 @dataclass(frozen=True)
@@ -81,16 +83,23 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 class MarkerDetector:
-    """ArUco detection with sub-pixel corners, and one IPPE_SQUARE pose per known marker."""
+    """ArUco detection with refined corners, and one IPPE_SQUARE pose per known marker.
+    ``refinement``: one of REFINEMENTS, or several comma-separated: each detector in turn adds
+    the markers the ones before it missed."""
 
     def __init__(self, sizes: dict[int, float], dictionary_name: str,
-                 max_reproj_px: float = DEFAULT_MAX_REPROJ_PX, refinement: str = "SUBPIX") -> None:
-        if refinement not in REFINEMENTS:
-            msg = f"corner refinement {refinement!r} is unknown: expected one of {REFINEMENTS}"
+                 max_reproj_px: float = DEFAULT_MAX_REPROJ_PX,
+                 refinement: str = DEFAULT_REFINEMENT) -> None:
+        methods = [m.strip() for m in refinement.split(",")]
+        if not all(m in REFINEMENTS for m in methods):
+            msg = (f"corner refinement {refinement!r} is unknown: expected one of {REFINEMENTS} "
+                   f"or several, comma-separated (default {DEFAULT_REFINEMENT})")
             raise PerceptionError(msg)
-        params = cv2.aruco.DetectorParameters()
-        params.cornerRefinementMethod = getattr(cv2.aruco, f"CORNER_REFINE_{refinement}")
-        self._detector = cv2.aruco.ArucoDetector(dictionary(dictionary_name), params)
+        self._detectors = []
+        for method in methods:
+            params = cv2.aruco.DetectorParameters()
+            params.cornerRefinementMethod = getattr(cv2.aruco, f"CORNER_REFINE_{method}")
+            self._detectors.append(cv2.aruco.ArucoDetector(dictionary(dictionary_name), params))
         self.sizes = dict(sizes)
         self.max_reproj_px = max_reproj_px
 
@@ -101,17 +110,19 @@ class MarkerDetector:
             msg = (f"image is {gray.shape[1]}x{gray.shape[0]} but the CameraInfo is "
                    f"{intr.width}x{intr.height}; publish both from the same stream")
             raise PerceptionError(msg)
-        corners, ids, _ = self._detector.detectMarkers(gray)
+        found: dict[int, np.ndarray] = {}
+        for detector in self._detectors:
+            if set(self.sizes) <= set(found):
+                break
+            corners, ids, _ = detector.detectMarkers(gray)
+            for c, marker_id in zip(corners, () if ids is None else ids.reshape(-1), strict=True):
+                if int(marker_id) in self.sizes:
+                    found.setdefault(int(marker_id), c.reshape(4, 2).astype(np.float64))
         out: list[Detection] = []
         rejected = 0
-        if ids is None:
-            return out, rejected
         k, dist = intr.matrix(), intr.dist_coeffs()
-        for c, marker_id in zip(corners, ids.reshape(-1), strict=True):
-            side = self.sizes.get(int(marker_id))
-            if side is None:
-                continue
-            det = _pose(int(marker_id), c.reshape(4, 2).astype(np.float64), side, k, dist)
+        for marker_id, c in sorted(found.items()):
+            det = _pose(marker_id, c, self.sizes[marker_id], k, dist)
             if det is None or not det.reproj_px <= self.max_reproj_px:
                 rejected += 1
                 continue
@@ -135,7 +146,8 @@ class MarkerTracker:
     """Object and goal poses in link_base from one image (``track``)."""
 
     def __init__(self, layout: Layout, t_base_cam: np.ndarray,
-                 max_reproj_px: float = DEFAULT_MAX_REPROJ_PX, refinement: str = "SUBPIX") -> None:
+                 max_reproj_px: float = DEFAULT_MAX_REPROJ_PX,
+                 refinement: str = DEFAULT_REFINEMENT) -> None:
         self.layout = layout
         self.t_base_cam = np.asarray(t_base_cam, dtype=np.float64)
         if self.t_base_cam.shape != (4, 4) or not np.isfinite(self.t_base_cam).all():

@@ -51,7 +51,8 @@ class XarmEnv(gym.Env):
 
     def __init__(self, task: str, obs_mode: Modality | str = Modality.STATE,
                  action_repeat: int = 2, episode_length: int = 25, image_size: int = 84,
-                 workspace: scene.Workspace | None = None, markers: bool = False) -> None:
+                 workspace: scene.Workspace | None = None, markers: bool = False,
+                 gripper_marker: str = "") -> None:
         self.spec_task = tasks.get(task)
         self.task = task
         self.obs_mode = _modality(obs_mode)
@@ -64,14 +65,16 @@ class XarmEnv(gym.Env):
         self.image_size = image_size
         self.workspace = workspace or scene.Workspace()
         self.render_mode = "rgb_array"
-        # markers: ArUco plates for the tracker and calibration (fowm_core.sim.markers); off, the
-        # model is the MJCF file as it is.
-        self.markers = markers
-        self.model = (_marker_model(task) if markers else
+        # markers: ArUco plates and a camera for the tracker; gripper_marker (a camera's name):
+        # the hand's plate facing that camera, for calibration (fowm_core.sim.markers). Both
+        # off, the model is the MJCF file as it is.
+        self.markers = markers or bool(gripper_marker)
+        self.model = (plates.build_model(task, ASSETS, gripper_marker) if self.markers else
                       mujoco.MjModel.from_xml_path(os.path.join(ASSETS, self.spec_task.scene)))
         self.data = mujoco.MjData(self.model)
         self._ids()
         self._camera = CameraRenderer(self.model, "camera0")
+        self._cameras = {"camera0": self._camera}
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.spec_task.action_dim,), np.float32)
         self.observation_space = self._observation_space()
         self._steps = 0
@@ -203,14 +206,15 @@ class XarmEnv(gym.Env):
 
     def camera_pose(self, camera: str = "camera0") -> np.ndarray:
         """T_world_optical (4×4) of a camera: the ground truth the calibration is judged by."""
-        cam = self.model.cam(camera).id
+        cam = self._camera_id(camera)
         mujoco.mj_kinematics(self.model, self.data)
         mujoco.mj_camlight(self.model, self.data)
         return geometry.optical_from_mujoco(self.data.cam_xpos[cam], self.data.cam_xmat[cam])
 
     def camera_intrinsics(self, width: int, height: int,
                           camera: str = "camera0") -> geometry.Intrinsics:
-        return geometry.Intrinsics.from_fovy(width, height, float(self.model.cam(camera).fovy[0]))
+        fovy = float(self.model.cam_fovy[self._camera_id(camera)])
+        return geometry.Intrinsics.from_fovy(width, height, fovy)
 
     def _check_finite(self) -> None:
         if not np.isfinite(self.data.qpos).all():
@@ -277,21 +281,32 @@ class XarmEnv(gym.Env):
                 "joint_pos": self.joint_positions(), "joint_names": JOINT_NAMES,
                 "steps": self._steps}
 
-    def render(self, width: int | None = None, height: int | None = None) -> np.ndarray:
-        """camera0 image, (height, width, 3) uint8; 84×84 unless asked otherwise."""
-        return self._camera.render(self.data, width or self.image_size,
-                                   height or self.image_size)
+    def render(self, width: int | None = None, height: int | None = None,
+               camera: str = "camera0") -> np.ndarray:
+        """A camera's image (camera0 unless named), (height, width, 3) uint8; 84×84 unless
+        asked otherwise."""
+        if camera not in self._cameras:
+            self._camera_id(camera)
+            self._cameras[camera] = CameraRenderer(self.model, camera)
+        return self._cameras[camera].render(self.data, width or self.image_size,
+                                            height or self.image_size)
+
+    def _camera_id(self, camera: str) -> int:
+        try:
+            return self.model.cam(camera).id
+        except KeyError as err:
+            names = [self.model.cam(i).name for i in range(self.model.ncam)]
+            msg = (f"camera {camera!r} is not in the {self.task} twin: expected one of {names} "
+                   f"(tracker_cam comes with markers=True)")
+            raise EnvError(msg) from err
 
     def close(self) -> None:
-        self._camera.close()
+        for renderer in self._cameras.values():
+            renderer.close()
 
     def seed_next_reset(self, seed: int | None) -> None:
         """Make the next reset() without a seed use ``seed`` (make_env's seed argument)."""
         self._pending_seed = seed
-
-
-def _marker_model(task: str) -> mujoco.MjModel:
-    return plates.build_model(task, ASSETS)
 
 
 def _modality(obs_mode: Modality | str) -> Modality:

@@ -7,7 +7,9 @@ the same; tests/core/test_markers_sim.py checks it):
 
 - a plate on each of the cube's top and four side faces (ids OBJECT_IDS), covering the face;
 - a goal plate (GOAL_ID) that reset() moves onto the drawn goal, just above the red disc;
-- a plate on the gripper housing's camera-side face (GRIPPER_ID), for calibration.
+- a camera for the tracker, ``tracker_cam``, across the table (camera0 stays as it is);
+- with ``gripper_marker=True`` only, a plate on the gripper housing's camera-side face
+  (GRIPPER_ID), for calibration.
 
 The layout the tracker needs (sizes, offsets) is fowm_core.perception.markers.twin_layout.
 """
@@ -27,10 +29,21 @@ CELL_PX = 16                      # texture pixels per marker cell (8 cells a pl
 HALF_PLATE = mk.PLATE_THICKNESS_M / 2
 GOAL_SITE = "goal_marker"
 GRIPPER_SITE = "gripper_marker"
-# The housing (link7 frame): box at (0, 0, 0.055), half sizes (0.03, 0.05, 0.045); its −y face
-# looks towards camera0 when the tool points down.
-_GRIPPER_FACE = np.array([0.0, -0.05 - mk.PLATE_THICKNESS_M, 0.055])
-_GRIPPER_ROT = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])   # z → −y
+# A lab camera for the tracker, across the table facing the arm: camera0 (the reference's view)
+# looks past the arm, which hides the goal and the cube for much of an episode
+# (docs/results/tracker_twin.json has both). Added with the markers only.
+TRACKER_CAMERA = "tracker_cam"
+TRACKER_CAMERA_POS = np.array([2.0, 0.3, 1.15])
+TRACKER_CAMERA_TARGET = np.array([1.5, 0.3, 0.55])
+TRACKER_CAMERA_FOVY = 50.0
+# The housing (link7 frame): box at (0, 0, 0.055), half sizes (0.03, 0.05, 0.045). Its +x face
+# looks towards the tracker camera when the tool points down, its −y face towards camera0.
+_GRIPPER_FACES = {
+    TRACKER_CAMERA: (np.array([0.03 + mk.PLATE_THICKNESS_M, 0.0, 0.055]),
+                     np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])),  # z → +x
+    "camera0": (np.array([0.0, -0.05 - mk.PLATE_THICKNESS_M, 0.055]),
+                np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])),   # z → −y
+}
 
 
 def _material(spec: mujoco.MjSpec, marker_id: int) -> str:
@@ -57,8 +70,22 @@ def _plate(body: mujoco.MjsBody, name: str, material: str, half_side: float,
                   material=material, rgba=[1, 1, 1, 1])
 
 
-def build_model(task: str, assets: str) -> mujoco.MjModel:
-    """The task's model with marker plates (the twin's marker option)."""
+def _look_at_quat(pos: np.ndarray, target: np.ndarray) -> list[float]:
+    """A MuJoCo camera's quaternion (w, x, y, z) looking from ``pos`` at ``target`` (its −z
+    forward, y up, x right)."""
+    forward = (target - pos) / np.linalg.norm(target - pos)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    rot = np.column_stack([right, np.cross(right, forward), -forward])
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, rot.reshape(-1))
+    return list(quat)
+
+
+def build_model(task: str, assets: str, gripper: str = "") -> mujoco.MjModel:
+    """The task's model with the object and goal plates and the tracker camera, and the
+    gripper's plate facing camera ``gripper`` if given (only for calibration: a 10 cm plate on
+    the hand hides part of the table)."""
     spec_task = tasks.get(task)
     spec = mujoco.MjSpec.from_file(os.path.join(assets, spec_task.scene))
     if spec_task.has_object:
@@ -72,8 +99,13 @@ def build_model(task: str, assets: str) -> mujoco.MjModel:
         # Placed by XarmEnv at every reset; its face sits GOAL_LIFT_M above the goal point.
         _plate(spec.worldbody, GOAL_SITE, _material(spec, mk.GOAL_ID), mk.GOAL_PLATE_M / 2,
                geometry.transform(np.eye(3), spec_task.goal_start.centre))
-    _plate(spec.body("link7"), GRIPPER_SITE, _material(spec, mk.GRIPPER_ID),
-           mk.GRIPPER_PLATE_M / 2, geometry.transform(_GRIPPER_ROT, _GRIPPER_FACE))
+    spec.worldbody.add_camera(name=TRACKER_CAMERA, pos=list(TRACKER_CAMERA_POS),
+                              quat=_look_at_quat(TRACKER_CAMERA_POS, TRACKER_CAMERA_TARGET),
+                              fovy=TRACKER_CAMERA_FOVY)
+    if gripper:
+        face, rot = _GRIPPER_FACES[gripper]
+        _plate(spec.body("link7"), GRIPPER_SITE, _material(spec, mk.GRIPPER_ID),
+               mk.GRIPPER_PLATE_M / 2, geometry.transform(rot, face))
     return spec.compile()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fowm_core.errors import EnvError
 from fowm_core.jobs import cli
 from fowm_core.perception import geometry
 from fowm_core.perception import markers as mk
@@ -89,6 +90,22 @@ def test_tracker_on_a_rendered_frame(task: str) -> None:
     env.close()
 
 
+def test_tracker_camera_and_the_gripper_plate_only_when_asked() -> None:
+    plain = make_env("reach", "state", markers=True)
+    assert plain.model.cam(plates.TRACKER_CAMERA).id >= 0
+    assert plates.GRIPPER_SITE not in {plain.model.site(i).name for i in range(plain.model.nsite)}
+    with pytest.raises(EnvError, match="tracker_cam"):
+        make_env("reach", "state").render(64, 48, plates.TRACKER_CAMERA)
+    calib = XarmEnv("reach", "state", gripper_marker=plates.TRACKER_CAMERA)
+    calib.reset(seed=0)
+    intr = calib.camera_intrinsics(640, 480, plates.TRACKER_CAMERA)
+    found, _ = MarkerDetector({mk.GRIPPER_ID: mk.GRIPPER_PLATE_M * mk.MARKER_FRACTION},
+                              mk.DICTIONARY).detect(
+        calib.render(640, 480, plates.TRACKER_CAMERA), intr)
+    assert [d.marker_id for d in found] == [mk.GRIPPER_ID]
+    calib.close()
+
+
 def test_goal_plate_follows_the_goal_and_hold_tool_reaches_a_pose() -> None:
     env = make_env("reach", "state", seed=5, markers=True)
     env.reset()
@@ -113,7 +130,7 @@ def test_calibration_on_the_twin_finds_the_true_camera(tmp_path: Path,
     assert cli.main(["calibrate", "--out", str(out), "--poses", "16", "--seed", "1"]) == 0
     printed = capsys.readouterr().out
     assert "error_vs_truth_mm" in printed and "residual_mm" in printed
-    env = make_env("reach", "state")
-    truth = env.camera_pose()
+    env = make_env("reach", "state", markers=True)
+    truth = env.camera_pose(plates.TRACKER_CAMERA)
     mm, deg = geometry.pose_error(geometry.load_extrinsics(out), truth)
     assert mm < 25 and deg < 1.5, (mm, deg)

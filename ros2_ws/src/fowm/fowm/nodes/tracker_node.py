@@ -37,7 +37,13 @@ from fowm_core.errors import ConfigError, FowmError
 from fowm_core.perception import geometry
 from fowm_core.perception import markers as mk
 from fowm_core.perception.stats import TrackerStats
-from fowm_core.perception.tracker import DEFAULT_MAX_REPROJ_PX, REFINEMENTS, MarkerTracker, Pose
+from fowm_core.perception.tracker import (
+    DEFAULT_MAX_REPROJ_PX,
+    DEFAULT_REFINEMENT,
+    REFINEMENTS,
+    MarkerTracker,
+    Pose,
+)
 from fowm_core.runtime.control import param_meta as _p
 
 LAYOUTS = ("twin", "single")
@@ -68,8 +74,9 @@ class TrackerParams:
         "layout single: goal point depth behind the goal marker's face (m)", -1.0, 1.0))
     max_reproj_px: float = field(default=DEFAULT_MAX_REPROJ_PX, metadata=_p(
         "drop a marker whose RMS reprojection error exceeds this (px)", 0.1, 50.0))
-    corner_refinement: str = field(default="SUBPIX", metadata=_p(
-        f"cv2.aruco corner refinement: {', '.join(REFINEMENTS)}"))
+    corner_refinement: str = field(default=DEFAULT_REFINEMENT, metadata=_p(
+        f"cv2.aruco corner refinement: {', '.join(REFINEMENTS)}, or several comma-separated "
+        "(each adds the markers the ones before missed)"))
     max_future_s: float = field(default=0.5, metadata=_p(
         "refuse images stamped further ahead of the node clock than this", 0.0, 10.0))
 

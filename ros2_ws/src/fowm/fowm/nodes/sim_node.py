@@ -75,6 +75,12 @@ class SimNodeParams:
         "lock-step: wall seconds to wait for an answer before stepping with the hold", 0.1, 600.0))
     episode_length: int = field(default=25, metadata=_p(
         "agent steps per episode before the twin stops and waits for ~/reset", 1, 100000))
+    markers: bool = field(default=False, metadata=_p(
+        "ArUco plates on the cube and the goal, and the tracker_cam camera (docs/perception.md)"))
+    camera: str = field(default="camera0", metadata=_p(
+        "camera published on the image topic: camera0, or tracker_cam (needs markers)"))
+    privileged_poses: bool = field(default=True, metadata=_p(
+        "publish the simulator's object/goal poses; false: a tracker supplies them"))
 
 
 class SimNode(Node):
@@ -92,6 +98,10 @@ class SimNode(Node):
             msg = (f"fowm_sim cannot build the twin (task={p.task!r}, "
                    f"obs_mode={p.obs_mode!r}): {err}")
             raise ConfigError(msg) from err
+        if p.camera not in ("camera0", *(("tracker_cam",) if p.markers else ())):
+            msg = (f"parameter camera={p.camera!r} is invalid: expected camera0, or tracker_cam "
+                   f"with markers: true (markers={p.markers})")
+            raise ConfigError(msg)
         self.action_dim = tasks.get(p.task).action_dim
         # MuJoCo's EGL context is current on one thread only: the twin is built, reset, stepped
         # and rendered on the loop thread alone; ~/reset hands its request over and waits.
@@ -148,7 +158,8 @@ class SimNode(Node):
         """Build the twin on the calling (loop) thread, once."""
         if self.env is None:
             p = self.params
-            self.env = make_env(p.task, p.obs_mode, episode_length=p.episode_length)
+            self.env = make_env(p.task, p.obs_mode, episode_length=p.episode_length,
+                                markers=p.markers)
             self._obs, _ = self.env.reset(seed=p.seed)
 
     # -- commands and resets (executor side) ------------------------------------------------------
@@ -274,21 +285,21 @@ class SimNode(Node):
         self.joint_pub.publish(joints)
         w, x, y, z = GRIPPER_QUAT
         self.ee_pub.publish(_pose(stamp, state.eef, (x, y, z, w)))
-        pose = env.object_pose()
+        pose = env.object_pose() if self.params.privileged_poses else None
         if pose is not None:
             qw, qx, qy, qz = pose[1]
             self.object_pub.publish(_pose(stamp, pose[0], (qx, qy, qz, qw)))
-        if state.goal is not None:
+        if state.goal is not None and self.params.privileged_poses:
             self.goal_pub.publish(_pose(stamp, state.goal, (0.0, 0.0, 0.0, 1.0)))
         self._obs_stamp = stamp_ns
 
     def _image(self, stamp: Time) -> Image:
         p = self.params
-        rgb = self._obs.get("rgb")
+        rgb = self._obs.get("rgb") if p.camera == "camera0" else None
         if rgb is not None and rgb.shape[1:] == (p.image_height, p.image_width):
             hwc = np.ascontiguousarray(rgb.transpose(1, 2, 0))   # the exact pixels of the env obs
         else:
-            hwc = self.env.render(p.image_width, p.image_height)
+            hwc = self.env.render(p.image_width, p.image_height, p.camera)
         msg = Image(height=hwc.shape[0], width=hwc.shape[1], encoding="rgb8", is_bigendian=0,
                     step=3 * hwc.shape[1], data=hwc.tobytes())
         msg.header.stamp, msg.header.frame_id = stamp, topics.CAMERA_FRAME
@@ -296,7 +307,7 @@ class SimNode(Node):
 
     def _camera_info(self, stamp: Time) -> CameraInfo:
         p = self.params
-        fovy = float(self.env.model.cam("camera0").fovy[0])
+        fovy = float(self.env.model.cam(p.camera).fovy[0])
         ref = convert.camera_info_msg(0, p.image_width, p.image_height, fovy)
         msg = CameraInfo(height=p.image_height, width=p.image_width,
                          distortion_model=ref.distortion_model, d=[float(v) for v in ref.d],

@@ -4,7 +4,10 @@
     ros2 launch fowm sim.launch.py checkpoint:=C learn:=true bag_dir:=D dataset:=X
 
 ``site_config:=FILE`` layers a YAML over config/sim.yaml; ``rviz:=true`` adds rviz2 when installed;
-``learn:=true`` adds the recorder and the learner (fowm.ros.launch_actions). `fowm run --config
+``learn:=true`` adds the recorder and the learner (fowm.ros.launch_actions). ``tracker:=true
+extrinsics:=FILE`` runs the twin with ArUco markers, publishing only the tracker camera (640×480)
+and the arm (no privileged object/goal poses), and fowm_tracker supplies the poses
+(docs/perception.md; FILE from `fowm calibrate`). `fowm run --config
 config/sim.yaml` starts the same nodes in one process where ROS's launch is not installed.
 """
 
@@ -19,6 +22,10 @@ from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
 
+# tracker:=true: the twin as a camera and an arm only; the tracker supplies object and goal.
+TRACKER_TWIN = {"markers": True, "camera": "tracker_cam", "privileged_poses": False,
+                "image_width": 640, "image_height": 480}
+
 
 def _nodes(context: LaunchContext) -> list:
     common.check_learning(context)          # before any process starts
@@ -29,14 +36,17 @@ def _nodes(context: LaunchContext) -> list:
     ckpt = {"checkpoint": checkpoint}
     follower = {"lockstep": lockstep, "use_sim_time": lockstep}   # the twin owns /clock
     share = FindPackageShare("fowm").perform(context)
+    tracker = common.tracker_nodes(context, params, ckpt)
+    twin = {"lockstep": lockstep, **(TRACKER_TWIN if tracker else {})}
     return [
         *common.learning_nodes(context, params),    # first: the recorder hears every event
         Node(package="fowm", executable="sim_node", name="fowm_sim", output="screen",
-             emulate_tty=True, parameters=[*params, {"lockstep": lockstep}, ckpt]),
+             emulate_tty=True, parameters=[*params, twin, ckpt]),
         Node(package="fowm", executable="planner_node", name="fowm_planner", output="screen",
              emulate_tty=True, parameters=[*params, follower, ckpt, common.planner_trust(context)]),
         Node(package="fowm", executable="episode_manager", name="fowm_episode_manager",
              output="screen", emulate_tty=True, parameters=[*params, follower, ckpt]),
+        *tracker,
         *common.rviz_nodes(context, share),
     ]
 

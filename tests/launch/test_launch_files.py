@@ -127,6 +127,7 @@ def _node_dataclasses() -> dict[str, list[tuple[str, type]]]:
     from fowm.nodes.planner_node import PlannerNodeParams
     from fowm.nodes.recorder_node import RecorderParams
     from fowm.nodes.sim_node import SimNodeParams
+    from fowm.nodes.tracker_node import TrackerParams
     from fowm.nodes.xarm_node import XArmNodeConfig
 
     from fowm_core.runtime.arm import ArmLimits
@@ -135,7 +136,8 @@ def _node_dataclasses() -> dict[str, list[tuple[str, type]]]:
             "fowm_episode_manager": [("", EpisodeManagerParams)],
             "fowm_camera": [("", CameraConfig)],
             "fowm_xarm": [("", XArmNodeConfig), ("limits", ArmLimits)],
-            "fowm_recorder": [("", RecorderParams)], "fowm_learner": [("", LearnerNodeParams)]}
+            "fowm_recorder": [("", RecorderParams)], "fowm_learner": [("", LearnerNodeParams)],
+            "fowm_tracker": [("", TrackerParams)]}
 
 
 def _declared_parameters() -> dict[str, set[str]]:

@@ -25,7 +25,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
-from fowm.ros import qos
+from fowm.ros import checkpoint_task, qos
 from fowm.ros.diagnostics import OK, WARN, DiagnosticsReporter, Health, fmt, with_guard
 from fowm.ros.guard import InputGuard
 from fowm.ros.params import declare_from_dataclass
@@ -57,7 +57,11 @@ class TrackerParams:
     layout: str = field(default="twin", metadata=_p(
         "twin: the twin's markers for `task`; single: object_id/goal_id below"))
     task: str = field(default="", metadata=_p(
-        f"task whose twin markers to track (layout twin): {', '.join(tasks.names())}"))
+        f"task whose twin markers to track (layout twin): {', '.join(tasks.names())}; empty: "
+        "the checkpoint's"))
+    checkpoint: str = field(default="", metadata=_p(
+        "layout twin: the planner's checkpoint, whose sidecar gives the task (fowm.ros."
+        "checkpoint_task)"))
     dictionary: str = field(default=mk.DICTIONARY, metadata=_p("cv2.aruco dictionary name"))
     object_id: int = field(default=-1, metadata=_p(
         "layout single: the object's marker id (-1: no object)", -1, 999))
@@ -107,6 +111,8 @@ class TrackerNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("fowm_tracker", **kwargs)
         self.params = p = declare_from_dataclass(self, "", TrackerParams)
+        if p.layout == "twin":
+            self.params = p = checkpoint_task.resolve(self.get_name(), p)
         if not p.extrinsics_file:
             msg = ("parameter extrinsics_file is empty: run `fowm calibrate --out FILE` (or "
                    "write T_link_base_camera by hand, docs/perception.md) and pass FILE")

@@ -14,6 +14,7 @@ config/sim.yaml` starts the same nodes in one process where ROS's launch is not 
 from __future__ import annotations
 
 from fowm.ros import launch_actions as common
+from fowm.ros import tracker_mode
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.launch_context import LaunchContext
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -21,10 +22,6 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
-
-# tracker:=true: the twin as a camera and an arm only; the tracker supplies object and goal.
-TRACKER_TWIN = {"markers": True, "camera": "tracker_cam", "privileged_poses": False,
-                "image_width": 640, "image_height": 480}
 
 
 def _nodes(context: LaunchContext) -> list:
@@ -37,7 +34,8 @@ def _nodes(context: LaunchContext) -> list:
     follower = {"lockstep": lockstep, "use_sim_time": lockstep}   # the twin owns /clock
     share = FindPackageShare("fowm").perform(context)
     tracker = common.tracker_nodes(context, params, ckpt)
-    twin = {"lockstep": lockstep, **(TRACKER_TWIN if tracker else {})}
+    # tracker:=true: the twin as a camera and an arm only; the tracker supplies object and goal.
+    twin = {"lockstep": lockstep, **(tracker_mode.SIM_PARAMS if tracker else {})}
     return [
         *common.learning_nodes(context, params),    # first: the recorder hears every event
         Node(package="fowm", executable="sim_node", name="fowm_sim", output="screen",

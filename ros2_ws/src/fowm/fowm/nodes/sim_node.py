@@ -122,8 +122,13 @@ class SimNode(Node):
         self.info_pub = self.create_publisher(CameraInfo, topics.COLOR_INFO, qos.SENSOR_PUB)
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos.SENSOR_PUB)
         self.ee_pub = self.create_publisher(PoseStamped, topics.EE_POSE, qos.SENSOR_PUB)
-        self.object_pub = self.create_publisher(PoseStamped, topics.OBJECT_POSE, qos.SENSOR_PUB)
-        self.goal_pub = self.create_publisher(PoseStamped, topics.GOAL_POSE, qos.SENSOR_PUB)
+        # Without privileged poses not even a publisher: the tracker must be the only one (the
+        # planner holds on a second publisher of an input).
+        self.object_pub = self.goal_pub = None
+        if p.privileged_poses:
+            self.object_pub = self.create_publisher(PoseStamped, topics.OBJECT_POSE,
+                                                    qos.SENSOR_PUB)
+            self.goal_pub = self.create_publisher(PoseStamped, topics.GOAL_POSE, qos.SENSOR_PUB)
         self.clock_pub = (self.create_publisher(Clock, "/clock", qos.COMMAND)
                           if p.lockstep else None)
         self.create_subscription(JointState, topics.ACTION, self._on_action, qos.COMMAND)
@@ -285,11 +290,11 @@ class SimNode(Node):
         self.joint_pub.publish(joints)
         w, x, y, z = GRIPPER_QUAT
         self.ee_pub.publish(_pose(stamp, state.eef, (x, y, z, w)))
-        pose = env.object_pose() if self.params.privileged_poses else None
-        if pose is not None:
+        pose = env.object_pose()
+        if pose is not None and self.object_pub is not None:
             qw, qx, qy, qz = pose[1]
             self.object_pub.publish(_pose(stamp, pose[0], (qx, qy, qz, qw)))
-        if state.goal is not None and self.params.privileged_poses:
+        if state.goal is not None and self.goal_pub is not None:
             self.goal_pub.publish(_pose(stamp, state.goal, (0.0, 0.0, 0.0, 1.0)))
         self._obs_stamp = stamp_ns
 

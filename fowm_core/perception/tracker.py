@@ -1,10 +1,11 @@
 """Marker detection and poses: cv2.aruco's ArucoDetector, then cv2.solvePnP (IPPE_SQUARE) per
 marker with the camera's intrinsics, then the camera extrinsics into link_base.
 
-A marker whose reprojection error exceeds ``max_reproj_px`` is dropped: no pose is better than a
-wrong one (a lost marker publishes nothing; the consumers hold or leave the step unscored). Several
-visible markers of one object (faces of a cube, markers.MarkerSet.placements) are solved
-together: their corners are points of one rigid body, which removes the depth and tilt
+A marker whose white margin is not light all around (partly hidden: it may still decode, with
+corners pixels off) or whose reprojection error exceeds ``max_reproj_px`` is dropped: no pose is
+better than a wrong one (a lost marker publishes nothing; the consumers hold or leave the step
+unscored). Several visible markers of one object (faces of a cube, MarkerSet.placements) are
+solved together: their corners are points of one rigid body, which removes the depth and tilt
 ambiguity a single small, oblique square suffers from.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from fowm_core.errors import PerceptionError
 from fowm_core.perception import geometry
-from fowm_core.perception.markers import Layout, MarkerSet, dictionary
+from fowm_core.perception.markers import MARKER_CELLS, Layout, MarkerSet, dictionary
 
 DEFAULT_MAX_REPROJ_PX = 2.0
 # cv2.aruco corner refinements. APRILTAG places corners best (on the twin: 1.5-5 mm mean object
@@ -74,6 +75,41 @@ def marker_corners_3d(side_m: float) -> np.ndarray:
     return np.array([[-h, h, 0], [h, h, 0], [h, -h, 0], [-h, -h, 0]], dtype=np.float64)
 
 
+def _ring(offset: float) -> np.ndarray:
+    """Points (in marker cells, 0..MARKER_CELLS across the black square) along the four edges,
+    ``offset`` cells outside (negative: inside) the square's outline."""
+    n = MARKER_CELLS
+    t = np.linspace(0.5, n - 0.5, 2 * n)
+    lo, hi = -offset, n + offset
+    return np.concatenate([np.column_stack([t, np.full_like(t, lo)]),
+                           np.column_stack([t, np.full_like(t, hi)]),
+                           np.column_stack([np.full_like(t, lo), t]),
+                           np.column_stack([np.full_like(t, hi), t])]).astype(np.float32)
+
+
+QUIET_RING = _ring(0.5)       # the middle of the white margin around the marker
+BORDER_RING = _ring(-0.5)     # the middle of the marker's black border
+
+
+def margin_visible(gray: np.ndarray, corners: np.ndarray) -> bool:
+    """True when the white margin all around the marker is light: a marker partly hidden
+    (a finger across its edge) still decodes, but its corners are wrong by pixels, which at
+    this size is centimetres. Every margin sample must be nearer the margin's brightness than
+    the border's."""
+    n = MARKER_CELLS
+    square = np.array([[0, 0], [n, 0], [n, n], [0, n]], dtype=np.float32)
+    h = cv2.getPerspectiveTransform(square, corners.astype(np.float32))
+    samples = []
+    for ring in (QUIET_RING, BORDER_RING):
+        uv = cv2.perspectiveTransform(ring[None], h)[0]
+        x = np.clip(np.round(uv[:, 0]).astype(int), 0, gray.shape[1] - 1)
+        y = np.clip(np.round(uv[:, 1]).astype(int), 0, gray.shape[0] - 1)
+        samples.append(gray[y, x].astype(np.float64))
+    quiet, border = samples
+    light, dark = np.median(quiet), np.median(border)
+    return bool(light - dark > 20 and quiet.min() > (light + dark) / 2)
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
@@ -89,7 +125,8 @@ class MarkerDetector:
 
     def __init__(self, sizes: dict[int, float], dictionary_name: str,
                  max_reproj_px: float = DEFAULT_MAX_REPROJ_PX,
-                 refinement: str = DEFAULT_REFINEMENT) -> None:
+                 refinement: str = DEFAULT_REFINEMENT, check_margin: bool = True) -> None:
+        self.check_margin = check_margin
         methods = [m.strip() for m in refinement.split(",")]
         if not all(m in REFINEMENTS for m in methods):
             msg = (f"corner refinement {refinement!r} is unknown: expected one of {REFINEMENTS} "
@@ -122,6 +159,9 @@ class MarkerDetector:
         rejected = 0
         k, dist = intr.matrix(), intr.dist_coeffs()
         for marker_id, c in sorted(found.items()):
+            if self.check_margin and not margin_visible(gray, c):
+                rejected += 1
+                continue
             det = _pose(marker_id, c, self.sizes[marker_id], k, dist)
             if det is None or not det.reproj_px <= self.max_reproj_px:
                 rejected += 1

@@ -239,3 +239,20 @@ def test_calibration_poses_stay_in_the_box_and_bounded() -> None:
         assert (position >= low + 0.05).all() and (position <= high - 0.05).all()
         rot = geometry.rotation_from_quat([q[1], q[2], q[3], q[0]])
         assert geometry.rotation_angle_deg(rot @ base_rot.T) <= np.sqrt(2 * 20**2 + 30**2) + 1e-6
+
+
+def test_a_partly_hidden_marker_is_dropped() -> None:
+    side = 0.08
+    rot, _ = cv2.Rodrigues(np.array([np.pi + 0.6, 0.1, 0.0]))
+    t_cam_marker = geometry.transform(rot, [0.0, 0.0, 0.6])
+    img = _render_plate(t_cam_marker, 4, side)
+    assert [d.marker_id for d in MarkerDetector({4: side}, mk.DICTIONARY).detect(img, INTR)[0]]
+    # A dark finger across the white margin of one edge: the code may still decode.
+    found, _ = MarkerDetector({4: side}, mk.DICTIONARY, check_margin=False).detect(img, INTR)
+    c = found[0].corners
+    x0, y0 = np.min(c, axis=0).astype(int)
+    x1, _ = np.max(c, axis=0).astype(int)
+    hidden = img.copy()
+    hidden[y0 - 6:y0 + 1, (x0 + x1) // 2 - 4:(x0 + x1) // 2 + 4] = 40
+    found, rejected = MarkerDetector({4: side}, mk.DICTIONARY).detect(hidden, INTR)
+    assert found == [] and rejected == 1

@@ -91,23 +91,31 @@ QUIET_RING = _ring(0.5)       # the middle of the white margin around the marker
 BORDER_RING = _ring(-0.5)     # the middle of the marker's black border
 
 
+MIN_CELL_PX = 4.0             # a margin thinner than this in the image is not judged
+
+
 def margin_visible(gray: np.ndarray, corners: np.ndarray) -> bool:
-    """True when the white margin all around the marker is light: a marker partly hidden
-    (a finger across its edge) still decodes, but its corners are wrong by pixels, which at
-    this size is centimetres. Every margin sample must be nearer the margin's brightness than
-    the border's."""
+    """True when the white margin around the marker is light wherever it can be judged: a
+    marker partly hidden (a finger across its edge) still decodes, but its corners are wrong by
+    pixels, which at this size is centimetres. Every margin sample must be nearer the margin's
+    brightness than the border's; edges seen so obliquely that a cell spans under MIN_CELL_PX
+    pixels are skipped (their margin blends with the surface around it)."""
     n = MARKER_CELLS
     square = np.array([[0, 0], [n, 0], [n, n], [0, n]], dtype=np.float32)
     h = cv2.getPerspectiveTransform(square, corners.astype(np.float32))
-    samples = []
-    for ring in (QUIET_RING, BORDER_RING):
-        uv = cv2.perspectiveTransform(ring[None], h)[0]
+    quiet = cv2.perspectiveTransform(QUIET_RING[None], h)[0]
+    border = cv2.perspectiveTransform(BORDER_RING[None], h)[0]
+    judged = np.linalg.norm(quiet - border, axis=1) >= MIN_CELL_PX
+
+    def sample(uv: np.ndarray) -> np.ndarray:
         x = np.clip(np.round(uv[:, 0]).astype(int), 0, gray.shape[1] - 1)
         y = np.clip(np.round(uv[:, 1]).astype(int), 0, gray.shape[0] - 1)
-        samples.append(gray[y, x].astype(np.float64))
-    quiet, border = samples
-    light, dark = np.median(quiet), np.median(border)
-    return bool(light - dark > 20 and quiet.min() > (light + dark) / 2)
+        return gray[y, x].astype(np.float64)
+
+    light, dark = np.median(sample(quiet)), np.median(sample(border))
+    if not judged.any() or light - dark <= 20:
+        return bool(light - dark > 20)
+    return bool(sample(quiet[judged]).min() > (light + dark) / 2)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

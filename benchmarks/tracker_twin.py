@@ -47,14 +47,15 @@ def _summary(errors_m: list[float], seen: int, frames: int) -> dict[str, Any]:
     return out
 
 
-def track_task(task: str, episodes: int, extrinsics: dict[str, np.ndarray],
+def track_task(task: str, episodes: int, variants: dict[str, tuple[np.ndarray, dict[str, Any]]],
                seed: int, camera: str) -> dict[str, Any]:
+    """Each variant: (extrinsics, MarkerTracker keyword arguments)."""
     env = make_env(task, "state", markers=True)
     layout = mk.twin_layout(task)
     intr = env.camera_intrinsics(W, H, camera)
-    trackers = {name: MarkerTracker(layout, t) for name, t in extrinsics.items()}
+    trackers = {name: MarkerTracker(layout, t, **kw) for name, (t, kw) in variants.items()}
     errors: dict[str, dict[str, list[float]]] = {n: {"object": [], "goal": []} for n in trackers}
-    seen = {"object": 0, "goal": 0}
+    seen = {n: {"object": 0, "goal": 0} for n in trackers}
     frames = 0
     process_s: list[float] = []
     policy = ScriptedPolicy(task, rng=np.random.default_rng(seed))
@@ -73,8 +74,7 @@ def track_task(task: str, episodes: int, extrinsics: dict[str, np.ndarray],
                     if truth is None or pose is None:
                         continue
                     errors[name][target].append(float(np.linalg.norm(pose.position - truth)))
-                    if name == "true":
-                        seen[target] += 1
+                    seen[name][target] += 1
             if step < env.episode_length:
                 _, _, _, _, info = env.step(policy.act(state))
     env.close()
@@ -85,7 +85,7 @@ def track_task(task: str, episodes: int, extrinsics: dict[str, np.ndarray],
             out[target] = None if target == "object" else "not tracked (lift: the goal is the "\
                 "start raised 15 cm, no marker marks it)"
             continue
-        out[target] = {name: _summary(errors[name][target], seen[target], frames)
+        out[target] = {name: _summary(errors[name][target], seen[name][target], frames)
                        for name in trackers}
     return out
 
@@ -98,9 +98,15 @@ def camera_report(camera: str, args: argparse.Namespace) -> dict[str, Any]:
     calibrations = [summary for _, summary in runs]
     calibrated = runs[0][0]
     mm, deg = geometry.pose_error(calibrated, truth)
-    extrinsics = {"true": truth, "calibrated": calibrated}
+    variants: dict[str, tuple[np.ndarray, dict[str, Any]]] = {
+        "true": (truth, {}), "calibrated": (calibrated, {})}
+    if camera == TRACKER_CAMERA:
+        # The detector's two choices, each undone alone (true extrinsics).
+        variants["subpix_only"] = (truth, {"refinement": "SUBPIX"})
+        variants["apriltag_only"] = (truth, {"refinement": "APRILTAG"})
+        variants["no_margin_check"] = (truth, {"check_margin": False})
     return {
-        "tracker": {t: track_task(t, args.episodes, extrinsics, args.seed, camera)
+        "tracker": {t: track_task(t, args.episodes, variants, args.seed, camera)
                     for t in args.tasks.split(",")},
         "calibration": {
             "runs": calibrations,
@@ -142,7 +148,10 @@ def main() -> None:
         "episodes_per_task": args.episodes,
         "error": "distance (mm) between the tracked and the simulator's object centre / goal "
                  "point over frames with a published pose; true = the twin's camera pose as "
-                 "extrinsics, calibrated = fowm calibrate's (seed 0)",
+                 "extrinsics, calibrated = fowm calibrate's (seed 0); variants (tracker_cam, "
+                 "true extrinsics): subpix_only / apriltag_only = one corner refinement instead "
+                 "of APRILTAG then SUBPIX, no_margin_check = without dropping markers whose white "
+                 "margin is partly hidden",
         "machine": platform.platform(),
     }
     for camera in args.cameras.split(","):

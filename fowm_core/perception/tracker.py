@@ -21,9 +21,9 @@ from fowm_core.perception import geometry
 from fowm_core.perception.markers import MARKER_CELLS, Layout, MarkerSet, dictionary
 
 DEFAULT_MAX_REPROJ_PX = 2.0
-# cv2.aruco corner refinements. APRILTAG places corners best (on the twin: 1.5-5 mm mean object
-# error against 10-12 mm for SUBPIX) but misses a few more small markers, so the default runs
-# it first and lets SUBPIX add the markers it missed (docs/results/tracker_twin.json).
+# cv2.aruco corner refinements. APRILTAG places corners best but misses a few more small markers,
+# so the default runs it first and lets SUBPIX add the markers it missed (the twin's numbers
+# for both and each alone: docs/results/tracker_twin.json, "variants").
 REFINEMENTS = ("NONE", "SUBPIX", "CONTOUR", "APRILTAG")
 DEFAULT_REFINEMENT = "APRILTAG,SUBPIX"
 
@@ -195,14 +195,14 @@ class MarkerTracker:
 
     def __init__(self, layout: Layout, t_base_cam: np.ndarray,
                  max_reproj_px: float = DEFAULT_MAX_REPROJ_PX,
-                 refinement: str = DEFAULT_REFINEMENT) -> None:
+                 refinement: str = DEFAULT_REFINEMENT, check_margin: bool = True) -> None:
         self.layout = layout
         self.t_base_cam = np.asarray(t_base_cam, dtype=np.float64)
         if self.t_base_cam.shape != (4, 4) or not np.isfinite(self.t_base_cam).all():
             msg = f"camera extrinsics must be a finite 4x4 transform; got {self.t_base_cam.shape}"
             raise PerceptionError(msg)
         self.detector = MarkerDetector(layout.sizes(), layout.dictionary, max_reproj_px,
-                                       refinement)
+                                       refinement, check_margin)
         self._intr: geometry.Intrinsics | None = None
 
     def track(self, image: np.ndarray, intr: geometry.Intrinsics) -> Frame:

@@ -29,6 +29,7 @@ NODES = {
     "recorder_node": "fowm.nodes.recorder_node",
     "learner_node": "fowm.nodes.learner_node",
     "tracker_node": "fowm.nodes.tracker_node",
+    "calibration_node": "fowm.nodes.calibration_node",
 }
 # Verbs of the `fowm` command (fowm_core.jobs.cli finds them by this entry point group, as ros2cli
 # finds its verbs): each is called with the arguments after the verb and returns an exit code.

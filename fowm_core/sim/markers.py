@@ -3,12 +3,12 @@
 The default model is loaded from its MJCF file untouched, so the 84×84 model images and every
 trajectory stay as they were. With markers, the same files are loaded into an MjSpec and these are
 added before compiling, all as *sites* (sites have no mass and never collide, so the physics is
-the same; tests/core/test_markers_sim.py checks it):
+the same; tests/core/test_sim_markers.py checks it):
 
 - a plate on each of the cube's top and four side faces (ids OBJECT_IDS), covering the face;
 - a goal plate (GOAL_ID) that reset() moves onto the drawn goal, just above the red disc;
 - a camera for the tracker, ``tracker_cam``, across the table (camera0 stays as it is);
-- with ``gripper_marker=True`` only, a plate on the gripper housing's camera-side face
+- with ``gripper_marker=CAMERA`` only, a plate on the gripper housing's face towards CAMERA
   (GRIPPER_ID), for calibration.
 
 The layout the tracker needs (sizes, offsets) is fowm_core.perception.markers.twin_layout.

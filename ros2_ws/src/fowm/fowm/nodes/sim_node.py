@@ -16,6 +16,10 @@ empty and they come from its sidecar, a value set anyway must equal it (fowm.ros
 ``~/reset`` (std_srvs/Trigger) starts a new episode with the ``seed`` parameter (the episode
 manager sets it first); the reply's message is JSON {"seed": s, "stamp_ns": first stamp or reset
 time}.
+
+Tracker mode (docs/perception.md): ``markers`` adds ArUco plates and the ``tracker_cam`` camera,
+``camera`` picks the published camera, and ``privileged_poses: false`` drops the object and goal
+publishers, so fowm_tracker is the only source of those poses.
 """
 
 from __future__ import annotations

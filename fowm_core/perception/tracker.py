@@ -36,6 +36,7 @@ class Detection:
     corners: np.ndarray
     t_cam_marker: np.ndarray
     reproj_px: float
+    refinement_pass: int = 0        # which of the detector's refinements found it (0: first)
 
     @property
     def area_px(self) -> float:
@@ -155,22 +156,22 @@ class MarkerDetector:
             msg = (f"image is {gray.shape[1]}x{gray.shape[0]} but the CameraInfo is "
                    f"{intr.width}x{intr.height}; publish both from the same stream")
             raise PerceptionError(msg)
-        found: dict[int, np.ndarray] = {}
-        for detector in self._detectors:
+        found: dict[int, tuple[int, np.ndarray]] = {}
+        for index, detector in enumerate(self._detectors):
             if set(self.sizes) <= set(found):
                 break
             corners, ids, _ = detector.detectMarkers(gray)
             for c, marker_id in zip(corners, () if ids is None else ids.reshape(-1), strict=True):
                 if int(marker_id) in self.sizes:
-                    found.setdefault(int(marker_id), c.reshape(4, 2).astype(np.float64))
+                    found.setdefault(int(marker_id), (index, c.reshape(4, 2).astype(np.float64)))
         out: list[Detection] = []
         rejected = 0
         k, dist = intr.matrix(), intr.dist_coeffs()
-        for marker_id, c in sorted(found.items()):
+        for marker_id, (index, c) in sorted(found.items()):
             if self.check_margin and not margin_visible(gray, c):
                 rejected += 1
                 continue
-            det = _pose(marker_id, c, self.sizes[marker_id], k, dist)
+            det = _pose(marker_id, c, self.sizes[marker_id], k, dist, index)
             if det is None or not det.reproj_px <= self.max_reproj_px:
                 rejected += 1
                 continue
@@ -179,7 +180,7 @@ class MarkerDetector:
 
 
 def _pose(marker_id: int, corners: np.ndarray, side: float, k: np.ndarray,
-          dist: np.ndarray) -> Detection | None:
+          dist: np.ndarray, refinement_pass: int = 0) -> Detection | None:
     obj = marker_corners_3d(side)
     ok, rvec, tvec = cv2.solvePnP(obj, corners, k, dist, flags=cv2.SOLVEPNP_IPPE_SQUARE)
     if not ok or not (np.isfinite(rvec).all() and np.isfinite(tvec).all()) or tvec[2, 0] <= 0:
@@ -187,7 +188,8 @@ def _pose(marker_id: int, corners: np.ndarray, side: float, k: np.ndarray,
     projected, _ = cv2.projectPoints(obj, rvec, tvec, k, dist)
     err = float(np.sqrt(np.mean(np.sum((projected.reshape(4, 2) - corners) ** 2, axis=1))))
     rot, _ = cv2.Rodrigues(rvec)
-    return Detection(marker_id, corners, geometry.transform(rot, tvec.reshape(3)), err)
+    return Detection(marker_id, corners, geometry.transform(rot, tvec.reshape(3)), err,
+                     refinement_pass)
 
 
 class MarkerTracker:
@@ -217,6 +219,10 @@ class MarkerTracker:
         seen = [d for d in detections if d.marker_id in markers.ids]
         if not seen:
             return None
+        # Markers of the most accurate refinement that found any: a later pass's corners
+        # would only pull the joint solve away from better ones.
+        first = min(d.refinement_pass for d in seen)
+        seen = [d for d in seen if d.refinement_pass == first]
         # The largest marker's own pose starts it; two or more markers refine it jointly.
         best = max(seen, key=lambda d: d.area_px)
         t_cam_thing = best.t_cam_marker @ geometry.invert(markers.placement(best.marker_id))

@@ -256,3 +256,19 @@ def test_a_partly_hidden_marker_is_dropped() -> None:
     hidden[y0 - 6:y0 + 1, (x0 + x1) // 2 - 4:(x0 + x1) // 2 + 4] = 40
     found, rejected = MarkerDetector({4: side}, mk.DICTIONARY).detect(hidden, INTR)
     assert found == [] and rejected == 1
+
+
+def test_a_fallback_refinement_is_not_mixed_into_better_corners() -> None:
+    from fowm_core.perception.tracker import Detection
+
+    depth = 0.03
+    layout = mk.Layout(mk.MarkerSet((1, 2), 0.05, depth, mk.cube_placements((1, 2), depth)), None)
+    tracker = MarkerTracker(layout, np.eye(4))
+    corners = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], dtype=np.float64)
+    first = Detection(1, corners, geometry.transform(np.eye(3), [0, 0, 1.0]), 0.1, 0)
+    fallback = Detection(2, corners * 2, geometry.transform(np.eye(3), [0.5, 0, 1.0]), 0.1, 1)
+    pose = tracker._locate(layout.object, [fallback, first])
+    assert pose is not None and pose.marker_ids == (1,)
+    np.testing.assert_allclose(pose.position, [0, 0, 1.0 - depth])
+    only_fallback = tracker._locate(layout.object, [fallback])
+    assert only_fallback is not None and only_fallback.marker_ids == (2,)

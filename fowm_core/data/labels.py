@@ -6,12 +6,8 @@ manager's real mode) it is the operator's ``label_success`` answer and the event
 The end event also carries ``reward_sources``, which source scored each step's /fowm/reward,
 run-length coded: ``"tracker:12,classifier:3,label:10"``.
 
-``read_label`` is the typed reader of one bag's label; ``labelled_frames`` turns a bag into
-classifier training data: images with 0/1 labels, either
-  - ``operator``: the operator's episode label (a failed episode: every frame 0; a successful one:
-    its last ``positive_tail`` frames 1, the others left out, since success may come late), or
-  - ``simulated``: the true success of every step, recomputed from the twin's object/goal poses
-    (tasks.success). Only the twin has those poses, so these labels are marked simulated.
+``read_label`` is the typed reader of one bag's label; data.labelled_frames turns bags into
+classifier training data.
 """
 
 from __future__ import annotations
@@ -25,14 +21,12 @@ from typing import Any
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.contract.messages import EpisodeEvent
 from fowm_core.data import convert
 from fowm_core.errors import BagError, FowmError
 
 REWARD_SOURCES = ("tracker", "classifier", "label")
-LABEL_SOURCES = ("operator", "simulated")
 _RUN = re.compile(r"([a-z]+):([1-9][0-9]{0,8})")
 
 
@@ -123,61 +117,3 @@ def read_label(bag: str | Path) -> EpisodeLabel:
     return EpisodeLabel(Path(bag), end.task, end.episode, bool(end.get("success", False)),
                         "operator" if end.get("labelled_by") == "operator" else "computed",
                         sources)
-
-
-# -- classifier training data --------------------------------------------------------------------
-@dataclass
-class LabelledFrames:
-    """Images (N, 3, S, S) uint8, labels (N,) 0/1, and the index of each frame's episode."""
-
-    rgb: np.ndarray
-    labels: np.ndarray
-    episode: np.ndarray
-    source: str
-
-    @classmethod
-    def concat(cls, parts: Sequence[LabelledFrames], source: str) -> LabelledFrames:
-        if not parts:
-            return cls(np.zeros((0, 3, 84, 84), np.uint8), np.zeros(0, np.float32),
-                       np.zeros(0, np.int64), source)
-        return cls(np.concatenate([p.rgb for p in parts]),
-                   np.concatenate([p.labels for p in parts]),
-                   np.concatenate([np.full(len(p.labels), i) for i, p in enumerate(parts)]),
-                   source)
-
-
-def _success_reward(task: str, state: Any, action: np.ndarray) -> float:
-    return float(tasks.success(task, state))
-
-
-def labelled_frames(bag: str | Path, source: str, *, img_size: int = 84,
-                    positive_tail: int = 3) -> LabelledFrames:
-    """One bag's frames after each step (1..T) with their labels from ``source``."""
-    from fowm_core.data.bags import read_episode_bag  # bags imports this module
-
-    if source not in LABEL_SOURCES:
-        msg = f"label source {source!r} is invalid: expected one of {LABEL_SOURCES}"
-        raise FowmError(msg)
-    if source == "simulated":
-        ep = read_episode_bag(bag, obs_mode="all", recompute_reward=True, img_size=img_size,
-                              reward_fn=_success_reward)
-        labels = ep.reward
-        keep = np.ones(len(labels), bool)
-    else:
-        label = read_label(bag)
-        if label.source != "operator":
-            msg = (f"bag {bag} has no operator label (its end event lacks labelled_by: "
-                   "operator); label it with the episode manager's ~/label_success, or use "
-                   "simulated labels on twin bags")
-            raise BagError(msg)
-        ep = read_episode_bag(bag, obs_mode="all", img_size=img_size)
-        steps = len(ep.action)
-        labels = np.zeros(steps, np.float32)
-        keep = np.ones(steps, bool)
-        if label.success:
-            tail = max(1, min(positive_tail, steps))
-            labels[-tail:] = 1.0
-            keep[:-tail] = False
-    frames = ep.obs["rgb"][1:]
-    return LabelledFrames(frames[keep], np.asarray(labels, np.float32)[keep],
-                          np.zeros(int(keep.sum()), np.int64), source)

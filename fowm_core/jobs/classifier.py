@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fowm_core.data import bag_cache, labels
+from fowm_core.data import bag_cache, labelled, labels
 from fowm_core.errors import BagError, ConfigError
 from fowm_core.jobs import results
 from fowm_core.learning import success
 
 
 def read_frames(data: str | Path, source: str, img_size: int = 84,
-                positive_tail: int = 3) -> tuple[list[labels.LabelledFrames], list[str]]:
+                positive_tail: int = 3) -> tuple[list[labelled.LabelledFrames], list[str]]:
     """Every bag's labelled frames (in bag order) and the bags skipped, with why."""
     bags = bag_cache.find_bags(Path(data))
     if not bags:
@@ -36,7 +36,7 @@ def read_frames(data: str | Path, source: str, img_size: int = 84,
     parts, skipped = [], []
     for bag in bags:
         try:
-            parts.append(labels.labelled_frames(bag, source, img_size=img_size,
+            parts.append(labelled.labelled_frames(bag, source, img_size=img_size,
                                                 positive_tail=positive_tail))
         except BagError as err:
             skipped.append(f"{bag}: {err}")
@@ -54,8 +54,8 @@ def train(data: str | Path, out: str | Path, *, source: str = "operator", steps:
     start = time.perf_counter()
     parts, skipped = read_frames(data, source, positive_tail=positive_tail)
     n_val = round(holdout * len(parts)) if len(parts) > 1 else 0
-    fit = labels.LabelledFrames.concat(parts[: len(parts) - n_val], source)
-    val = labels.LabelledFrames.concat(parts[len(parts) - n_val:], source)
+    fit = labelled.LabelledFrames.concat(parts[: len(parts) - n_val], source)
+    val = labelled.LabelledFrames.concat(parts[len(parts) - n_val:], source)
     clf = success.SuccessClassifier.create(seed=seed)
     read_s = time.perf_counter() - start
     fit_info = success.train(clf, fit.rgb, fit.labels, success.TrainConfig(steps=steps, seed=seed))
@@ -82,7 +82,7 @@ def evaluate(classifier: str | Path, data: str | Path, *, source: str = "simulat
     with the per-episode view: does max p over an episode match its success?"""
     clf = success.load(classifier)
     parts, skipped = read_frames(data, source, img_size=clf.img_size)
-    frames = labels.LabelledFrames.concat(parts, source)
+    frames = labelled.LabelledFrames.concat(parts, source)
     prob = clf.predict(frames.rgb)
     episode_prob = [float(prob[frames.episode == i].max()) if np.any(frames.episode == i)
                     else 0.0 for i in range(len(parts))]

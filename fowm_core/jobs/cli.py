@@ -28,7 +28,7 @@ from fowm_core import tasks
 from fowm_core.errors import FowmError
 
 COMMAND_GROUP = "fowm.commands"
-LABEL_SOURCES = ("operator", "simulated")        # data.labels.LABEL_SOURCES (tested equal)
+LABEL_SOURCES = ("operator", "simulated")        # data.labelled.LABEL_SOURCES (tested equal)
 # Where the ROS verbs come from, for the message when one is asked for and not installed.
 INSTALL_HINT = ("the ROS 2 verbs (run, demo) come with the ROS package in ros2_ws/src/fowm: run "
                 "`make setup` (it pip-installs the package into .venv), or on a ROS install "

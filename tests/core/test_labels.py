@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fowm_core import tasks
-from fowm_core.data import labels
+from fowm_core.data import labelled, labels
 from fowm_core.data.bags import (
     CameraSpec,
     EpisodeLog,
@@ -97,14 +97,14 @@ def test_operator_label_is_read_back_typed(tmp_path: Path) -> None:
 
 def test_labelled_frames_operator_and_simulated(tmp_path: Path) -> None:
     write_episode_bag(tmp_path / "op_ok", _log(True, {"labelled_by": "operator"}, near=(4,)))
-    frames = labels.labelled_frames(tmp_path / "op_ok", "operator", positive_tail=2)
+    frames = labelled.labelled_frames(tmp_path / "op_ok", "operator", positive_tail=2)
     np.testing.assert_array_equal(frames.labels, [1.0, 1.0])      # only the tail is known
     write_episode_bag(tmp_path / "op_fail", _log(False, {"labelled_by": "operator"}))
-    assert labels.labelled_frames(tmp_path / "op_fail", "operator").labels.tolist() == [0] * 4
+    assert labelled.labelled_frames(tmp_path / "op_fail", "operator").labels.tolist() == [0] * 4
     write_episode_bag(tmp_path / "twin", _log(True, near=(2, 3)))
     with pytest.raises(BagError, match="no operator label"):
-        labels.labelled_frames(tmp_path / "twin", "operator")
-    frames = labels.labelled_frames(tmp_path / "twin", "simulated")
+        labelled.labelled_frames(tmp_path / "twin", "operator")
+    frames = labelled.labelled_frames(tmp_path / "twin", "simulated")
     assert frames.source == "simulated" and frames.rgb.shape == (4, 3, 84, 84)
     np.testing.assert_array_equal(frames.labels, [0, 1, 1, 0])    # the true success per step
 
@@ -130,3 +130,9 @@ def test_pretraining_dataset_takes_the_classifier(tmp_path: Path) -> None:
     cfg = workflows.preset_for("cpu", "reach", "state")
     episodes = load_dataset(tmp_path, cfg, progress=False, image_reward=Bright())
     assert episodes[0].reward.max() == pytest.approx(200 / 255)
+
+
+def test_cli_offers_the_label_sources_the_reader_knows() -> None:
+    from fowm_core.jobs import cli
+
+    assert cli.LABEL_SOURCES == labelled.LABEL_SOURCES

@@ -73,7 +73,7 @@ def test_lift_needs_the_object_and_its_initial_height() -> None:
     sel.pose("obj", 0, start)
     sel.observation(0, start + 0.1, 0.0, first=True)
     assert sel.obj_init_z == pytest.approx(0.56)
-    lifted = start + [0, 0, 0.1]
+    lifted = start + np.array([0, 0, 0.1])
     sel.pose("obj", 160 * MS, lifted)
     obs = sel.observation(160 * MS, lifted, 0.8)
     action = np.array([0.0, 0.0, 1.0, 1.0])
@@ -103,7 +103,7 @@ def test_the_episode_tracker_records_one_source_per_step() -> None:
 
 
 def test_bad_inputs_are_named() -> None:
-    with pytest.raises(ConfigError, match="threshold 1.5"):
+    with pytest.raises(ConfigError, match=r"threshold 1\.5"):
         RewardSelector("reach", None, 1.5)
     with pytest.raises(ConfigError, match="pose key 'cube'"):
         _selector().pose("cube", 0, GOAL)

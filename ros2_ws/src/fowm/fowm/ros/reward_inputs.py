@@ -16,6 +16,7 @@ from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.data import convert
 from fowm_core.errors import ConfigError
+from fowm_core.learning import success
 from fowm_core.runtime.reward_source import RewardSelector, RewardSourceParams
 
 Guard = Callable[[str, Callable[[Any], None]], Callable[[Any], None]]
@@ -26,8 +27,6 @@ def make_selector(task: str, classifier: str, params: RewardSourceParams
     """The selector and the classifier's image size (0 without one)."""
     if not classifier:
         return RewardSelector(task, None, 0.5, params), 0
-    from fowm_core.learning import success  # torch: only when a classifier is used
-
     clf = success.load(classifier)
     if clf.meta.get("task") not in (None, task):
         msg = (f"parameter classifier={classifier!r} was trained on task "

@@ -97,6 +97,8 @@ def run_pretrain(cfg: FowmConfig, data: str | Path, out: str | Path, *, seed: in
     """Offline pretraining; with ``classifier`` every reward is its success probability."""
     out = Path(out)
     start = time.perf_counter()
+    if classifier is not None:
+        success.check_task(classifier, cfg.task)
     episodes = load_dataset(data, cfg, progress=progress, image_reward=classifier)
     agent = Agent.create(cfg, seed=seed, device=device)
     sampler = make_sampler(cfg, episodes)
@@ -134,6 +136,8 @@ def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, e
     overrides = {} if lam is None else {"planner": {"uncertainty_cost": lam}}
     agent = load(checkpoint, overrides, seed=seed, device=device)
     cfg = agent.cfg
+    if classifier is not None:
+        success.check_task(classifier, cfg.task)
     results.write_json(out / "config.json", cfg.to_dict())
     sampler = make_sampler(cfg, load_dataset(data, cfg, progress=progress,
                                              image_reward=classifier))

@@ -194,6 +194,15 @@ def load(path: str | Path) -> SuccessClassifier:
     return SuccessClassifier(net, dict(info.meta), info.sha256)
 
 
+def check_task(clf: SuccessClassifier, task: str, what: str = "classifier") -> None:
+    """A classifier trained on another task's images must not score this one."""
+    trained = clf.meta.get("task")
+    if trained not in (None, task):
+        msg = (f"{what} {clf.key} was trained on task {trained!r}, not {task!r}: train one on "
+               f"this task's bags (fowm classifier train)")
+        raise ConfigError(msg)
+
+
 # -- training ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainConfig:

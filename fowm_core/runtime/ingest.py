@@ -81,6 +81,8 @@ class LiveLearner:
         self.trained_entries = int(start.meta.get(TRAINED_KEY, 0)) if resumed else 0
         self.resumed_from = start.info.path if resumed else None
         self.classifier = None if cfg.classifier is None else success.load(cfg.classifier)
+        if self.classifier is not None:
+            success.check_task(self.classifier, cfg.task or self.agent.cfg.task)
         self.read_kwargs = self._read_kwargs()
         self.sampler = agents.make_sampler(self.agent.cfg, self._offline())
         self.queue: deque[tuple[int, int]] = deque()     # (ledger index, updates still owed)

@@ -88,3 +88,10 @@ def test_metrics() -> None:
     assert m["precision"] == 0.5 and m["recall"] == 0.5 and m["accuracy"] == 0.5
     assert success.pos_weight(np.array([1, 0, 0, 0])) == 3.0
     assert success.pos_weight(np.array([0, 0])) == 1.0
+
+
+def test_a_classifier_of_another_task_is_refused(trained) -> None:
+    trained.meta["task"] = "reach"
+    success.check_task(trained, "reach")
+    with pytest.raises(ConfigError, match="trained on task 'reach', not 'lift'"):
+        success.check_task(trained, "lift")

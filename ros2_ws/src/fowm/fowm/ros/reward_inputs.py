@@ -15,7 +15,6 @@ from fowm.ros import qos
 from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.data import convert
-from fowm_core.errors import ConfigError
 from fowm_core.learning import success
 from fowm_core.runtime.reward_source import RewardSelector, RewardSourceParams
 
@@ -28,10 +27,7 @@ def make_selector(task: str, classifier: str, params: RewardSourceParams
     if not classifier:
         return RewardSelector(task, None, 0.5, params), 0
     clf = success.load(classifier)
-    if clf.meta.get("task") not in (None, task):
-        msg = (f"parameter classifier={classifier!r} was trained on task "
-               f"{clf.meta.get('task')!r}, not {task!r}: train one on this task's bags")
-        raise ConfigError(msg)
+    success.check_task(clf, task, f"parameter classifier={classifier!r}")
     return RewardSelector(task, lambda rgb: float(clf.predict(rgb)[0]), clf.threshold,
                           params), clf.img_size
 

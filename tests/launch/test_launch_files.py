@@ -130,9 +130,11 @@ def _node_dataclasses() -> dict[str, list[tuple[str, type]]]:
     from fowm.nodes.xarm_node import XArmNodeConfig
 
     from fowm_core.runtime.arm import ArmLimits
+    from fowm_core.runtime.reward_source import RewardSourceParams
 
     return {"fowm_sim": [("", SimNodeParams)], "fowm_planner": [("", PlannerNodeParams)],
-            "fowm_episode_manager": [("", EpisodeManagerParams)],
+            "fowm_episode_manager": [("", EpisodeManagerParams),
+                                     ("rewards", RewardSourceParams)],
             "fowm_camera": [("", CameraConfig)],
             "fowm_xarm": [("", XArmNodeConfig), ("limits", ArmLimits)],
             "fowm_recorder": [("", RecorderParams)], "fowm_learner": [("", LearnerNodeParams)]}

@@ -269,7 +269,8 @@ def _read(path: Path, task: str | None, obs_mode: str, recompute: bool, img_size
         msg = (f"was logged for task {logged_task!r}; relabeling it as {task!r} needs "
                "recompute_reward=True")
         raise FowmError(msg)
-    needed = _needed_topics(task, obs_mode, recompute)
+    # A classifier scores every step from the image: no pose needs to be logged for the reward.
+    needed = _needed_topics(task, obs_mode, recompute and image_reward is None)
     if image_reward is not None and topics.COLOR_IMAGE not in needed:
         needed.append(topics.COLOR_IMAGE)
     sets = _pair_observations(scan, needed, params)
@@ -285,22 +286,21 @@ def _read(path: Path, task: str | None, obs_mode: str, recompute: bool, img_size
     if obj_init_z is None and steps[0]["obj"] is not None:
         obj_init_z = float(steps[0]["obj"][2])
     success, terminal = bool(end.get("success", False)), bool(end.get("terminal", False))
-    if recompute:
-        reward, any_success = _recomputed(task, steps, actions, obj_init_z, reward_fn)
-        if task != logged_task:        # the logged outcome belongs to the other task
-            success, terminal = any_success, False
-    else:
-        reward = _logged_rewards(scan)
     sources = end.get("reward_sources")
-    if sources is not None:
-        sources = labels.decode_sources(sources)
-        if not recompute:
-            reward = labels.fill_label_rewards(reward, sources, success)
-    source = "recomputed" if recompute else "logged"
+    sources = None if sources is None else labels.decode_sources(sources)
     if image_reward is not None:
         frames = convert.resize_rgb(np.stack([p["rgb"] for p in steps[1:]]), image_reward.img_size)
         reward = np.clip(np.asarray(image_reward(frames), np.float32).reshape(-1), 0.0, 1.0)
         source = f"classifier {image_reward.key}"
+    elif recompute:
+        reward, any_success = _recomputed(task, steps, actions, obj_init_z, reward_fn)
+        if task != logged_task:        # the logged outcome belongs to the other task
+            success, terminal = any_success, False
+        source = "recomputed"
+    else:
+        reward, source = _logged_rewards(scan), "logged"
+        if sources is not None:
+            reward = labels.fill_label_rewards(reward, sources, success)
     info = {"task": task, "logged_task": logged_task, "episode": start.episode,
             "seed": start.get("seed"), "stamps_ns": np.asarray(stamps, dtype=np.int64),
             "bag": str(path), "obs_mode": obs_mode,

@@ -136,3 +136,18 @@ def test_cli_offers_the_label_sources_the_reader_knows() -> None:
     from fowm_core.jobs import cli
 
     assert cli.LABEL_SOURCES == labelled.LABEL_SOURCES
+
+
+def test_a_robot_bag_without_tracked_poses_is_scored_by_the_classifier(tmp_path: Path) -> None:
+    """No goal pose logged (no tracker): recomputing the reward cannot work, the classifier can."""
+    log = _log(True, {"labelled_by": "operator", "reward_sources": "label:4"}, near=(4,))
+    for step in log.steps:
+        step.goal = None
+    write_episode_bag(tmp_path / "robot", log)
+    with pytest.raises(BagError, match="goal_pose"):
+        read_episode_bag(tmp_path / "robot", obs_mode="rgb", recompute_reward=True)
+    ep = read_episode_bag(tmp_path / "robot", obs_mode="rgb", recompute_reward=True,
+                          image_reward=Bright())
+    assert ep.reward[-1] == pytest.approx(200 / 255) and ep.reward[0] == pytest.approx(20 / 255)
+    logged = read_episode_bag(tmp_path / "robot", obs_mode="rgb")     # the label's rewards
+    np.testing.assert_array_equal(logged.reward, [0, 0, 0, 1])

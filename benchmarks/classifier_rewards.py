@@ -54,19 +54,23 @@ def datasets(args: argparse.Namespace, task: str) -> dict[str, Path]:
     return data
 
 
-def classifier(args: argparse.Namespace, task: str, data: dict[str, Path]) -> dict[str, Any]:
-    out = args.work / "classifier" / task
+def classifier(args: argparse.Namespace, task: str, data: dict[str, Path],
+               labels: str = "simulated") -> dict[str, Any]:
+    """Train on ``labels`` (per-frame true success, or one end-of-episode label per episode as an
+    operator gives it); evaluate against the true success of every held-out frame."""
+    name = task if labels == "simulated" else f"{task}_{labels}"
+    out = args.work / "classifier" / name
     train = fowm(["classifier", "train", "--data", str(data["train"]), "--out", str(out),
-                  "--labels", "simulated", "--steps", str(args.classifier_steps),
-                  "--threads", "1"], args.work / "logs" / f"classifier_{task}.log",
+                  "--labels", labels, "--steps", str(args.classifier_steps),
+                  "--threads", "1"], args.work / "logs" / f"classifier_{name}.log",
                  out / "metrics.json")
     report = out / "eval_test.json"
     evaluation = fowm(["classifier", "eval", "--classifier", str(out), "--data",
                        str(data["test"]), "--labels", "simulated", "--threads", "1",
-                       "--out", str(report)], args.work / "logs" / f"eval_{task}.log", report)
+                       "--out", str(report)], args.work / "logs" / f"eval_{name}.log", report)
     metrics = json.loads((out / "metrics.json").read_text())
     held = json.loads(report.read_text())
-    return {"train": {k: metrics[k] for k in ("episodes_train", "frames_train",
+    return {"labels": labels, "train": {k: metrics[k] for k in ("episodes_train", "frames_train",
                                               "positives_train", "steps", "seconds_train",
                                               "simulated_labels")},
             "held_out_episodes": held["episodes"], "frames": held["frames"],
@@ -124,20 +128,29 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--episode-labels", action="store_true",
+                        help="also train on one end-of-episode label per episode (as an operator "
+                             "labels) and evaluate it against the true per-frame success")
     parser.add_argument("--sources", default="true,classifier",
                         help="reward sources of the finetuning runs (both for the comparison)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/classifier_rewards.json"))
     args = parser.parse_args()
     start = time.perf_counter()
-    summary: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v
-                                        for k, v in vars(args).items()},
-                               "labels": "simulated: the twin's true success of every frame",
-                               "classifier": {}}
+    summary: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "labels": ("classifier: trained on the twin's true success of every frame; "
+                   "classifier_episode_labels: on one end-of-episode label per episode (an "
+                   "operator's kind of label, from the twin); both evaluated against the true "
+                   "success of every frame of held-out episodes (another collection seed)"),
+        "classifier": {}}
     tasks = [t for t in args.tasks.split(",") if t]
     data = {task: datasets(args, task) for task in {*tasks, args.finetune_task}}
     for task in tasks:
         summary["classifier"][task] = classifier(args, task, data[task])
         print(json.dumps({task: summary["classifier"][task]["frames"]}), flush=True)
+    if args.episode_labels:
+        summary["classifier_episode_labels"] = {
+            task: classifier(args, task, data[task], "simulated-episode") for task in tasks}
     if not args.skip_finetune:
         task = args.finetune_task
         if task not in summary["classifier"] and "classifier" in args.sources:

@@ -4,7 +4,9 @@ a 0/1 success label from one of two sources:
     frame 0; a successful one: its last ``positive_tail`` frames 1, the others left out, since
     success may come late);
   - ``simulated``: the true success of every step, recomputed from the twin's object/goal poses
-    (tasks.success). Only the twin has those poses, so these labels are marked simulated.
+    (tasks.success). Only the twin has those poses, so these labels are marked simulated;
+  - ``simulated-episode``: labels as an operator gives them (one per episode, as ``operator``),
+    taken from the twin's end-of-episode success instead of a person: what a lab's labels buy.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from fowm_core.data.bags import read_episode_bag
 from fowm_core.data.labels import read_label
 from fowm_core.errors import BagError, FowmError
 
-LABEL_SOURCES = ("operator", "simulated")
+LABEL_SOURCES = ("operator", "simulated", "simulated-episode")
 
 
 @dataclass
@@ -51,7 +53,6 @@ def _success_reward(task: str, state: Any, action: np.ndarray) -> float:
 def labelled_frames(bag: str | Path, source: str, *, img_size: int = 84,
                     positive_tail: int = 3) -> LabelledFrames:
     """One bag's frames after each step (1..T) with their labels from ``source``."""
-
     if source not in LABEL_SOURCES:
         msg = f"label source {source!r} is invalid: expected one of {LABEL_SOURCES}"
         raise FowmError(msg)
@@ -62,7 +63,7 @@ def labelled_frames(bag: str | Path, source: str, *, img_size: int = 84,
         keep = np.ones(len(labels), bool)
     else:
         label = read_label(bag)
-        if label.source != "operator":
+        if label.source != "operator" and source == "operator":
             msg = (f"bag {bag} has no operator label (its end event lacks labelled_by: "
                    "operator); label it with the episode manager's ~/label_success, or use "
                    "simulated labels on twin bags")

@@ -63,7 +63,7 @@ def train(data: str | Path, out: str | Path, *, source: str = "operator", steps:
     held_out = (success.binary_metrics(clf.predict(val.rgb), val.labels) if len(val.labels)
                 else None)
     tasks = sorted({labels.end_event(b).task for b in bag_cache.find_bags(Path(data))[:1]})
-    meta = {"label_source": source, "simulated_labels": source == "simulated",
+    meta = {"label_source": source, "simulated_labels": source.startswith("simulated"),
             "task": tasks[0] if tasks else None, "data": str(data),
             "episodes_train": len(parts) - n_val, "episodes_held_out": n_val,
             "frames_train": len(fit.labels), "positives_train": int(fit.labels.sum()),

@@ -28,7 +28,7 @@ from fowm_core import tasks
 from fowm_core.errors import FowmError
 
 COMMAND_GROUP = "fowm.commands"
-LABEL_SOURCES = ("operator", "simulated")        # data.labelled.LABEL_SOURCES (tested equal)
+LABEL_SOURCES = ("operator", "simulated", "simulated-episode")     # data.labelled's (tested)
 # Where the ROS verbs come from, for the message when one is asked for and not installed.
 INSTALL_HINT = ("the ROS 2 verbs (run, demo) come with the ROS package in ros2_ws/src/fowm: run "
                 "`make setup` (it pip-installs the package into .venv), or on a ROS install "
@@ -157,7 +157,8 @@ def _add_classifier_parser(sub: Any) -> None:
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--labels", default="operator", choices=LABEL_SOURCES,
                    help="operator: the label_success answers; simulated: the twin's true "
-                        "success of every step (twin bags only)")
+                        "success of every step; simulated-episode: the twin's end-of-episode "
+                        "success used as an operator's label (twin bags only)")
     t.add_argument("--steps", type=int, default=1500)
     t.add_argument("--holdout", type=float, default=0.2, help="fraction of bags held out")
     t.add_argument("--positive-tail", type=int, default=3,

@@ -104,6 +104,8 @@ def test_labelled_frames_operator_and_simulated(tmp_path: Path) -> None:
     write_episode_bag(tmp_path / "twin", _log(True, near=(2, 3)))
     with pytest.raises(BagError, match="no operator label"):
         labelled.labelled_frames(tmp_path / "twin", "operator")
+    episode = labelled.labelled_frames(tmp_path / "twin", "simulated-episode", positive_tail=1)
+    np.testing.assert_array_equal(episode.labels, [1.0])     # the end label, as a person gives it
     frames = labelled.labelled_frames(tmp_path / "twin", "simulated")
     assert frames.source == "simulated" and frames.rgb.shape == (4, 3, 84, 84)
     np.testing.assert_array_equal(frames.labels, [0, 1, 1, 0])    # the true success per step

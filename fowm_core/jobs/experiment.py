@@ -42,7 +42,10 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     tasks = [t for t in args.tasks.split(",") if t]
     for task in tasks:
         data = work / "data" / task
-        collect_obs = "all" if args.obs in ("rgb", "all") else "state"
+        # The classifier scores images, so its rewards need them in the dataset whatever the
+        # agent observes.
+        classified = getattr(args, "reward_source", "true") == "classifier"
+        collect_obs = "all" if args.obs in ("rgb", "all") or classified else "state"
         jobs.append(Job(f"collect/{task}", [
             "collect", "--task", task, "--episodes", str(args.dataset_episodes),
             "--obs", collect_obs, "--seed", "0", "--out", str(data)], data / "dataset.json"))

@@ -158,7 +158,16 @@ def main() -> None:
         summary["finetune"] = {"task": task, "obs": "state", "preset": "cpu", "lam": 1.0,
                                **finetuning(args, task, data[task]["train"],
                                             args.work / "classifier" / task)}
-    summary["wall_clock_s"] = round(time.perf_counter() - start, 1)
+        from fowm_core.jobs import results
+
+        ft = summary["finetune"]
+        results.plot_success_curves(
+            args.out.with_name(f"{args.out.stem}_{task}.png"),
+            {f"{source} rewards": {"episodes": ft[source]["online_episodes"],
+                                   "success": ft[source]["success_per_seed"]}
+             for source in args.sources.split(",") if ft[source]["success_per_seed"]},
+            f"{task} (cpu preset, state obs): classifier vs true rewards")
+    summary["wall_clock_s_this_run"] = round(time.perf_counter() - start, 1)   # done steps skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary.get("finetune", {}), indent=1)[:4000])

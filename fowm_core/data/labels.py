@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rosbags.rosbag2 import Reader
+from rosbags.rosbag2 import Reader, ReaderError
+from rosbags.serde import SerdeError
 
 from fowm_core.contract import topics
 from fowm_core.contract.messages import EpisodeEvent
@@ -95,7 +96,7 @@ def end_event(bag: str | Path) -> EpisodeEvent:
             conns = [c for c in reader.connections if c.topic == topics.EPISODE]
             events = [convert.parse_event(convert.TYPESTORE.deserialize_cdr(raw, c.msgtype))
                       for c, _, raw in reader.messages(connections=conns)]
-    except (OSError, ValueError, KeyError, FowmError) as err:
+    except (ReaderError, SerdeError, OSError, ValueError, KeyError, FowmError) as err:
         msg = f"bag {path} has no readable episode events ({type(err).__name__}: {err})"
         raise BagError(msg) from err
     ends = [e for e in events if e.event == "end"]

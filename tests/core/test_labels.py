@@ -153,3 +153,9 @@ def test_a_robot_bag_without_tracked_poses_is_scored_by_the_classifier(tmp_path:
     assert ep.reward[-1] == pytest.approx(200 / 255) and ep.reward[0] == pytest.approx(20 / 255)
     logged = read_episode_bag(tmp_path / "robot", obs_mode="rgb")     # the label's rewards
     np.testing.assert_array_equal(logged.reward, [0, 0, 0, 1])
+
+
+def test_an_unreadable_bag_is_a_bag_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BagError, match="no readable episode events"):
+        labels.read_label(tmp_path / "empty")

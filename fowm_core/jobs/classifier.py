@@ -62,9 +62,9 @@ def train(data: str | Path, out: str | Path, *, source: str = "operator", steps:
     train_s = time.perf_counter() - start - read_s
     held_out = (success.binary_metrics(clf.predict(val.rgb), val.labels) if len(val.labels)
                 else None)
-    tasks = sorted({labels.end_event(b).task for b in bag_cache.find_bags(Path(data))[:1]})
+    task = labels.end_event(bag_cache.find_bags(Path(data))[0]).task    # what it scores
     meta = {"label_source": source, "simulated_labels": source.startswith("simulated"),
-            "task": tasks[0] if tasks else None, "data": str(data),
+            "task": task, "data": str(data),
             "episodes_train": len(parts) - n_val, "episodes_held_out": n_val,
             "frames_train": len(fit.labels), "positives_train": int(fit.labels.sum()),
             "steps": steps, "seed": seed, "threshold": 0.5, "held_out": held_out, **fit_info}

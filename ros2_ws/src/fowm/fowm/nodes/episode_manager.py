@@ -15,11 +15,13 @@ single-threaded executor, docs/platform.md §1.5):
   ``seed`` parameter, call its ``~/reset`` (std_srvs/Trigger); episode n uses base_seed + n;
 - real: the operator resets the scene and calls ``~/confirm_reset`` (std_srvs/Trigger), and at the
   end labels the outcome with ``~/label_success`` (std_srvs/SetBool; the label wins over the
-  reward function's success, which needs a tracked object).
+  reward function's success). Rewards: tracked poses, else ``classifier``, else the label; the end
+  event records the label and each step's source (runtime.reward_source, docs/rewards.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -38,7 +40,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool, Trigger
 
-from fowm.ros import checkpoint_task, qos
+from fowm.ros import checkpoint_task, qos, reward_inputs
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health, with_guard
 from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
@@ -51,6 +53,7 @@ from fowm_core.data.sync import ApproxTimeSync
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.control import EpisodeTracker
 from fowm_core.runtime.control import param_meta as _p
+from fowm_core.runtime.reward_source import RewardSourceParams
 from fowm_core.runtime.safety import first_non_finite
 
 MODES = ("sim", "real")
@@ -83,6 +86,9 @@ class EpisodeManagerParams:
         "approximate-time pairing tolerance of the pose and joint streams", 1e-4, 1.0))
     max_future_s: float = field(default=0.5, metadata=_p(
         "refuse observations stamped further ahead of the node clock than this", 0.0, 10.0))
+    classifier: str = field(default="", metadata=_p(
+        "real mode: success classifier (fowm classifier train) scoring steps the tracker cannot"))
+    rewards: RewardSourceParams = field(default_factory=RewardSourceParams)
 
 
 class EpisodeManagerNode(Node):
@@ -98,9 +104,15 @@ class EpisodeManagerNode(Node):
         if p.task not in tasks.names():
             msg = f"parameter task={p.task!r} is invalid: expected one of {tasks.names()}"
             raise ConfigError(msg)
+        # Real mode scores steps from whatever is fresh (runtime.reward_source); sim from the
+        # twin's privileged poses, paired with each observation.
+        self.selector, image_size = (reward_inputs.make_selector(p.task, p.classifier, p.rewards)
+                                     if p.mode == "real" else (None, 0))
         self.tracker = EpisodeTracker(
-            task=p.task, reward_fn=lambda task, s, a: tasks.reward(task, s, a),
-            success_fn=tasks.success, action_dim=tasks.get(p.task).action_dim,
+            task=p.task, reward_fn=self.selector.reward if self.selector else (
+                lambda task, s, a: tasks.reward(task, s, a)),
+            success_fn=self.selector.success if self.selector else tasks.success,
+            action_dim=tasks.get(p.task).action_dim,
             max_steps=p.episode_length, end_on_success=p.end_on_success,
             strict_pairing=p.lockstep)
         self.events: list[dict[str, Any]] = []       # every event published, for callers/tests
@@ -120,10 +132,13 @@ class EpisodeManagerNode(Node):
         self.reward_pub = self.create_publisher(Float32, topics.REWARD, qos.COMMAND)
         self.episode_pub = self.create_publisher(String, topics.EPISODE, qos.EVENTS)
         self.streams = {"ee_pose": (PoseStamped, topics.EE_POSE),
-                        "joint_states": (JointState, topics.JOINT_STATES),
-                        "goal_pose": (PoseStamped, topics.GOAL_POSE)}
-        if tasks.get(p.task).has_object:
-            self.streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
+                        "joint_states": (JointState, topics.JOINT_STATES)}
+        if self.selector is not None:             # real: poses and images as they come
+            reward_inputs.subscribe(self, self.selector, image_size, self.inputs.guard)
+        else:
+            self.streams["goal_pose"] = (PoseStamped, topics.GOAL_POSE)
+            if tasks.get(p.task).has_object:
+                self.streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
         self._sync = ApproxTimeSync(len(self.streams), 10, p.sync_slop_s,
                                     max_ahead_s=p.max_future_s)
         guard = self.inputs.guard
@@ -196,9 +211,10 @@ class EpisodeManagerNode(Node):
     def _pieces(self, msgs: dict[str, Any]) -> dict[str, Any]:
         """The reward function's inputs; FowmError for a set that cannot give a finite reward."""
         obj = convert.pose_arrays(msgs["object_pose"])[0] if "object_pose" in msgs else None
+        goal = convert.pose_arrays(msgs["goal_pose"])[0] if "goal_pose" in msgs else None
         pieces = {"eef": convert.pose_arrays(msgs["ee_pose"])[0],
                   "gripper": convert.joint_state_arrays(msgs["joint_states"])[1],
-                  "obj": obj, "goal": convert.pose_arrays(msgs["goal_pose"])[0]}
+                  "obj": obj, "goal": goal}
         bad = first_non_finite({k: v for k, v in pieces.items() if v is not None})
         if bad is not None:
             msg = f"non-finite {bad} in the observation stamped {convert.stamp_ns(msgs['ee_pose'])}"
@@ -207,11 +223,13 @@ class EpisodeManagerNode(Node):
 
     def _feed(self, stamp: int, msgs: dict[str, Any]) -> None:
         """Advance the tracker with one paired observation (lock held)."""
-        pieces = self._pieces(msgs)
-        obj = pieces["obj"]
-        if self.tracker.is_first(stamp):
-            self._obj_init_z = None if obj is None else float(obj[2])
-        state = tasks.TaskState(**pieces, obj_init_z=self._obj_init_z)
+        pieces, first = self._pieces(msgs), self.tracker.is_first(stamp)
+        if self.selector is not None:      # real: scored from what is fresh (reward_source)
+            state: Any = self.selector.observation(stamp, pieces["eef"], pieces["gripper"], first)
+        else:
+            if first:
+                self._obj_init_z = None if pieces["obj"] is None else float(pieces["obj"][2])
+            state = tasks.TaskState(**pieces, obj_init_z=self._obj_init_z)
         reward = self.tracker.observe(stamp, state)
         if reward is not None:
             self.reward_pub.publish(Float32(data=reward))
@@ -279,12 +297,18 @@ class EpisodeManagerNode(Node):
                 return False
             label = self._label
         with self._lock:
-            self._publish(self.tracker.finish(success=label))
+            event = self.tracker.finish(success=label)
+            if self.selector is not None:
+                event = dataclasses.replace(event, labelled_by="operator",
+                                            reward_sources=self.selector.encoded())
+            self._publish(event)
         return True
 
     def _begin(self, episode: int, seed: int, min_stamp: int, announce: bool = True) -> None:
         with self._lock:
             event = self.tracker.start(episode, seed, min_stamp_ns=min_stamp)
+            if self.selector is not None:
+                self.selector.start_episode()
             if announce:
                 self._publish(event)
             for stamp, msgs in list(self._recent):   # observations that beat the reset's reply

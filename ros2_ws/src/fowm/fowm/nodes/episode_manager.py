@@ -189,6 +189,8 @@ class EpisodeManagerNode(Node):
                 return
             if topic == topics.JOINT_STATES:
                 convert.joint_state_arrays(msg)       # raises (refused by the guard) if unusable
+            else:
+                convert.check_pose(msg, topic)        # another frame, a broken quaternion
             matched = self._sync.add(index, stamp, msg, now_ns=now or None)
             if matched is not None:
                 msgs = dict(zip(self.streams, matched, strict=True))

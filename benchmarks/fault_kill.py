@@ -38,13 +38,18 @@ def _row(*args: Any, **kw: Any) -> Any:
     return Row(*args, **kw)
 
 
-def node_process(module: str, **params: Any) -> subprocess.Popen:
-    """``ros2 run fowm <module>`` without the ros2 CLI: the node's own process."""
+def node_process(module: str, log: Path | None = None, **params: Any) -> subprocess.Popen:
+    """``ros2 run fowm <module>`` without the ros2 CLI: the node's own process (its log to
+    ``log``)."""
     argv = [sys.executable, "-m", f"fowm.nodes.{module}", "--ros-args"]
     for k, v in params.items():
         argv += ["-p", f"{k}:={v}"]
-    return subprocess.Popen(argv, env=dict(os.environ), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    out = subprocess.DEVNULL if log is None else log.open("w")
+    return subprocess.Popen(argv, env=dict(os.environ), stdout=out, stderr=out)
+
+
+def _logged(log: Path, text: str) -> bool:
+    return log.exists() and text in log.read_text(errors="replace")
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -191,18 +196,21 @@ def recorder_killed(root: Path) -> Any:
     pubs["node"] = node
     events = node.create_publisher(String, topics.EPISODE, qos.EVENTS)
     ctx.executor.add_node(node)
-    procs = [node_process("recorder_node", bag_dir=bag_dir, grace_s=0.2)]
+    logs = [root / "recorder1.log", root / "recorder2.log"]
+    procs = [node_process("recorder_node", logs[0], bag_dir=bag_dir, grace_s=0.2)]
     written = lambda: scan_bag_dir(bag_dir)[0] if bag_dir.is_dir() else []  # noqa: E731
     try:
-        ctx.spin(120.0, until=lambda: events.get_subscription_count() > 0)
+        ctx.spin(120.0, until=lambda: _logged(logs[0], "recording"))
+        ctx.spin(1.0)
         _feed_episode(ctx, pubs, events, 1, 1.5, end=True)
         ctx.spin(15.0, until=lambda: len(written()) >= 1)
         _feed_episode(ctx, pubs, events, 2, random.uniform(0.5, 1.5), end=False)
         _kill(procs[0])                                   # mid-episode 2
         after_kill = [p.name for p in written()]
-        procs.append(node_process("recorder_node", bag_dir=bag_dir, grace_s=0.2))
-        ctx.spin(120.0, until=lambda: events.get_subscription_count() > 0)
-        ctx.spin(1.0)
+        procs.append(node_process("recorder_node", logs[1], bag_dir=bag_dir, grace_s=0.2))
+        # The killed one may linger in the graph (DDS lease): wait for the new one's own word.
+        ctx.spin(120.0, until=lambda: _logged(logs[1], "recording"))
+        ctx.spin(1.5)
         _feed_episode(ctx, pubs, events, 3, 1.5, end=True)
         ctx.spin(15.0, until=lambda: len(written()) >= 2)
     finally:

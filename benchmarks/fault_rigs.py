@@ -230,6 +230,9 @@ class EpisodeManagerRig(Rig):
     def alive(self) -> bool:
         return self.node._worker.is_alive()
 
+    def extra(self, topic: str, cls: str, a: dict, b: dict) -> tuple[bool, str]:
+        return True, f"{b['rewards'] - a['rewards']} rewards during the fault"
+
 
 class RecorderRig(Rig):
     """fowm_recorder with the lab key; each row is one episode (start before the fault, end after
@@ -267,8 +270,10 @@ class RecorderRig(Rig):
             "event": "end", "task": "lift", "episode": episode, "steps": 10,
             "first_stamp_ns": first, "final_stamp_ns": final})))
         spin(10.0, until=lambda: len(self.node.written) > before)
-        names = [p.name for p in self.node.written[before:]]
-        return int(not any(f"ep{episode:05d}" in n for n in names))
+        ours = [p for p in self.node.written[before:] if f"ep{episode:05d}" in p.name]
+        # Whole, not cut short (by a forged end, say): joint states of the whole row, 10 Hz.
+        expected = 0.6 * (final - first) * 1e-9 * 10
+        return int(not ours or joint_states_in(ours[0]) < expected)
 
     def snap(self) -> dict[str, Any]:
         with self.node._lock:
@@ -280,6 +285,12 @@ class RecorderRig(Rig):
 
     def alive(self) -> bool:
         return self.node._writer.is_alive()
+
+
+def joint_states_in(bag: Path) -> int:
+    from rosbags.rosbag2 import Reader
+    with Reader(bag) as reader:
+        return sum(c.msgcount for c in reader.connections if c.topic == topics.JOINT_STATES)
 
 
 class ArmRig(Rig):

@@ -263,6 +263,7 @@ def run(fast: bool, only: str | None = None) -> list[Row]:
                 continue
             rows.append(fn(root / f"p{len(rows)}"))
             print(_line(rows[-1]), file=sys.stderr, flush=True)
+        # Before the planner rows: their last two can wedge or spin a validator thread.
         rows += fault_nodes.run(root / "nodes", fast, only,
                                 lambda row: print(_line(row), file=sys.stderr, flush=True))
         for spec in PLANNER_ROWS:
@@ -321,7 +322,8 @@ def markdown(rows: list[Row], machine: dict[str, Any] | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="the CI subset only")
-    parser.add_argument("--only", default=None, help="rows whose name contains this")
+    parser.add_argument("--only", default=None, help=(
+        "rows whose name contains this; matrix rows: \"GROUP [TOPIC [CLASS]]\" (fault_nodes.RIGS)"))
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")

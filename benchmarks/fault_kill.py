@@ -186,6 +186,7 @@ def recorder_killed(root: Path) -> Any:
 
     from fowm_core.data.bag_cache import scan_bag_dir
     t0, bag_dir = time.monotonic(), root / "bags"
+    root.mkdir(parents=True, exist_ok=True)
     ctx = Context()
     node = Node("fault_stack")
     types = {topics.JOINT_STATES: JointState, topics.EE_POSE: fi.PoseStamped,

@@ -128,6 +128,7 @@ def run_row(ctx: Context, rig: fr.Rig, group: str, topic: str, msg_type: type, c
             fault: fi.Fault) -> Any:
     from benchmarks.fault_suite import Row
     t0 = time.monotonic()
+    rig.topic = topic
     rig.begin_row()
     ctx.spin(SETTLE_S, rig)
     crashes0, a = len(ctx.crashes), rig.snap()

@@ -49,6 +49,7 @@ class Rig:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.mutate: dict[str, Any] = {}        # topic → edit of the fed message (a fault)
+        self.topic = ""                         # the topic the current row faults
         self.feeds: dict[str, Any] = {}
         self.node: Any = None
         self.helper: Any = None
@@ -271,9 +272,11 @@ class RecorderRig(Rig):
             "first_stamp_ns": first, "final_stamp_ns": final})))
         spin(10.0, until=lambda: len(self.node.written) > before)
         ours = [p for p in self.node.written[before:] if f"ep{episode:05d}" in p.name]
-        # Whole, not cut short (by a forged end, say): joint states of the whole row, 10 Hz.
+        # Whole, not cut short (by a forged end, say): a stream the row did not fault, 10 Hz,
+        # over the whole row (faulted messages stamped outside the episode are rightly cut).
+        stream = topics.EE_POSE if self.topic == topics.JOINT_STATES else topics.JOINT_STATES
         expected = 0.6 * (final - first) * 1e-9 * 10
-        return int(not ours or joint_states_in(ours[0]) < expected)
+        return int(not ours or messages_in(ours[0], stream) < expected)
 
     def snap(self) -> dict[str, Any]:
         with self.node._lock:
@@ -287,10 +290,10 @@ class RecorderRig(Rig):
         return self.node._writer.is_alive()
 
 
-def joint_states_in(bag: Path) -> int:
+def messages_in(bag: Path, topic: str) -> int:
     from rosbags.rosbag2 import Reader
     with Reader(bag) as reader:
-        return sum(c.msgcount for c in reader.connections if c.topic == topics.JOINT_STATES)
+        return sum(c.msgcount for c in reader.connections if c.topic == topic)
 
 
 class ArmRig(Rig):

@@ -68,7 +68,7 @@ def test_every_callback_is_guarded_and_every_subscription_has_its_faults(
 
 
 def test_the_suite_has_a_rig_for_every_node_that_subscribes() -> None:
-    modules = sorted(p.stem for p in NODES_DIR.glob("*_node.py")) + ["episode_manager"]
+    modules = [*sorted(p.stem for p in NODES_DIR.glob("*_node.py")), "episode_manager"]
     covered = {"planner_node", "episode_manager", "recorder_node", "sim_node", "xarm_node",
                "camera_node"}
     assert {g for g, _ in fault_nodes.RIGS} >= {"planner", "planner_state", "episode_manager",
@@ -121,7 +121,7 @@ def _raise_once(fn):
     return wrapped
 
 
-# -- the xArm driver ---------------------------------------------------------------------------------
+# -- the xArm driver --------------------------------------------------------------------------
 def test_xarm_survives_a_failing_tick_refuses_future_actions_and_holds_for_two_controllers(
         executor: SingleThreadedExecutor, spin_until, monkeypatch: pytest.MonkeyPatch) -> None:
     node, arm = _xarm()

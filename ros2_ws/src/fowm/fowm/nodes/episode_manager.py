@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
@@ -151,8 +152,10 @@ class EpisodeManagerNode(Node):
             self.reset_client = self.create_client(Trigger, f"/{p.sim_node}/reset")
             self.param_client = self.create_client(SetParameters, f"/{p.sim_node}/set_parameters")
         else:
-            self.create_service(Trigger, "~/confirm_reset", self._on_confirm_reset)
-            self.create_service(SetBool, "~/label_success", self._on_label)
+            self.create_service(Trigger, "~/confirm_reset",
+                                self.inputs.service("~/confirm_reset", self._on_confirm_reset))
+            self.create_service(SetBool, "~/label_success",
+                                self.inputs.service("~/label_success", self._on_label))
         self._worker = SupervisedThread("fowm_episodes", self._run,
                                         lambda text: self.get_logger().error(text))
         self._worker.start()
@@ -181,9 +184,16 @@ class EpisodeManagerNode(Node):
             action = convert.action_array(msg)
         except FowmError:
             return            # not an answer of ours (e.g. a hold of another length): not counted
+        if action.shape != (self.tracker.action_dim,):
+            return
+        if not np.isfinite(action).all():
+            # Never scored: a NaN return would stop the episode events (issue 11 suite).
+            self.inputs.refuse(topics.ACTION, f"non-finite action {action.tolist()}: not scored")
+            return
         stamp = convert.stamp_ns(msg)
         if self.inputs.future(topics.ACTION, stamp):
             return
+        action = np.clip(action, -1.0, 1.0)   # what the arm executes (safety.command_to_execute)
         with self._lock:
             self.tracker.record_action(stamp, action)
 
@@ -194,6 +204,8 @@ class EpisodeManagerNode(Node):
                 return
             if topic == topics.JOINT_STATES:
                 convert.joint_state_arrays(msg)       # raises (refused by the guard) if unusable
+            else:
+                convert.check_pose(msg, topic)        # another frame, a broken quaternion
             matched = self._sync.add(index, stamp, msg, now_ns=now or None)
             if matched is not None:
                 msgs = dict(zip(self.streams, matched, strict=True))

@@ -44,7 +44,7 @@ from std_msgs.msg import String
 
 from fowm.ros import qos
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health
-from fowm.ros.guard import SupervisedThread
+from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import spin_nodes
 from fowm_core.contract import topics
@@ -143,7 +143,7 @@ class LearnerNode(Node):
         self._thread.start()
         threads_set.wait(10.0)
         torch.set_num_threads(process_threads)     # the process-wide value, for other threads
-        self.create_timer(1.0, self._watchdog)
+        self.create_timer(1.0, InputGuard(self).guard("watchdog", self._watchdog))
 
     # -- training thread -------------------------------------------------------------------------
     def _main(self, threads_set: threading.Event) -> None:

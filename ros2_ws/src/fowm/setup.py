@@ -28,6 +28,8 @@ NODES = {
     "stack": "fowm.bringup",
     "recorder_node": "fowm.nodes.recorder_node",
     "learner_node": "fowm.nodes.learner_node",
+    "robot_link": "fowm.nodes.robot_link",
+    "learner_link": "fowm.nodes.learner_link",
 }
 # Verbs of the `fowm` command (fowm_core.jobs.cli finds them by this entry point group, as ros2cli
 # finds its verbs): each is called with the arguments after the verb and returns an exit code.

@@ -64,6 +64,7 @@ class Completed:
     id: str
     meta: Mapping[str, Any]
     payload: bytes
+    seconds: float = 0.0          # first frame received → last frame received
 
 
 def frames(kind: str, transfer_id: str, payload: bytes, meta: Mapping[str, Any] | None = None,
@@ -126,6 +127,7 @@ class _Partial:
     seen: set[int]
     received: int
     last_s: float
+    first_s: float
 
 
 class Reassembler:
@@ -183,7 +185,7 @@ class Reassembler:
                        f"{self.max_bytes} (raise max_transfer_bytes if that is a real checkpoint)")
                 self.dropped.append(msg)
                 raise TransferError(msg)
-            p = self._partial = _Partial(header, bytearray(header.total), set(), 0, now_s)
+            p = self._partial = _Partial(header, bytearray(header.total), set(), 0, now_s, now_s)
         elif not p.header.same_transfer(header):
             msg = f"frame {header.index} of transfer {header.id} disagrees with its first frame"
             self._drop(msg)
@@ -204,7 +206,7 @@ class Reassembler:
             self.dropped.append(msg)
             raise TransferError(msg)
         self.completed += 1
-        return Completed(header.kind, header.id, header.meta, payload)
+        return Completed(header.kind, header.id, header.meta, payload, now_s - p.first_s)
 
 
 # -- several files in one payload -----------------------------------------------------------------

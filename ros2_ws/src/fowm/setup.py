@@ -34,7 +34,7 @@ NODES = {
 # Verbs of the `fowm` command (fowm_core.jobs.cli finds them by this entry point group, as ros2cli
 # finds its verbs): each is called with the arguments after the verb and returns an exit code.
 COMMANDS = {
-    "run": "fowm.bringup:main",
+    "run": "fowm.roles:main",
     "demo": "fowm.demo:main",
 }
 

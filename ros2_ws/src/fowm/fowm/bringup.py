@@ -129,7 +129,8 @@ def _factory(cls: type[Node], values: dict[str, Any]) -> NodeFactory:
 
 def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
                           params: dict[str, Any] | None = None,
-                          params_file: str | Path | None = None) -> subprocess.Popen:
+                          params_file: str | Path | Sequence[str | Path] | None = None
+                          ) -> subprocess.Popen:
     """Start ``fowm_learner`` in its own process, below the control loop in the OS scheduler.
 
     In the planner's process the learner's Python work competes with the control thread for the
@@ -141,8 +142,9 @@ def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
     values = {"bag_dir": bag_dir, "checkpoint": checkpoint, "torch_threads": 1,
               "parent_pid": parent, **(params or {})}
     argv = [sys.executable, "-m", "fowm.nodes.learner_node", "--ros-args"]
-    if params_file is not None:
-        argv += ["--params-file", str(params_file)]
+    files = [params_file] if isinstance(params_file, str | Path) else list(params_file or [])
+    for file in files:
+        argv += ["--params-file", str(file)]
     for name, value in values.items():
         argv += ["-p", f"{name}:={value}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

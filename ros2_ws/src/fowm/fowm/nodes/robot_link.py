@@ -96,7 +96,8 @@ class RobotLinkNode(Node):
         if self.context.ok():
             self.weights_pub.publish(String(data=text))
         record = {"id": done.id, "path": note.get("path"), "step": note.get("step"),
-                  "bytes": len(done.payload), "store_s": round(time.monotonic() - start, 4),
+                  "bytes": len(done.payload), "transfer_s": round(done.seconds, 4),
+                  "store_s": round(time.monotonic() - start, 4),
                   "wall_s": time.time()}
         with self._lock:
             self.weights_received.append(record)

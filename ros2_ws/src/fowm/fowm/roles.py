@@ -39,6 +39,12 @@ from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.ledger import BagLedger
 
 ROLES = ("all", "robot", "learner")
+# Between hosts Fast DDS's LARGE_DATA sends user data over TCP; with the default synchronous
+# publication a publish() to a peer behind a cut link blocked inside rclpy for the whole cut (10 s
+# measured), and with it every Python thread of the process, the control loop's included.
+# Asynchronous publication hands the sample to Fast DDS's own thread (docs/two_hosts.md).
+TWO_HOST_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+                "RMW_FASTRTPS_PUBLICATION_MODE": "ASYNCHRONOUS"}
 LINK_STATUS = ("fowm_robot_link", "fowm_learner_link")
 
 
@@ -83,7 +89,7 @@ def run_robot(args: argparse.Namespace) -> dict[str, Any]:
         "fowm_planner": {"trust.key_file": key, "trust.trusted_dir": str(store)}}
     if args.episodes is not None:
         overrides["fowm_episode_manager"] = {"num_episodes": args.episodes}
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    _two_host_env()
     rclpy.init(args=_ros_args(args))
     ticks: list[tuple[float, float, float, bool]] = []
     watch: list[DiagnosticsLog] = []
@@ -106,14 +112,15 @@ def run_robot(args: argparse.Namespace) -> dict[str, Any]:
                  manager, link]
 
     def done(nodes: list[Node]) -> bool:
-        if len(nodes) < len(factories) or args.episodes is None:
+        if len(nodes) < len(factories) or args.episodes is None or args.stay:
             return False
         result = bringup._result(nodes, True)
         link = nodes[-1]
         assert isinstance(link, RobotLinkNode)
-        # Every episode recorded and acknowledged by the learner's host, and enough swaps.
+        # Every episode recorded and, when swaps are awaited (a learner is there), acknowledged
+        # by the learner's host.
         return (len(result.ends) >= args.episodes and result.swaps >= args.swaps
-                and link.outbox.shipped >= args.episodes)
+                and (args.swaps == 0 or link.outbox.shipped >= args.episodes))
 
     nodes = spin_nodes(factories, args.duration, done)
     result = bringup._result(nodes, started=len(nodes) == len(factories))
@@ -172,7 +179,7 @@ def run_learner(args: argparse.Namespace) -> dict[str, Any]:
     files = [f for f in (args.config, args.site_config) if f]
     learner = SupervisedProcess("fowm_learner", lambda: bringup.spawn_learner_process(
         bag_dir, args.checkpoint, params, files))
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    _two_host_env()                          # before the learner process inherits it
     rclpy.init(args=_ros_args(args))
     learner.start()
     watch: list[DiagnosticsLog] = []
@@ -199,6 +206,11 @@ def run_learner(args: argparse.Namespace) -> dict[str, Any]:
                    refused=list(link.episodes.refused), partitions=w.partitions,
                    longest_partition_s=w.longest_s)
     return out
+
+
+def _two_host_env() -> None:
+    for name, value in TWO_HOST_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def _link_params(args: argparse.Namespace, robot: bool = True) -> dict[str, Any]:
@@ -234,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", default=None, help="the lab key, the same on both hosts")
     p.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     p.add_argument("--episodes", type=int, default=None, help="robot: stop after N episodes")
-    p.add_argument("--swaps", type=int, default=0, help="robot: and after K hot-swaps")
+    p.add_argument("--swaps", type=int, default=0,
+                   help="robot: and after K hot-swaps and every bag acknowledged")
+    p.add_argument("--stay", action="store_true",
+                   help="robot: keep running after --episodes (until --duration or SIGINT)")
     p.add_argument("--peer-timeout", type=float, default=3.0,
                    help="seconds without the other host's heartbeat before a partition is reported")
     p.add_argument("--chunk-kib", type=int, default=0, help="robot link frame size (KiB)")

@@ -166,8 +166,8 @@ def transfers(work: Path, repeats: int) -> dict[str, Any]:
     ckpts = make_checkpoints(work / "ckpts")
     sizes = {p.stem: p.stat().st_size + p.with_suffix(".json").stat().st_size for p in ckpts}
     out: dict[str, Any] = {"checkpoint_bytes": sizes, "runs": {}}
-    for transport in ("LARGE_DATA", "DEFAULT"):
-        run = work / f"tx_{transport}"
+    for transport in ("LARGE_DATA?non_blocking=true", "LARGE_DATA", "DEFAULT"):
+        run = work / f"tx_{transport.replace('?', '_').replace('=', '_')}"
         run.mkdir()
         env = {**ENV, "FASTDDS_BUILTIN_TRANSPORTS": transport}
         _log(f"transfers with {transport}")
@@ -231,7 +231,9 @@ def run_loop(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "fowm_episode_manager": {"ros__parameters": {"episode_length": 25,
                                                      "base_seed": 1_000_000,
                                                      "service_timeout_s": 60.0}}}))
-    env = {**ENV, "FASTDDS_BUILTIN_TRANSPORTS": args.transport}
+    env = dict(ENV)
+    if args.transport:
+        env["FASTDDS_BUILTIN_TRANSPORTS"] = args.transport
     if args.publication_mode:
         env["RMW_FASTRTPS_PUBLICATION_MODE"] = args.publication_mode
     config = str(REPO / "config" / "sim.yaml")
@@ -342,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-episodes", type=int, default=3)
     p.add_argument("--online-episodes", type=int, default=12)
     p.add_argument("--cut-s", type=float, default=30.0)
-    p.add_argument("--transport", default="LARGE_DATA", help="loop: FASTDDS_BUILTIN_TRANSPORTS")
+    p.add_argument("--transport", default="",
+                   help="loop: FASTDDS_BUILTIN_TRANSPORTS (empty: what fowm run sets)")
     p.add_argument("--publication-mode", default="",
                    help="loop: RMW_FASTRTPS_PUBLICATION_MODE (empty: what fowm run sets)")
     p.add_argument("--receiver", default=None, help=argparse.SUPPRESS)

@@ -26,7 +26,8 @@ from fowm_core.runtime.trust import generate_key
 
 REPO = Path(__file__).resolve().parents[2]
 FOWM = str(Path(sys.executable).parent / "fowm")
-EPISODES, LENGTH = 3, 8
+EPISODES, LENGTH = 6, 8
+CUT_S = 12.0             # past the ~11 s after which a blocking TCP send once froze the robot
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +51,10 @@ def private_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def wait_for(log: Path, text: str, timeout_s: float) -> bool:
+def wait_for(log: Path, text: str, timeout_s: float, count: int = 1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if text in log.read_text():
+        if log.is_file() and log.read_text().count(text) >= count:
             return True
         time.sleep(0.5)
     return False
@@ -61,7 +62,7 @@ def wait_for(log: Path, text: str, timeout_s: float) -> bool:
 
 def _env() -> dict[str, str]:
     return {"ROS_DOMAIN_ID": str(1 + os.getpid() % 100), "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
-            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "MUJOCO_GL": "egl",
+            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA?non_blocking=true", "MUJOCO_GL": "egl",
             "OMP_NUM_THREADS": "1"}
 
 
@@ -101,8 +102,14 @@ def test_episodes_and_weights_cross_between_two_hosts(tmp_path: Path) -> None:
                 "--key-file", str(robot / "lab.key"), "--episodes", str(EPISODES),
                 "--swaps", "1", "--duration", "120", "--summary", str(robot / "summary.json")],
                 _env(), rlog)
+            # The link is cut once the first bag crossed, and comes back 12 s later.
+            wait_for(robot / "robot.log", "acknowledged by the learner's host", 60.0)
+            hosts.cut()
+            time.sleep(CUT_S)
+            hosts.restore()
             robot_proc.wait(150)
-            time.sleep(1.0)
+            ledger = work / "bags" / ".learner" / "ledger.json"
+            wait_for(ledger, '"status": "ingested"', 60.0, count=EPISODES)
             hosts.stop(learner)
     finally:
         hosts.close()
@@ -112,23 +119,33 @@ def test_episodes_and_weights_cross_between_two_hosts(tmp_path: Path) -> None:
     r = json.loads((robot / "summary.json").read_text())
     w = json.loads((work / "summary.json").read_text())
 
-    # Episodes recorded on the robot reached the workstation, each once, and were trained on.
+    # Episodes recorded on the robot reached the workstation, each once, and were trained on,
+    # those recorded during the cut included.
     assert len(r["success"]) == EPISODES and len(r["bags"]) == EPISODES, logs
-    assert set(w["bags_received"]) <= set(r["bags"]) and w["bags_received"], logs
-    assert w["ingested_unique"] and set(w["ingested"]) <= set(r["bags"]), w
+    assert sorted(w["bags_received"]) == r["bags"], logs
+    assert w["ingested_unique"] and w["ingested"] == r["bags"], w
     assert w["checkpoint"] is not None and w["trained_episodes"] >= 1, w
-    # Nothing crossed through a shared path: the workstation's bags are its own copies.
     assert all((work / "bags" / name).is_dir() for name in w["bags_received"])
 
     # A checkpoint trained there came back as bytes, was stored, validated and swapped in.
     assert r["weights_received"], logs
-    got = r["weights_received"][0]
+    got = r["weights_received"][-1]                 # the store keeps the newest 3
     assert "/" not in got["path"] and got["bytes"] > 0
     assert (robot / "bags" / ".weights" / got["path"]).is_file()
     assert r["swaps"] >= 1 and r["live_weights"]["step"] > 0, r
-    # Receiving and storing weights never delayed a control tick. Elsewhere one tick at an
-    # episode's end (bag written, twin reset) can miss on a loaded 2-core machine: seen with the
-    # robot side alone too, so it is not the link's (docs/two_hosts.md).
+    assert r["weights_refused"] == [], r
+
+    # The cut: both sides reported it on /diagnostics; control never stalled (a tick held up
+    # by a blocked send took 10-20 s before non-blocking TCP + asynchronous publication).
+    down, up = (e["wall_s"] for e in hosts.events)
+    for side, name in ((r, "fowm_robot_link"), (w, "fowm_learner_link")):
+        assert side["partitions"] >= 1, side
+        assert any(d["name"].startswith(name) and d["level"] == 1 and "heard for" in
+                   d["message"] and down <= d["wall_s"] <= up for d in side["diagnostics"]), side
+    timing = r["planner_timing"]
+    assert max(timing["latency_ms_max"], timing["lateness_ms_max"]) < 1000.0, r["missed_ticks"]
+    # Receiving and storing weights never delayed a tick. Elsewhere a tick can miss on a loaded
+    # 2-core machine (a slow plan, the bag written at an episode's end; seen with the robot side
+    # alone too): not the link's (docs/two_hosts.md).
     assert r["ticks_during_transfers"]["during"]["deadline_misses"] == 0, r
-    assert r["planner_timing"]["deadline_misses"] <= 1, r["missed_ticks"]
-    assert r["partitions"] == 0 and r["weights_refused"] == [], r
+    assert timing["deadline_misses"] <= 3, r["missed_ticks"]

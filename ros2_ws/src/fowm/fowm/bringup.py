@@ -277,7 +277,10 @@ def _result(nodes: list[Node], started: bool) -> StackResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`fowm run` (entry point group fowm.commands) and the console script ``stack``."""
-    parser = argparse.ArgumentParser(prog="fowm run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fowm run", description=__doc__.splitlines()[0],
+        epilog="Two hosts without a shared disk: fowm run --role robot|learner --help "
+               "(fowm.roles, docs/two_hosts.md).")
     parser.add_argument("--config", default="config/sim.yaml", help="ROS parameter YAML")
     parser.add_argument("--checkpoint", required=True,
                         help="planner checkpoint (.safetensors); also sets task and obs mode")

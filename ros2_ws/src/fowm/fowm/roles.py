@@ -39,11 +39,12 @@ from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.ledger import BagLedger
 
 ROLES = ("all", "robot", "learner")
-# Between hosts Fast DDS's LARGE_DATA sends user data over TCP; with the default synchronous
-# publication a publish() to a peer behind a cut link blocked inside rclpy for the whole cut (10 s
-# measured), and with it every Python thread of the process, the control loop's included.
-# Asynchronous publication hands the sample to Fast DDS's own thread (docs/two_hosts.md).
-TWO_HOST_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+# Between hosts Fast DDS's LARGE_DATA sends user data over TCP. A send to a peer behind a cut link
+# blocked once the socket's buffer was full: inside rclpy's publish() with the GIL held, so every
+# Python thread of the process stopped, the control loop's included (a 10.1 s and a 19.5 s tick
+# measured). Non-blocking TCP sends drop instead (reliable QoS and our acks re-send), and
+# asynchronous publication keeps the sending off the caller's thread (docs/two_hosts.md).
+TWO_HOST_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA?non_blocking=true",
                 "RMW_FASTRTPS_PUBLICATION_MODE": "ASYNCHRONOUS"}
 LINK_STATUS = ("fowm_robot_link", "fowm_learner_link")
 
@@ -211,6 +212,11 @@ def run_learner(args: argparse.Namespace) -> dict[str, Any]:
 def _two_host_env() -> None:
     for name, value in TWO_HOST_ENV.items():
         os.environ.setdefault(name, value)
+    transports = os.environ["FASTDDS_BUILTIN_TRANSPORTS"]
+    if transports.startswith("LARGE_DATA") and "non_blocking=true" not in transports:
+        print(f"fowm run: FASTDDS_BUILTIN_TRANSPORTS={transports} without non_blocking=true: a "
+              "cut link can stop this process until it returns (docs/two_hosts.md)",
+              file=sys.stderr)
 
 
 def _link_params(args: argparse.Namespace, robot: bool = True) -> dict[str, Any]:

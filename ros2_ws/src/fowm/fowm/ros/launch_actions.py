@@ -143,11 +143,13 @@ def role(context: LaunchContext) -> str:
 
 
 def two_host_env(context: LaunchContext) -> list[Any]:
-    """role:=robot|learner: asynchronous publication, so a publish() to a host behind a cut link
-    never blocks a node's threads (fowm.roles.TWO_HOST_ENV, docs/two_hosts.md)."""
+    """role:=robot|learner: non-blocking TCP sends and asynchronous publication, so a publish()
+    to a host behind a cut link never blocks a node's threads (fowm.roles.TWO_HOST_ENV,
+    docs/two_hosts.md)."""
     if role(context) == "all":
         return []
-    return [SetEnvironmentVariable("RMW_FASTRTPS_PUBLICATION_MODE", "ASYNCHRONOUS")]
+    return [SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA?non_blocking=true"),
+            SetEnvironmentVariable("RMW_FASTRTPS_PUBLICATION_MODE", "ASYNCHRONOUS")]
 
 
 def robot_trusted_dir(context: LaunchContext) -> str:

@@ -116,7 +116,7 @@ def serve_receiver(out: Path, seconds: float) -> None:
     rclpy.try_shutdown()
 
 
-def serve_sender(paths: list[Path], repeats: int, done_file: Path) -> None:
+def serve_sender(paths: list[Path], repeats: int, done_file: Path, chunk_kib: int) -> None:
     """Learner side: each checkpoint ``repeats`` times, the next once the last was stored."""
     import rclpy
     from fowm.ros.transfer import BlobSender
@@ -131,7 +131,7 @@ def serve_sender(paths: list[Path], repeats: int, done_file: Path) -> None:
     acks: list[str] = []
     end_to_end: dict[str, float] = {}
     node.create_subscription(String, "/bench/ack", lambda m: acks.append(m.data), 10)
-    tx = BlobSender(node, topics.WEIGHTS_BLOB, "weights")
+    tx = BlobSender(node, topics.WEIGHTS_BLOB, "weights", chunk_bytes=chunk_kib << 10)
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     spin = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.05)
@@ -162,11 +162,11 @@ def serve_sender(paths: list[Path], repeats: int, done_file: Path) -> None:
     rclpy.try_shutdown()
 
 
-def transfers(work: Path, repeats: int) -> dict[str, Any]:
+def transfers(work: Path, repeats: int, transports: list[str], chunk_kib: int) -> dict[str, Any]:
     ckpts = make_checkpoints(work / "ckpts")
     sizes = {p.stem: p.stat().st_size + p.with_suffix(".json").stat().st_size for p in ckpts}
-    out: dict[str, Any] = {"checkpoint_bytes": sizes, "runs": {}}
-    for transport in ("LARGE_DATA?non_blocking=true", "LARGE_DATA", "DEFAULT"):
+    out: dict[str, Any] = {"checkpoint_bytes": sizes, "frame_kib": chunk_kib, "runs": {}}
+    for transport in transports:
         run = work / f"tx_{transport.replace('?', '_').replace('=', '_')}"
         run.mkdir()
         env = {**ENV, "FASTDDS_BUILTIN_TRANSPORTS": transport}
@@ -177,6 +177,7 @@ def transfers(work: Path, repeats: int) -> dict[str, Any]:
             time.sleep(3.0)
             tx = hosts.start(LEARNER, ["nice", "-n", "10", PY, __file__, "--sender",
                                        str(run / "sender.done"), "--repeats", str(repeats),
+                                       "--chunk-kib", str(chunk_kib),
                                        *map(str, ckpts)], env, tlog)
             tx.wait(600)
             rx.wait(120)
@@ -338,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/results/two_hosts.json")
     p.add_argument("--parts", default="transfers,loop")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--transports", default="LARGE_DATA?non_blocking=true,LARGE_DATA,DEFAULT",
+                   help="transfers: FASTDDS_BUILTIN_TRANSPORTS values, comma-separated")
+    p.add_argument("--chunk-kib", type=int, default=512, help="transfers: frame size")
     p.add_argument("--offline-episodes", type=int, default=30)
     p.add_argument("--offline-steps", type=int, default=600)
     p.add_argument("--eval-episodes", type=int, default=10)
@@ -356,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_receiver(Path(args.receiver), 900.0)
         return 0
     if args.sender:
-        serve_sender([Path(x) for x in args.paths], args.repeats, Path(args.sender))
+        serve_sender([Path(x) for x in args.paths], args.repeats, Path(args.sender),
+                     args.chunk_kib)
         return 0
     work = Path(tempfile.mkdtemp(prefix="fowm-two-hosts-"))
     out: dict[str, Any] = {"uptime_start": _uptime(), "nice": os.nice(0),
@@ -364,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     try:
         if "transfers" in args.parts:
-            out["transfers"] = transfers(work, args.repeats)
+            out["transfers"] = transfers(work, args.repeats, args.transports.split(","),
+                                         args.chunk_kib)
         if "loop" in args.parts:
             out["loop"] = run_loop(work, args)
     finally:

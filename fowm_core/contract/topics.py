@@ -49,9 +49,11 @@ LINK = "/fowm/link"                                   # std_msgs/msg/String, JSO
 WEIGHTS_BLOB = "/fowm/weights_blob"                   # std_msgs/msg/UInt8MultiArray, frames
 EPISODE_BLOB = "/fowm/episode_blob"                   # std_msgs/msg/UInt8MultiArray, frames
 EPISODE_ACK = "/fowm/episode_ack"                     # std_msgs/msg/String, JSON {name, sha256}
+TRANSFER_PROGRESS = "/fowm/transfer_progress"         # std_msgs/msg/String, JSON {id, frames}
 LINK_TYPES: dict[str, str] = {
     LINK: "std_msgs/msg/String",
     WEIGHTS_BLOB: "std_msgs/msg/UInt8MultiArray",
     EPISODE_BLOB: "std_msgs/msg/UInt8MultiArray",
     EPISODE_ACK: "std_msgs/msg/String",
+    TRANSFER_PROGRESS: "std_msgs/msg/String",
 }

@@ -145,6 +145,12 @@ class Reassembler:
         self.dropped: list[str] = []                      # why transfers were given up
 
     @property
+    def frames_seen(self) -> tuple[str, int] | None:
+        """(id, frames received) of the transfer being rebuilt, for the sender's window."""
+        p = self._partial
+        return None if p is None else (p.header.id, len(p.seen))
+
+    @property
     def in_progress(self) -> tuple[str, int, int] | None:
         """(id, bytes received, total) of the transfer being rebuilt."""
         p = self._partial

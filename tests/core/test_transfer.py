@@ -131,6 +131,17 @@ def test_bags_ship_exactly_once_across_lost_acks_and_restarts(tmp_path: Path) ->
     assert not [p for p in learner_dir.iterdir() if p.name.startswith(".")]
 
 
+def test_a_restarted_receiver_acknowledges_a_bag_it_has_without_a_second_copy(
+        tmp_path: Path) -> None:
+    robot = collect(tmp_path / "robot", episodes=1, task="reach")
+    _, meta, payload = BagOutbox(robot).next_send(0.0)
+    ack = BagInbox(tmp_path / "learner").accept(meta, payload)
+    mtime = (tmp_path / "learner" / meta["name"] / "metadata.yaml").stat().st_mtime_ns
+    again = BagInbox(tmp_path / "learner")          # the learner's host restarted
+    assert again.accept(meta, payload) == ack and again.received == []
+    assert (tmp_path / "learner" / meta["name"] / "metadata.yaml").stat().st_mtime_ns == mtime
+
+
 def test_a_bag_whose_files_do_not_match_is_not_written(tmp_path: Path) -> None:
     robot = collect(tmp_path / "robot", episodes=1, task="reach")
     _, meta, payload = BagOutbox(robot).next_send(0.0)

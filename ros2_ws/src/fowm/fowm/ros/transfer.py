@@ -2,7 +2,11 @@
 
 ``BlobSender`` publishes one payload at a time as frames of fowm_core.runtime.transfer on a
 std_msgs/UInt8MultiArray topic from its own thread (never the executor's, never a control loop's);
-a payload queued while another is on the wire replaces any older queued one (newest wins).
+a payload queued while another is on the wire replaces any older queued one (newest wins). It
+keeps at most ``window`` frames ahead of what the receiver reports on /fowm/transfer_progress:
+with Fast DDS's non-blocking TCP sends (docs/two_hosts.md) a burst larger than the socket's buffer
+is dropped, not queued, and DDS's repair of a 22 MB burst took minutes; a transfer whose receiver
+reports nothing for ``stall_s`` is abandoned (the callers send it again later).
 ``BlobReceiver`` rebuilds frames in the executor thread (a copy into one bounded buffer) and hands
 each complete, hash-checked payload to its own worker thread, which does the slow part (writing
 files). ``LinkHeartbeat`` publishes this side's /fowm/link heartbeat once a second (steady clock)
@@ -11,6 +15,7 @@ and watches the peer's (fowm_core.runtime.remote.LinkWatch).
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -55,9 +60,13 @@ class BlobSender:
     """Publishes payloads on ``topic`` from its own thread; ``send`` never blocks."""
 
     def __init__(self, node: Node, topic: str, kind: str, chunk_bytes: int = 512 << 10,
-                 pace_s: float = 0.0) -> None:
-        self.node, self.kind, self.chunk_bytes, self.pace_s = node, kind, chunk_bytes, pace_s
+                 window: int = 4, stall_s: float = 10.0) -> None:
+        self.node, self.kind, self.chunk_bytes = node, kind, chunk_bytes
+        self.window, self.stall_s = window, stall_s
         self.pub = node.create_publisher(UInt8MultiArray, topic, BLOB_QOS)
+        self._progress: dict[str, int] = {}          # transfer id → frames the receiver has
+        node.create_subscription(String, topics.TRANSFER_PROGRESS, self._on_progress,
+                                 CONTROL_QOS)
         self._next: Callable[[], Payload | None] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -94,17 +103,40 @@ class BlobSender:
             finally:
                 self.busy = False
 
+    def _on_progress(self, msg: String) -> None:
+        try:
+            body = json.loads(msg.data)
+            transfer_id, count = str(body["id"]), int(body["frames"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if transfer_id in self._progress:
+            self._progress[transfer_id] = max(self._progress[transfer_id], count)
+
+    def _wait_window(self, transfer_id: str, count: int) -> bool:
+        """Wait until the receiver has all but ``window`` of the ``count`` frames sent."""
+        last, seen = time.monotonic(), self._progress.get(transfer_id, 0)
+        while count - self._progress.get(transfer_id, 0) >= self.window:
+            if self._stop.is_set() or not self.node.context.ok():
+                return False
+            if self._progress.get(transfer_id, 0) != seen:
+                last, seen = time.monotonic(), self._progress[transfer_id]
+            elif time.monotonic() - last > self.stall_s:
+                return False
+            time.sleep(0.002)
+        return True
+
     def _publish(self, transfer_id: str, meta: Mapping[str, Any], payload: bytes) -> None:
         start, count = time.monotonic(), 0
+        self._progress = {transfer_id: 0}
         for frame in frames(self.kind, transfer_id, payload, meta, self.chunk_bytes):
-            if self._stop.is_set() or not self.node.context.ok():
+            if not self._wait_window(transfer_id, count):
+                self.errors.append(f"transfer {transfer_id}: no progress from the receiver for "
+                                   f"{self.stall_s:g} s after {count} frames; abandoned")
                 return
             msg = UInt8MultiArray()
             msg.data = frame
             self.pub.publish(msg)
             count += 1
-            if self.pace_s:
-                time.sleep(self.pace_s)
         self.sent.append(SentRecord(transfer_id, len(payload), count,
                                     time.monotonic() - start, time.time()))
 
@@ -124,6 +156,7 @@ class BlobReceiver:
         self.assembler = Reassembler(kind, max_bytes, timeout_s)
         self.refused: deque[str] = deque(maxlen=50)
         self.handled = 0
+        self.progress_pub = node.create_publisher(String, topics.TRANSFER_PROGRESS, CONTROL_QOS)
         self.last_complete_wall_s = 0.0
         self._jobs: queue.Queue[Completed | None] = queue.Queue(maxsize=2)
         self._lock = threading.Lock()
@@ -141,9 +174,14 @@ class BlobReceiver:
         try:
             with self._lock:
                 done = self.assembler.feed(memoryview(msg.data), time.monotonic())
+                seen = self.assembler.frames_seen
         except TransferError as err:
             self._refuse(str(err))
             return
+        if done is not None or seen is not None:      # the sender's window moves on
+            transfer_id, count = (done.id, 1 << 30) if done is not None else seen
+            self.progress_pub.publish(String(data=json.dumps(
+                {"id": transfer_id, "frames": count})))
         if done is not None:
             self.last_complete_wall_s = time.time()
             try:

@@ -25,3 +25,7 @@ class EnvError(FowmError):
 
 class MessageError(FowmError, ValueError):
     """A wire message (JSON on /fowm/weights or /fowm/episode) does not match its schema."""
+
+
+class PerceptionError(FowmError):
+    """A camera image, intrinsics, extrinsics file or calibration set cannot give a pose."""

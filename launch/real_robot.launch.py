@@ -8,7 +8,9 @@ The episode manager runs in "real" mode: reset the scene, then
 with `ros2 service call /fowm_episode_manager/label_success std_srvs/srv/SetBool "{data: true}"`.
 ``learn:=true`` records one bag per episode into bag_dir and finetunes on them (recorder + learner,
 fowm.ros.launch_actions); ``site_config:=FILE`` layers a YAML over config/real_robot.yaml;
-``rviz:=true`` adds rviz2 when installed. The arm stays disarmed until
+``rviz:=true`` adds rviz2 when installed; ``tracker:=true extrinsics:=FILE`` adds the ArUco
+tracker (its markers: a fowm_tracker section in site_config, docs/perception.md). The arm stays
+disarmed until
 `ros2 service call /fowm_xarm/rearm std_srvs/srv/Trigger`.
 """
 
@@ -46,6 +48,7 @@ def _nodes(context: LaunchContext) -> list:
              emulate_tty=True, parameters=[*params, ckpt, common.planner_trust(context)]),
         Node(package="fowm", executable="episode_manager", name="fowm_episode_manager",
              output="screen", emulate_tty=True, parameters=[*params, ckpt]),
+        *common.tracker_nodes(context, params),
         *common.rviz_nodes(context, share),
     ]
 

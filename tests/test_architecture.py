@@ -24,11 +24,13 @@ CORE_RULES: dict[str, set[str]] = {
     "contract": BASE,
     "model": BASE,
     "data": BASE | {"contract", "tasks"},
-    "sim": BASE | {"contract", "tasks", "data"},
+    "perception": BASE | {"contract"},
+    "sim": BASE | {"contract", "tasks", "data", "perception"},
     "planner": BASE | {"model"},
     "learning": BASE | {"contract", "tasks", "model", "data", "planner"},
     "runtime": BASE | {"contract", "tasks", "model", "data", "planner", "learning"},
-    "jobs": BASE | {"contract", "tasks", "model", "data", "sim", "planner", "learning", "runtime"},
+    "jobs": BASE | {"contract", "tasks", "model", "data", "sim", "planner", "learning", "runtime",
+             "perception"},
 }
 # ROS package: part → the parts of `fowm` it may import (fowm_core and rclpy are always allowed).
 ROS_RULES: dict[str, set[str]] = {

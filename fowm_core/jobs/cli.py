@@ -7,6 +7,7 @@
     fowm experiment tasks × seeds × λ, the table of docs/results.md and its JSON
     fowm bench      plan | update | peak: one JSON line each
     fowm keygen     the lab key that signs weight announcements (docs/trust.md)
+    fowm calibrate  camera extrinsics by hand-eye on the twin → YAML (docs/perception.md)
 
 More verbs come from installed packages through the entry point group ``fowm.commands``, as
 ros2cli finds its verbs: the ROS 2 package (ros2_ws/src/fowm) adds ``run`` (the stack from a YAML
@@ -130,6 +131,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from fowm_core.jobs import calibrate
+
+    summary = calibrate.calibrate_twin(args.out, poses=args.poses, seed=args.seed,
+                                       method=args.method, max_tilt_deg=args.max_tilt_deg,
+                                       max_turn_deg=args.max_turn_deg, camera=args.camera)
+    print(json.dumps(summary))
+    return 0
+
+
 def installed_commands(core: set[str] | frozenset[str] = frozenset()) -> dict[str, EntryPoint]:
     """Verbs that installed packages register under ``fowm.commands`` (core verbs win)."""
     return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP) if ep.name not in core}
@@ -229,6 +240,19 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("path", type=Path, help="key file to create (never overwritten)")
     p.set_defaults(func=cmd_keygen)
 
+    p = sub.add_parser("calibrate", help="camera extrinsics by hand-eye (eye-to-hand) on the twin")
+    p.add_argument("--out", type=Path, required=True, help="extrinsics YAML for the tracker")
+    p.add_argument("--poses", type=int, default=30, help="arm poses to visit")
+    p.add_argument("--method", default="park", choices=["tsai", "park", "horaud", "andreff",
+                                                          "daniilidis"])
+    p.add_argument("--camera", default="tracker_cam", choices=["tracker_cam", "camera0"],
+                   help="the twin's camera to calibrate (tracker_cam: the tracker's, across "
+                        "the table; camera0: the model's view)")
+    p.add_argument("--max-tilt-deg", type=float, default=30.0)
+    p.add_argument("--max-turn-deg", type=float, default=40.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_calibrate)
+
     for name, ep in sorted(installed.items()):
         dist = ep.dist.name if ep.dist is not None else ep.value
         sub.add_parser(name, help=f"from {dist} ({ep.value}); `fowm {name} -h` for its options",
@@ -239,7 +263,8 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
 # Sub-commands with their own argument parsers: everything after the name is theirs (argparse's
 # REMAINDER does not pass on arguments that start with "--").
 PASSTHROUGH = {"bench": "bench_args"}
-CORE = frozenset({"collect", "pretrain", "finetune", "eval", "experiment", "bench", "keygen"})
+CORE = frozenset({"collect", "pretrain", "finetune", "eval", "experiment", "bench", "keygen",
+                  "calibrate"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,8 @@ from fowm_core.config import Modality
 from fowm_core.contract.topics import GRIPPER_JOINT
 from fowm_core.data import convert
 from fowm_core.errors import EnvError
+from fowm_core.perception import geometry
+from fowm_core.sim import markers as plates
 from fowm_core.sim import scene
 from fowm_core.sim.render import CameraRenderer
 
@@ -49,7 +51,8 @@ class XarmEnv(gym.Env):
 
     def __init__(self, task: str, obs_mode: Modality | str = Modality.STATE,
                  action_repeat: int = 2, episode_length: int = 25, image_size: int = 84,
-                 workspace: scene.Workspace | None = None) -> None:
+                 workspace: scene.Workspace | None = None, markers: bool = False,
+                 gripper_marker: str = "") -> None:
         self.spec_task = tasks.get(task)
         self.task = task
         self.obs_mode = _modality(obs_mode)
@@ -62,10 +65,16 @@ class XarmEnv(gym.Env):
         self.image_size = image_size
         self.workspace = workspace or scene.Workspace()
         self.render_mode = "rgb_array"
-        self.model = mujoco.MjModel.from_xml_path(os.path.join(ASSETS, self.spec_task.scene))
+        # markers: ArUco plates and a camera for the tracker; gripper_marker (a camera's name):
+        # the hand's plate facing that camera, for calibration (fowm_core.sim.markers). Both
+        # off, the model is the MJCF file as it is.
+        self.markers = markers or bool(gripper_marker)
+        self.model = (plates.build_model(task, ASSETS, gripper_marker) if self.markers else
+                      mujoco.MjModel.from_xml_path(os.path.join(ASSETS, self.spec_task.scene)))
         self.data = mujoco.MjData(self.model)
         self._ids()
         self._camera = CameraRenderer(self.model, "camera0")
+        self._cameras = {"camera0": self._camera}
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.spec_task.action_dim,), np.float32)
         self.observation_space = self._observation_space()
         self._steps = 0
@@ -86,6 +95,8 @@ class XarmEnv(gym.Env):
                           if self.spec_task.has_object else None)
         # A goal drawn at reset is shown by the scene's target0 site; a derived one is not.
         self._goal_site = m.site("target0").id if self.spec_task.goal_start is not None else None
+        self._goal_plate = (m.site(plates.GOAL_SITE).id
+                            if self.markers and self._goal_site is not None else None)
 
     def _observation_space(self) -> gym.spaces.Dict:
         spaces: dict[str, gym.Space] = {}
@@ -118,6 +129,8 @@ class XarmEnv(gym.Env):
         self._goal = None if init.goal is None else init.goal.copy()
         if self._goal_site is not None:
             m.site_pos[self._goal_site] = init.goal
+        if self._goal_plate is not None:
+            m.site_pos[self._goal_plate] = plates.goal_plate_centre(init.goal)
         d.mocap_pos[self._mocap] = init.eef + scene.TOOL_OFFSET
         d.mocap_quat[self._mocap] = scene.GRIPPER_QUAT
         d.ctrl[:] = self.spec_task.fixed_gripper or 0.0
@@ -175,6 +188,33 @@ class XarmEnv(gym.Env):
         dof = self.model.joint("object_joint0").dofadr[0]
         self.data.qvel[dof:dof + 6] = 0.0
         mujoco.mj_forward(self.model, self.data)
+
+    def hold_tool(self, position: np.ndarray, quat_wxyz: np.ndarray, steps: int = SETTLE_STEPS,
+                  ) -> None:
+        """Drive the tool centre to a pose (position clamped into the workspace) and let it settle:
+        the calibration's arm poses, which need orientations the task actions never command."""
+        quat = np.asarray(quat_wxyz, dtype=np.float64)
+        rot = np.empty(9)
+        mujoco.mju_quat2Mat(rot, quat / np.linalg.norm(quat))
+        # The mocap drives link7, whose origin lies TOOL_OFFSET_M back along the tool's z axis.
+        tool_z = rot.reshape(3, 3)[:, 2]
+        self.data.mocap_pos[self._mocap] = (self.workspace.clamp(np.asarray(position))
+                                            - tool_z * scene.TOOL_OFFSET_M)
+        self.data.mocap_quat[self._mocap] = quat / np.linalg.norm(quat)
+        mujoco.mj_step(self.model, self.data, nstep=steps)
+        self._check_finite()
+
+    def camera_pose(self, camera: str = "camera0") -> np.ndarray:
+        """T_world_optical (4×4) of a camera: the ground truth the calibration is judged by."""
+        cam = self._camera_id(camera)
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_camlight(self.model, self.data)
+        return geometry.optical_from_mujoco(self.data.cam_xpos[cam], self.data.cam_xmat[cam])
+
+    def camera_intrinsics(self, width: int, height: int,
+                          camera: str = "camera0") -> geometry.Intrinsics:
+        fovy = float(self.model.cam_fovy[self._camera_id(camera)])
+        return geometry.Intrinsics.from_fovy(width, height, fovy)
 
     def _check_finite(self) -> None:
         if not np.isfinite(self.data.qpos).all():
@@ -241,13 +281,28 @@ class XarmEnv(gym.Env):
                 "joint_pos": self.joint_positions(), "joint_names": JOINT_NAMES,
                 "steps": self._steps}
 
-    def render(self, width: int | None = None, height: int | None = None) -> np.ndarray:
-        """camera0 image, (height, width, 3) uint8; 84×84 unless asked otherwise."""
-        return self._camera.render(self.data, width or self.image_size,
-                                   height or self.image_size)
+    def render(self, width: int | None = None, height: int | None = None,
+               camera: str = "camera0") -> np.ndarray:
+        """A camera's image (camera0 unless named), (height, width, 3) uint8; 84×84 unless
+        asked otherwise."""
+        if camera not in self._cameras:
+            self._camera_id(camera)
+            self._cameras[camera] = CameraRenderer(self.model, camera)
+        return self._cameras[camera].render(self.data, width or self.image_size,
+                                            height or self.image_size)
+
+    def _camera_id(self, camera: str) -> int:
+        try:
+            return self.model.cam(camera).id
+        except KeyError as err:
+            names = [self.model.cam(i).name for i in range(self.model.ncam)]
+            msg = (f"camera {camera!r} is not in the {self.task} twin: expected one of {names} "
+                   f"(tracker_cam comes with markers=True)")
+            raise EnvError(msg) from err
 
     def close(self) -> None:
-        self._camera.close()
+        for renderer in self._cameras.values():
+            renderer.close()
 
     def seed_next_reset(self, seed: int | None) -> None:
         """Make the next reset() without a seed use ``seed`` (make_env's seed argument)."""

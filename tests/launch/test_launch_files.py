@@ -130,6 +130,7 @@ def _node_dataclasses() -> dict[str, list[tuple[str, type]]]:
     from fowm.nodes.recorder_node import RecorderParams
     from fowm.nodes.robot_link import RobotLinkParams
     from fowm.nodes.sim_node import SimNodeParams
+    from fowm.nodes.tracker_node import TrackerParams
     from fowm.nodes.xarm_node import XArmNodeConfig
 
     from fowm_core.runtime.arm import ArmLimits
@@ -139,6 +140,7 @@ def _node_dataclasses() -> dict[str, list[tuple[str, type]]]:
             "fowm_camera": [("", CameraConfig)],
             "fowm_xarm": [("", XArmNodeConfig), ("limits", ArmLimits)],
             "fowm_recorder": [("", RecorderParams)], "fowm_learner": [("", LearnerNodeParams)],
+            "fowm_tracker": [("", TrackerParams)],
             "fowm_robot_link": [("", RobotLinkParams)],
             "fowm_learner_link": [("", LearnerLinkParams)]}
 

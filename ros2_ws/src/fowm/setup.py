@@ -28,6 +28,8 @@ NODES = {
     "stack": "fowm.bringup",
     "recorder_node": "fowm.nodes.recorder_node",
     "learner_node": "fowm.nodes.learner_node",
+    "tracker_node": "fowm.nodes.tracker_node",
+    "calibration_node": "fowm.nodes.calibration_node",
     "robot_link": "fowm.nodes.robot_link",
     "learner_link": "fowm.nodes.learner_link",
 }

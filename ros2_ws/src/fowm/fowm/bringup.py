@@ -32,6 +32,8 @@ from fowm.nodes.learner_node import LearnerNode
 from fowm.nodes.planner_node import PlannerNode
 from fowm.nodes.recorder_node import RecorderNode
 from fowm.nodes.sim_node import SimNode
+from fowm.nodes.tracker_node import TrackerNode
+from fowm.ros import tracker_mode
 from fowm.ros.lab_key import trust_overrides
 from fowm.ros.spin import NodeFactory, spin_nodes
 from fowm.ros.supervisor import Backoff, SupervisedProcess, SupervisorNode
@@ -82,19 +84,27 @@ class StackResult:
 
 
 def stack_factories(checkpoint: str, lockstep: bool | None = None,
-                    overrides: Overrides | None = None) -> list[NodeFactory]:
+                    overrides: Overrides | None = None,
+                    tracker_extrinsics: str | None = None) -> list[NodeFactory]:
     """Factories of the twin, the planner and the episode manager with per-node overrides.
-    All three get ``checkpoint``: the planner's weights, the others' task and obs mode."""
-    per_node: Overrides = {name: {"checkpoint": str(checkpoint)}
-                           for name in ("fowm_sim", "fowm_planner", "fowm_episode_manager")}
+    All three get ``checkpoint``: the planner's weights, the others' task and obs mode. With
+    ``tracker_extrinsics`` the twin runs in tracker mode and fowm_tracker joins them."""
+    names = ("fowm_sim", "fowm_planner", "fowm_episode_manager",
+             *(("fowm_tracker",) if tracker_extrinsics else ()))
+    per_node: Overrides = {name: {"checkpoint": str(checkpoint)} for name in names}
+    if tracker_extrinsics:
+        per_node["fowm_sim"].update(tracker_mode.SIM_PARAMS)
+        per_node["fowm_tracker"]["extrinsics_file"] = str(tracker_extrinsics)
     if lockstep is not None:
         for name, values in per_node.items():
             values["lockstep"] = lockstep
             if name != "fowm_sim":             # the twin owns /clock; the others follow it
                 values["use_sim_time"] = lockstep
+    per_node.get("fowm_tracker", {}).pop("lockstep", None)
     for name, values in (overrides or {}).items():
         per_node.setdefault(name, {}).update(values)
-    return [_factory(SimNode, per_node["fowm_sim"]),
+    tracker = ([_factory(TrackerNode, per_node["fowm_tracker"])] if tracker_extrinsics else [])
+    return [_factory(SimNode, per_node["fowm_sim"]), *tracker,
             _factory(PlannerNode, per_node["fowm_planner"]),
             _factory(EpisodeManagerNode, per_node["fowm_episode_manager"])]
 
@@ -181,7 +191,8 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
               wait_for_learner: bool = False,
               on_episode: Callable[[dict[str, Any]], None] | None = None,
               key_file: str | Path | None = None,
-              backoff: Backoff | None = None) -> StackResult:
+              backoff: Backoff | None = None,
+              tracker_extrinsics: str | Path | None = None) -> StackResult:
     """Run twin + planner + episode manager with ``config_path``'s parameters.
 
     Args:
@@ -199,6 +210,8 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         key_file: with ``bag_dir``, the lab key (docs/trust.md); None: ``<learner work
             dir>/lab.key``, created if missing (``trust_overrides``).
         backoff: the learner's restart policy (fowm.ros.supervisor.Backoff's defaults if None).
+        tracker_extrinsics: run the twin in tracker mode (fowm.ros.tracker_mode) with
+            fowm_tracker using these camera extrinsics (`fowm calibrate --out FILE`).
     """
     config_path = Path(config_path)
     if not config_path.is_file():
@@ -217,7 +230,8 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         overrides = merged(trust_overrides(work_dir, key_file), overrides)
     learner_params = overrides.get("fowm_learner", {})
     rclpy.init(args=["--ros-args", "--params-file", str(config_path)])
-    factories = stack_factories(str(checkpoint), lockstep, overrides)
+    factories = stack_factories(str(checkpoint), lockstep, overrides,
+                                None if tracker_extrinsics is None else str(tracker_extrinsics))
     learner: SupervisedProcess | None = None
     if bag_dir is not None:          # record every episode and learn; built first: hear every event
         assert work_dir is not None
@@ -293,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key-file", default=None,
                         help="lab key signing weight announcements (with --bag-dir; `fowm keygen "
                              "PATH` makes one); default: <bag-dir>/.learner/lab.key, created")
+    parser.add_argument("--tracker", default=None, metavar="EXTRINSICS",
+                        help="twin in tracker mode: object/goal poses from fowm_tracker's ArUco "
+                             "markers, with the extrinsics `fowm calibrate --out FILE` wrote")
     clock = parser.add_mutually_exclusive_group()
     clock.add_argument("--lockstep", dest="lockstep", action="store_true", default=None,
                        help="sim owns /clock and waits for each answer (reproducible)")
@@ -303,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_stack(args.config, args.checkpoint, args.duration, args.bag_dir,
                            lockstep=args.lockstep, episodes=args.episodes,
                            overrides={"fowm_learner": {"dataset_dir": args.dataset}}
-                           if args.dataset else None, key_file=args.key_file)
+                           if args.dataset else None, key_file=args.key_file,
+                           tracker_extrinsics=args.tracker)
     except FowmError as err:
         print(f"fowm run: {err}", file=sys.stderr)
         return 2

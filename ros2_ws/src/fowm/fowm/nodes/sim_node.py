@@ -16,6 +16,10 @@ empty and they come from its sidecar, a value set anyway must equal it (fowm.ros
 ``~/reset`` (std_srvs/Trigger) starts a new episode with the ``seed`` parameter (the episode
 manager sets it first); the reply's message is JSON {"seed": s, "stamp_ns": first stamp or reset
 time}.
+
+Tracker mode (docs/perception.md): ``markers`` adds ArUco plates and the ``tracker_cam`` camera,
+``camera`` picks the published camera, and ``privileged_poses: false`` drops the object and goal
+publishers, so fowm_tracker is the only source of those poses.
 """
 
 from __future__ import annotations
@@ -75,6 +79,12 @@ class SimNodeParams:
         "lock-step: wall seconds to wait for an answer before stepping with the hold", 0.1, 600.0))
     episode_length: int = field(default=25, metadata=_p(
         "agent steps per episode before the twin stops and waits for ~/reset", 1, 100000))
+    markers: bool = field(default=False, metadata=_p(
+        "ArUco plates on the cube and the goal, and the tracker_cam camera (docs/perception.md)"))
+    camera: str = field(default="camera0", metadata=_p(
+        "camera published on the image topic: camera0, or tracker_cam (needs markers)"))
+    privileged_poses: bool = field(default=True, metadata=_p(
+        "publish the simulator's object/goal poses; false: a tracker supplies them"))
 
 
 class SimNode(Node):
@@ -92,6 +102,10 @@ class SimNode(Node):
             msg = (f"fowm_sim cannot build the twin (task={p.task!r}, "
                    f"obs_mode={p.obs_mode!r}): {err}")
             raise ConfigError(msg) from err
+        if p.camera not in ("camera0", *(("tracker_cam",) if p.markers else ())):
+            msg = (f"parameter camera={p.camera!r} is invalid: expected camera0, or tracker_cam "
+                   f"with markers: true (markers={p.markers})")
+            raise ConfigError(msg)
         self.action_dim = tasks.get(p.task).action_dim
         # MuJoCo's EGL context is current on one thread only: the twin is built, reset, stepped
         # and rendered on the loop thread alone; ~/reset hands its request over and waits.
@@ -112,8 +126,13 @@ class SimNode(Node):
         self.info_pub = self.create_publisher(CameraInfo, topics.COLOR_INFO, qos.SENSOR_PUB)
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos.SENSOR_PUB)
         self.ee_pub = self.create_publisher(PoseStamped, topics.EE_POSE, qos.SENSOR_PUB)
-        self.object_pub = self.create_publisher(PoseStamped, topics.OBJECT_POSE, qos.SENSOR_PUB)
-        self.goal_pub = self.create_publisher(PoseStamped, topics.GOAL_POSE, qos.SENSOR_PUB)
+        # Without privileged poses not even a publisher: the tracker must be the only one (the
+        # planner holds on a second publisher of an input).
+        self.object_pub = self.goal_pub = None
+        if p.privileged_poses:
+            self.object_pub = self.create_publisher(PoseStamped, topics.OBJECT_POSE,
+                                                    qos.SENSOR_PUB)
+            self.goal_pub = self.create_publisher(PoseStamped, topics.GOAL_POSE, qos.SENSOR_PUB)
         self.clock_pub = (self.create_publisher(Clock, "/clock", qos.COMMAND)
                           if p.lockstep else None)
         self.create_subscription(JointState, topics.ACTION, self._on_action, qos.COMMAND)
@@ -148,7 +167,8 @@ class SimNode(Node):
         """Build the twin on the calling (loop) thread, once."""
         if self.env is None:
             p = self.params
-            self.env = make_env(p.task, p.obs_mode, episode_length=p.episode_length)
+            self.env = make_env(p.task, p.obs_mode, episode_length=p.episode_length,
+                                markers=p.markers)
             self._obs, _ = self.env.reset(seed=p.seed)
 
     # -- commands and resets (executor side) ------------------------------------------------------
@@ -275,20 +295,20 @@ class SimNode(Node):
         w, x, y, z = GRIPPER_QUAT
         self.ee_pub.publish(_pose(stamp, state.eef, (x, y, z, w)))
         pose = env.object_pose()
-        if pose is not None:
+        if pose is not None and self.object_pub is not None:
             qw, qx, qy, qz = pose[1]
             self.object_pub.publish(_pose(stamp, pose[0], (qx, qy, qz, qw)))
-        if state.goal is not None:
+        if state.goal is not None and self.goal_pub is not None:
             self.goal_pub.publish(_pose(stamp, state.goal, (0.0, 0.0, 0.0, 1.0)))
         self._obs_stamp = stamp_ns
 
     def _image(self, stamp: Time) -> Image:
         p = self.params
-        rgb = self._obs.get("rgb")
+        rgb = self._obs.get("rgb") if p.camera == "camera0" else None
         if rgb is not None and rgb.shape[1:] == (p.image_height, p.image_width):
             hwc = np.ascontiguousarray(rgb.transpose(1, 2, 0))   # the exact pixels of the env obs
         else:
-            hwc = self.env.render(p.image_width, p.image_height)
+            hwc = self.env.render(p.image_width, p.image_height, p.camera)
         msg = Image(height=hwc.shape[0], width=hwc.shape[1], encoding="rgb8", is_bigendian=0,
                     step=3 * hwc.shape[1], data=hwc.tobytes())
         msg.header.stamp, msg.header.frame_id = stamp, topics.CAMERA_FRAME
@@ -296,7 +316,7 @@ class SimNode(Node):
 
     def _camera_info(self, stamp: Time) -> CameraInfo:
         p = self.params
-        fovy = float(self.env.model.cam("camera0").fovy[0])
+        fovy = float(self.env.model.cam(p.camera).fovy[0])
         ref = convert.camera_info_msg(0, p.image_width, p.image_height, fovy)
         msg = CameraInfo(height=p.image_height, width=p.image_width,
                          distortion_model=ref.distortion_model, d=[float(v) for v in ref.d],

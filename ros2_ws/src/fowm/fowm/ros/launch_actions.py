@@ -10,7 +10,9 @@ install has not; ``fowm run`` is the launch-free way there). Arguments, declared
   Python work would otherwise take the GIL and cores from the planner's control thread);
 - ``key_file:=K trusted_dir:=T``: the lab key and the only directory weights may come from
   (docs/trust.md). With learn:=true they default, as in ``fowm run``, to D/.learner/lab.key
-  (created 0600 if missing) and D/.learner/checkpoints.
+  (created 0600 if missing) and D/.learner/checkpoints;
+- ``tracker:=true extrinsics:=FILE`` adds fowm_tracker (ArUco object/goal poses, docs/perception.md)
+  with the camera extrinsics `fowm calibrate` wrote.
 - ``role:=robot|learner`` (docs/two_hosts.md), as ``fowm run --role``: ``robot`` adds the recorder
   (bags into bag_dir, kept locally) and fowm_robot_link (ships them, stores received checkpoints
   in trusted_dir, default bag_dir/.weights); ``learner`` starts only fowm_learner_link (bags
@@ -67,6 +69,13 @@ def arguments() -> list[Any]:
             "trusted_dir", default_value="",
             description="the only directory weights are taken from; empty without learn:=true: "
                         "the planner never swaps weights"),
+        DeclareLaunchArgument(
+            "tracker", default_value="false",
+            description="true: fowm_tracker publishes /fowm/object_pose and /fowm/goal_pose "
+                        "from ArUco markers (docs/perception.md)"),
+        DeclareLaunchArgument(
+            "extrinsics", default_value="",
+            description="tracker:=true: camera extrinsics YAML written by `fowm calibrate`"),
         # launch's own setting (ExecuteProcess reads it): seconds from SIGINT to SIGTERM. Its 5 s
         # default cut clean exits short: five processes closing Fast DDS's TCP (LARGE_DATA)
         # participants together took 4-10 s here, and were then killed mid-teardown.
@@ -238,3 +247,19 @@ def rviz_nodes(context: LaunchContext, share: str) -> list[Any]:
                             "starting without it; install ros-<distro>-rviz2 to see the plan")]
     return [Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                  arguments=["-d", os.path.join(share, "config", "fowm.rviz")])]
+
+
+def tracker_nodes(context: LaunchContext, params: list[Any],
+                  extra: dict[str, Any] | None = None) -> list[Node]:
+    """tracker:=true: fowm_tracker with ``extrinsics:=FILE`` (refused before any process starts
+    when the file is missing)."""
+    if not is_true(context, "tracker"):
+        return []
+    extrinsics = arg(context, "extrinsics")
+    if not extrinsics or not os.path.isfile(extrinsics):
+        msg = (f"tracker:=true needs extrinsics:=FILE, the camera extrinsics `fowm calibrate "
+               f"--out FILE` writes; got {extrinsics!r}")
+        raise ValueError(msg)
+    return [Node(package="fowm", executable="tracker_node", name="fowm_tracker", output="screen",
+                 emulate_tty=True,
+                 parameters=[*params, {"extrinsics_file": extrinsics, **(extra or {})}])]

@@ -204,8 +204,25 @@ class WeightsInbox:
             raise TransferError(msg)
         checkpoints.atomic_write(self.store / side, files[side])     # sidecar first, as the
         checkpoints.atomic_write(self.store / name, files[name])     # learner writes them
+        # The signed announcement beside it: a restarted robot offers its newest checkpoint again.
+        checkpoints.atomic_write(_announcement_path(self.store / name),
+                                 json.dumps(note, sort_keys=True).encode())
         self._prune(keep=name)
         return note
+
+    def newest_announcement(self) -> dict[str, Any] | None:
+        """The stored announcement of the newest stored checkpoint (None: none), for the planner
+        of a restarted robot PC; the planner checks it as any other offer."""
+        found = sorted(self.store.glob(f"*{checkpoints.SUFFIX}"),
+                       key=lambda p: (self._step(p) or -1, p.name))
+        for path in reversed(found):
+            try:
+                note = json.loads(_announcement_path(path).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(note, dict) and note.get("path") == path.name:
+                return note
+        return None
 
     def newest_step(self) -> int | None:
         """The highest step among the stored checkpoints' sidecars (None: none)."""
@@ -226,7 +243,12 @@ class WeightsInbox:
         for path in found[: max(0, len(found) - self.keep)]:
             if path.name != keep:
                 checkpoints.sidecar_path(path).unlink(missing_ok=True)
+                _announcement_path(path).unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
+
+
+def _announcement_path(path: Path) -> Path:
+    return path.with_suffix(".announcement")
 
 
 # -- the peer's heartbeat ------------------------------------------------------------------------

@@ -183,6 +183,7 @@ def test_weights_travel_and_the_planner_policy_reads_them_from_its_store(tmp_pat
                                     obs_mode=cfg.model.modality.value)
     assert policy.read_checkpoint(ann, cfg).meta["step"] == 25
     assert WeightsInbox(store, key).newest_step() == 25
+    assert WeightsInbox(store, key).newest_announcement() == note     # after a restart
 
 
 def test_weights_not_signed_or_not_matching_are_not_stored(tmp_path, key) -> None:
@@ -210,6 +211,8 @@ def test_the_store_keeps_the_newest_checkpoints(tmp_path, key) -> None:
         inbox.accept(*checkpoint_files(*_learner_checkpoint(tmp_path, key, step)))
     assert sorted(p.name for p in (tmp_path / "store").glob("*.safetensors")) == [
         "learner_00000050.safetensors", "learner_00000075.safetensors"]
+    assert len(list((tmp_path / "store").glob("*.announcement"))) == 2
+    assert inbox.newest_announcement()["step"] == 75
 
 
 def test_a_relative_announced_path_cannot_leave_the_trusted_dir(tmp_path, key) -> None:

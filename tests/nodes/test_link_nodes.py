@@ -22,7 +22,7 @@ from fowm_core.contract import topics
 from fowm_core.runtime import trust
 from fowm_core.runtime.hotswap import Weights
 from fowm_core.runtime.ingest import announcement
-from fowm_core.runtime.remote import checkpoint_files
+from fowm_core.runtime.remote import WeightsInbox, checkpoint_files
 from fowm_core.runtime.trust import generate_key, load_key
 
 
@@ -94,3 +94,23 @@ def test_bags_and_weights_cross_and_a_silent_peer_is_reported(
     assert spin_until(lambda: "no learner heard" in status.get(
         "fowm_robot_link: learner link", (0, ""))[1], timeout_s=15), status
     assert status["fowm_robot_link: learner link"][0] == 1
+
+
+def test_a_restarted_robot_link_offers_its_newest_stored_checkpoint(
+        executor, spin_until, tmp_path: Path) -> None:
+    key_file = generate_key(tmp_path / "lab.key")
+    ckpt = tiny_model_checkpoint(tmp_path / "learner" / "step_00000040.safetensors", step=40)
+    note = announcement(Weights(ckpt.name, hashlib.sha256(ckpt.read_bytes()).hexdigest(), 40),
+                        tiny_config(), key=load_key(key_file), sender="fowm_learner/1").as_dict()
+    WeightsInbox(tmp_path / "store", load_key(key_file)).accept(*checkpoint_files(ckpt, note))
+    probe = Node("link_probe")
+    announced: list[dict] = []
+    probe.create_subscription(String, topics.WEIGHTS,
+                              lambda m: announced.append(json.loads(m.data)), qos.LATCHED)
+    robot = RobotLinkNode(parameter_overrides=_params(
+        bag_dir=str(tmp_path / "bags"), store_dir=str(tmp_path / "store"),
+        key_file=str(key_file)))
+    for node in (probe, robot):
+        executor.add_node(node)
+    assert spin_until(lambda: announced, timeout_s=15)
+    assert announced[-1] == note

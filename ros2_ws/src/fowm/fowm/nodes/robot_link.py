@@ -87,6 +87,13 @@ class RobotLinkNode(Node):
         self.diag = DiagnosticsReporter(self, "fowm_robot_link: learner link", "fowm_robot_link")
         self.diag.publish_every(health=self._health)
         self.get_logger().info(f"shipping bags of {p.bag_dir}; checkpoints into {p.store_dir}")
+        # After a restart: offer the newest checkpoint received before it (the planner refuses
+        # it if it is not newer than its start weights), since the learner will not re-send it.
+        stored = self.inbox.newest_announcement()
+        if stored is not None:
+            self.weights_pub.publish(String(data=WeightsAnnouncement.from_dict(stored).to_json()))
+            self.get_logger().info(f"offered the stored checkpoint {stored.get('path')} "
+                                   f"(step {stored.get('step')}) to the planner")
 
     # -- weights (worker thread) -----------------------------------------------------------------
     def _on_weights(self, done: Completed) -> None:

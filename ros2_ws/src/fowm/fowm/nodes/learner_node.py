@@ -106,6 +106,7 @@ class LearnerNode(Node):
         self._thread: SupervisedThread | None = None
         self.parent_watch: ParentWatch | None = None
         self.lock: WorkDirLock | None = None     # a refused start still gets destroy_node()
+        self.shipper: WeightsShipper | None = None
         self.params = p = declare_from_dataclass(self, "", LearnerNodeParams)
         if not p.bag_dir:
             msg = "parameter bag_dir is empty: set it to the recorder's bag directory"

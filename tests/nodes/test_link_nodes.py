@@ -26,6 +26,13 @@ from fowm_core.runtime.remote import WeightsInbox, checkpoint_files
 from fowm_core.runtime.trust import generate_key, load_key
 
 
+def unguarded(node: Node) -> list[str]:
+    """Subscriptions and timers whose callback fowm.ros.guard did not make."""
+    found = [(s.topic_name, s.callback) for s in node.subscriptions]
+    found += [(f"timer {t.timer_period_ns}", t.callback) for t in node.timers]
+    return [name for name, cb in found if not getattr(cb, "fowm_guarded", False)]
+
+
 def _params(**values: object) -> list[Parameter]:
     return [Parameter(k, value=v) for k, v in values.items()]
 
@@ -54,6 +61,8 @@ def test_bags_and_weights_cross_and_a_silent_peer_is_reported(
     probe.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, on_diag, qos.DIAGNOSTICS)
     for node in (robot, learner_link, probe):
         executor.add_node(node)
+    # No payload may end the executor's spin (fowm.ros.guard), as for every other node.
+    assert unguarded(robot) == [] and unguarded(learner_link) == []
 
     # Bags: each shipped, written once on the other side, acknowledged.
     assert spin_until(lambda: robot.outbox.shipped == 2, timeout_s=30), robot.outbox.pending()
@@ -68,6 +77,7 @@ def test_bags_and_weights_cross_and_a_silent_peer_is_reported(
     sender_node = Node("fowm_learner")
     executor.add_node(sender_node)
     shipper = WeightsShipper(sender_node)
+    assert unguarded(sender_node) == []
     shipper.offer(note, ckpt)
     assert spin_until(lambda: any(a.get("step") == 25 for a in announced), timeout_s=30)
     got = next(a for a in announced if a.get("step") == 25)

@@ -30,7 +30,7 @@ from fowm.ros import qos
 from fowm.ros.diagnostics import OK, WARN, DiagnosticsReporter, Health
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
-from fowm.ros.transfer import CONTROL_QOS, BlobReceiver, BlobSender, LinkHeartbeat
+from fowm.ros.transfer import CONTROL_QOS, BlobReceiver, BlobSender, LinkHeartbeat, guard_of
 from fowm_core.contract import topics
 from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.errors import ConfigError
@@ -81,9 +81,11 @@ class RobotLinkNode(Node):
         self.weights = BlobReceiver(self, topics.WEIGHTS_BLOB, "weights", p.max_transfer_bytes,
                                     p.transfer_timeout_s, self._on_weights)
         self.episodes = BlobSender(self, topics.EPISODE_BLOB, "episode", p.chunk_bytes)
-        self.create_subscription(String, topics.EPISODE_ACK, self._on_ack, CONTROL_QOS)
+        inputs = guard_of(self)
+        self.create_subscription(String, topics.EPISODE_ACK,
+                                 inputs.guard(topics.EPISODE_ACK, self._on_ack), CONTROL_QOS)
         self.link = LinkHeartbeat(self, "robot", "learner", p.peer_timeout_s, self._beat_values)
-        self.create_timer(0.5, self._ship)
+        self.create_timer(0.5, inputs.guard("bag shipping", self._ship))
         self.diag = DiagnosticsReporter(self, "fowm_robot_link: learner link", "fowm_robot_link")
         self.diag.publish_every(health=self._health)
         self.get_logger().info(f"shipping bags of {p.bag_dir}; checkpoints into {p.store_dir}")

@@ -10,7 +10,8 @@ reports nothing for ``stall_s`` is abandoned (the callers send it again later).
 ``BlobReceiver`` rebuilds frames in the executor thread (a copy into one bounded buffer) and hands
 each complete, hash-checked payload to its own worker thread, which does the slow part (writing
 files). ``LinkHeartbeat`` publishes this side's /fowm/link heartbeat once a second (steady clock)
-and watches the peer's (fowm_core.runtime.remote.LinkWatch).
+and watches the peer's (fowm_core.runtime.remote.LinkWatch). Every callback goes through the
+node's ``InputGuard`` (fowm.ros.guard): no payload ends the executor's spin.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String, UInt8MultiArray
 
-from fowm.ros.guard import SupervisedThread
+from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm_core.contract import topics
 from fowm_core.errors import FowmError
 from fowm_core.runtime.remote import LinkWatch, checkpoint_files, link_message, parse_link
@@ -45,6 +46,15 @@ CONTROL_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
 Payload = tuple[str, Mapping[str, Any], bytes]        # (transfer id, meta, payload)
+
+
+def guard_of(node: Node) -> InputGuard:
+    """The node's InputGuard (``node.inputs``), made and attached if it has none yet."""
+    inputs = getattr(node, "inputs", None)
+    if not isinstance(inputs, InputGuard):
+        inputs = InputGuard(node)
+        node.inputs = inputs           # type: ignore[attr-defined]
+    return inputs
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,9 @@ class BlobSender:
         self.window, self.stall_s = window, stall_s
         self.pub = node.create_publisher(UInt8MultiArray, topic, BLOB_QOS)
         self._progress: dict[str, int] = {}          # transfer id → frames the receiver has
-        node.create_subscription(String, topics.TRANSFER_PROGRESS, self._on_progress,
+        inputs = guard_of(node)
+        node.create_subscription(String, topics.TRANSFER_PROGRESS,
+                                 inputs.guard(topics.TRANSFER_PROGRESS, self._on_progress),
                                  CONTROL_QOS)
         self._next: Callable[[], Payload | None] | None = None
         self._wake = threading.Event()
@@ -163,8 +175,11 @@ class BlobReceiver:
         self._worker = SupervisedThread(f"{node.get_name()}_{kind}_receiver", self._work,
                                         lambda text: node.get_logger().error(text))
         self._worker.start()
-        node.create_subscription(UInt8MultiArray, topic, self._on_frame, BLOB_QOS)
-        node.create_timer(1.0, self._expire, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        inputs = guard_of(node)
+        node.create_subscription(UInt8MultiArray, topic, inputs.guard(topic, self._on_frame),
+                                 BLOB_QOS)
+        node.create_timer(1.0, inputs.guard(f"{kind} transfer timeout", self._expire),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _refuse(self, why: str) -> None:
         self.refused.append(why)
@@ -223,8 +238,11 @@ class LinkHeartbeat:
         self.watch = LinkWatch(peer, timeout_s, time.monotonic())
         self._lock = threading.Lock()
         self.pub = node.create_publisher(String, topics.LINK, CONTROL_QOS)
-        node.create_subscription(String, topics.LINK, self._on_link, CONTROL_QOS)
-        node.create_timer(1.0, self.beat, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        inputs = guard_of(node)
+        node.create_subscription(String, topics.LINK, inputs.guard(topics.LINK, self._on_link),
+                                 CONTROL_QOS)
+        node.create_timer(1.0, inputs.guard("link heartbeat", self.beat),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def beat(self) -> None:
         if self.node.context.ok():
@@ -263,8 +281,11 @@ class WeightsShipper:
         self.latest: tuple[dict[str, Any], Path] | None = None
         self._sent_s = -1e9
         self._attempt = 0
-        node.create_subscription(String, topics.LINK, self._on_link, CONTROL_QOS)
-        node.create_timer(1.0, self._maybe_resend, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        inputs = guard_of(node)
+        node.create_subscription(String, topics.LINK, inputs.guard(topics.LINK, self._on_link),
+                                 CONTROL_QOS)
+        node.create_timer(1.0, inputs.guard("weights re-send", self._maybe_resend),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def offer(self, note: Mapping[str, Any], path: Path) -> None:
         with self._lock:

@@ -22,20 +22,14 @@ single-threaded executor, docs/platform.md §1.5):
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import Parameter as ParameterMsg
-from rcl_interfaces.msg import ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
-from rclpy.client import Client
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32, String
@@ -46,6 +40,7 @@ from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health, w
 from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
+from fowm.ros.twin_reset import TwinResetClient
 from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.contract.messages import EpisodeEvent
@@ -149,8 +144,7 @@ class EpisodeManagerNode(Node):
             self.create_subscription(msg_type, topic, guard(topic, self._stream_callback(
                 index, topic)), qos.SENSOR_SUB)
         if p.mode == "sim":
-            self.reset_client = self.create_client(Trigger, f"/{p.sim_node}/reset")
-            self.param_client = self.create_client(SetParameters, f"/{p.sim_node}/set_parameters")
+            self.twin = TwinResetClient(self, p.sim_node, p.service_timeout_s, self._stop)
         else:
             self.create_service(Trigger, "~/confirm_reset",
                                 self.inputs.service("~/confirm_reset", self._on_confirm_reset))
@@ -297,7 +291,7 @@ class EpisodeManagerNode(Node):
             self._wait_for_twin()
             with self._lock:                  # announce first: the planner resets on this event
                 self._publish(self.tracker.start(episode, seed, min_stamp_ns=NEVER))
-            self._begin(episode, seed, self._reset_twin(seed), announce=False)
+            self._begin(episode, seed, self.twin.reset(seed), announce=False)
         if not self._wait(self._done):
             return False
         label = None
@@ -326,52 +320,13 @@ class EpisodeManagerNode(Node):
             for stamp, msgs in list(self._recent):   # observations that beat the reset's reply
                 self._feed(stamp, msgs)               # (each parsed once already: cannot fail)
 
-    def _reset_twin(self, seed: int) -> int:
-        """Set the twin's seed, reset it; returns the stamp from which the episode counts."""
-        value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=seed)
-        request = SetParameters.Request(parameters=[ParameterMsg(name="seed", value=value)])
-        result = self._call(self.param_client, request)
-        if not result.results[0].successful:
-            msg = f"{self.params.sim_node} refused seed={seed}: {result.results[0].reason}"
-            raise FowmError(msg)
-        reply = self._call(self.reset_client, Trigger.Request())
-        if not reply.success:
-            msg = f"{self.params.sim_node} reset failed: {reply.message}"
-            raise FowmError(msg)
-        return int(json.loads(reply.message)["stamp_ns"])
-
     def _wait_for_twin(self) -> None:
         """The twin's services, and briefly a listener for the events (the planner resets and
         re-seeds on "start", so the first one must not go out before it has matched)."""
         deadline = time.monotonic() + 2.0
         while self.episode_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        for client in (self.param_client, self.reset_client):
-            if not self._until(lambda c=client: c.wait_for_service(timeout_sec=0.1)):
-                msg = (f"service {client.srv_name} not available after "
-                       f"{self.params.service_timeout_s} s; start {self.params.sim_node} or set "
-                       "sim_node to the twin's node name")
-                raise FowmError(msg)
-
-    def _call(self, client: Client, request: Any) -> Any:
-        """A service call from this worker thread (call_async + wait: works on Humble..Kilted)."""
-        timeout = self.params.service_timeout_s
-        done = threading.Event()
-        future = client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        if not self._until(lambda: done.wait(0.1)) or future.result() is None:
-            msg = f"service {client.srv_name} did not answer within {timeout} s"
-            raise FowmError(msg)
-        return future.result()
-
-    def _until(self, ready: Callable[[], bool]) -> bool:
-        """Poll ``ready`` (which waits ~0.1 s) for service_timeout_s; False on timeout or on
-        shutdown, so a stopping node never waits out a full service timeout."""
-        deadline = time.monotonic() + self.params.service_timeout_s
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if ready():
-                return True
-        return False
+        self.twin.wait_for_services()
 
     def _wait(self, event: threading.Event, service: str = "") -> bool:
         """Wait for ``event`` (an operator's ``service`` call, for /diagnostics) unless the node

@@ -43,6 +43,7 @@ from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health, w
 from fowm.ros.guard import InputGuard, restart_stopped
 from fowm.ros.lockstep import LockstepLoop, ResetRequest
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.sim_messages import camera_info, image_msg, pose_msg
 from fowm.ros.spin import run_nodes
 from fowm.ros.timing import FixedRateLoop, Tick
 from fowm_core import tasks
@@ -340,13 +341,13 @@ class SimNode(Node):
         joints.header.stamp = stamp
         self.joint_pub.publish(joints)
         w, x, y, z = GRIPPER_QUAT
-        self.ee_pub.publish(_pose(stamp, state.eef, (x, y, z, w)))
+        self.ee_pub.publish(pose_msg(stamp, state.eef, (x, y, z, w)))
         pose = env.object_pose()
         if pose is not None and self.object_pub is not None:
             qw, qx, qy, qz = pose[1]
-            self.object_pub.publish(_pose(stamp, pose[0], (qx, qy, qz, qw)))
+            self.object_pub.publish(pose_msg(stamp, pose[0], (qx, qy, qz, qw)))
         if state.goal is not None and self.goal_pub is not None:
-            self.goal_pub.publish(_pose(stamp, state.goal, (0.0, 0.0, 0.0, 1.0)))
+            self.goal_pub.publish(pose_msg(stamp, state.goal, (0.0, 0.0, 0.0, 1.0)))
         self._obs_stamp = stamp_ns
 
     def _image(self, stamp: Time) -> Image:
@@ -356,21 +357,12 @@ class SimNode(Node):
             hwc = np.ascontiguousarray(rgb.transpose(1, 2, 0))   # the exact pixels of the env obs
         else:
             hwc = self.env.render(p.image_width, p.image_height, p.camera)
-        msg = Image(height=hwc.shape[0], width=hwc.shape[1], encoding="rgb8", is_bigendian=0,
-                    step=3 * hwc.shape[1], data=hwc.tobytes())
-        msg.header.stamp, msg.header.frame_id = stamp, topics.CAMERA_FRAME
-        return msg
+        return image_msg(stamp, hwc)
 
     def _camera_info(self, stamp: Time) -> CameraInfo:
         p = self.params
         fovy = float(self.env.model.cam(p.camera).fovy[0])
-        ref = convert.camera_info_msg(0, p.image_width, p.image_height, fovy)
-        msg = CameraInfo(height=p.image_height, width=p.image_width,
-                         distortion_model=ref.distortion_model, d=[float(v) for v in ref.d],
-                         k=[float(v) for v in ref.k], r=[float(v) for v in ref.r],
-                         p=[float(v) for v in ref.p])
-        msg.header.stamp, msg.header.frame_id = stamp, topics.CAMERA_FRAME
-        return msg
+        return camera_info(stamp, p.image_width, p.image_height, fovy)
 
     def _close_env(self) -> None:
         if self.env is not None:
@@ -383,15 +375,6 @@ class SimNode(Node):
         if hasattr(self, "loop"):
             self.loop.stop()              # closes the twin on its own thread (on_exit)
         super().destroy_node()
-
-
-def _pose(stamp: Time, xyz: np.ndarray, quat_xyzw: tuple[float, ...]) -> PoseStamped:
-    msg = PoseStamped()
-    msg.header.stamp, msg.header.frame_id = stamp, topics.BASE_FRAME
-    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in xyz)
-    o = msg.pose.orientation
-    o.x, o.y, o.z, o.w = (float(v) for v in quat_xyzw)
-    return msg
 
 
 def main(args: list[str] | None = None) -> None:

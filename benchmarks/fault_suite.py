@@ -2,9 +2,14 @@
 fault → expected → observed, with counts of crashes, non-finite/out-of-range commands, untrusted
 swaps, lost completed episodes and deadline misses during the fault.
 
-    .venv/bin/python benchmarks/fault_suite.py                 # every row (~5 min on 2 cores)
+    .venv/bin/python benchmarks/fault_suite.py                 # every row (~15 min on 2 cores)
     .venv/bin/python benchmarks/fault_suite.py --fast          # the CI subset (tests/e2e)
     .venv/bin/python benchmarks/fault_suite.py --out docs/results/fault_suite   # .json + .md
+
+Groups: processes and the bag directory (fault_process), processes SIGKILLed at bad moments
+(fault_kill), the campaign's planner faults (fault_planner, the rows below), and every subscribed
+topic of every node × malformed / hostile / flooding / stale-future (fault_nodes: the topics are
+read from the nodes themselves).
 
 A row "holds" when what was observed is what is expected. ``needs`` names the work a row waits
 for where it does not hold yet (typed messages and stamp checks; the trust layer's wiring into the
@@ -18,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +38,9 @@ from std_msgs.msg import String
 if __package__ in (None, ""):          # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import fault_nodes
 from benchmarks import fault_planner as fp
+from benchmarks.fault_kill import KILL_ROWS
 from benchmarks.fault_process import PROCESS_ROWS
 from fowm_core.contract import topics
 from fowm_core.runtime import trust
@@ -250,17 +258,28 @@ def run(fast: bool, only: str | None = None) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="fowm_faults_") as tmp:
         root = Path(tmp)
-        for name, fn, is_fast in PROCESS_ROWS:
+        for name, fn, is_fast in PROCESS_ROWS + KILL_ROWS:
             if (fast and not is_fast) or (only and only not in name):
                 continue
             rows.append(fn(root / f"p{len(rows)}"))
             print(_line(rows[-1]), file=sys.stderr, flush=True)
+        # Before the planner rows: their last two can wedge or spin a validator thread.
+        rows += fault_nodes.run(root / "nodes", fast, only,
+                                lambda row: print(_line(row), file=sys.stderr, flush=True))
         for spec in PLANNER_ROWS:
             if (fast and not spec[6]) or (only and only not in spec[0]):
                 continue
             rows.append(run_planner_row(spec, root))
             print(_line(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+def _uptime() -> str:
+    """The machine's load (timing rows: deadline misses depend on it)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _line(row: Row) -> str:
@@ -276,7 +295,7 @@ def summary(rows: list[Row]) -> dict[str, Any]:
             "deadline_misses": total("deadline_misses")}
 
 
-def markdown(rows: list[Row]) -> str:
+def markdown(rows: list[Row], machine: dict[str, Any] | None = None) -> str:
     def cell(v: Any) -> str:
         return "–" if v is None else str(v).replace("|", "/")
     head = ("| fault | expected | observed | holds | crashes | bad cmds | untrusted swaps | "
@@ -284,7 +303,10 @@ def markdown(rows: list[Row]) -> str:
     intro = ("Fault-injection suite (issue 11): `.venv/bin/python benchmarks/fault_suite.py --out "
              "docs/results/fault_suite` (all rows), `--fast` for the CI subset "
              "(tests/e2e/test_fault_suite.py). Counts are during the fault; `needs` names the work "
-             "a row waits for.\n\n")
+             "a row waits for."
+             + (f" Machine: {machine['cpus']} CPUs; before: `{machine['uptime_before']}`; "
+                f"after: `{machine['uptime_after']}`; {machine['wall_s']} s." if machine else "")
+             + "\n\n")
     lines = [intro + head] + [
         f"| {cell(r.fault)} | {cell(r.expected)} | {cell(r.observed)} | "
         f"{'yes' if r.holds else '**no**'} | {cell(r.crashes)} | {cell(r.bad_commands)} | "
@@ -300,17 +322,22 @@ def markdown(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="the CI subset only")
-    parser.add_argument("--only", default=None, help="rows whose name contains this")
+    parser.add_argument("--only", default=None, help=(
+        "rows whose name contains this; matrix rows: \"GROUP [TOPIC [CLASS]]\" (fault_nodes.RIGS)"))
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
+    machine = {"uptime_before": _uptime(), "cpus": os.cpu_count()}
+    t0 = time.monotonic()
     rows = run(args.fast, args.only)
-    body = {"summary": summary(rows), "rows": [asdict(r) for r in rows],
-            "command": "python benchmarks/fault_suite.py" + (" --fast" if args.fast else "")}
+    machine.update(uptime_after=_uptime(), wall_s=round(time.monotonic() - t0, 1))
+    body = {"summary": summary(rows), "machine": machine, "rows": [asdict(r) for r in rows],
+            "command": ".venv/bin/python benchmarks/fault_suite.py"
+                       + (" --fast" if args.fast else "")}
     text = json.dumps(body, indent=1)
     if args.out:
         Path(args.out).with_suffix(".json").write_text(text + "\n")
-        Path(args.out).with_suffix(".md").write_text(markdown(rows))
+        Path(args.out).with_suffix(".md").write_text(markdown(rows, machine))
     print(markdown(rows))
     sys.stdout.flush()
     return 0

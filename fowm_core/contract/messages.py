@@ -262,6 +262,7 @@ class WeightsAnnouncement(WireMessage):
 
 # -- /fowm/episode --------------------------------------------------------------------------------
 EVENT_KINDS = ("start", "end")
+LABELLERS = ("operator",)
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,11 @@ class EpisodeEvent(WireMessage):
         "int", lo=0, hi=MAX_STAMP_NS, nullable=True))
     noise: float | Absent = field(default=ABSENT, metadata=_spec("float", lo=0.0, hi=1e3))
     synthesized_by: str | Absent = field(default=ABSENT, metadata=_spec("name", max_len=256))
+    # Real mode (docs/rewards.md): "operator" when ``success`` is the operator's label_success
+    # answer, and which source scored each step, run-length coded (data.labels.encode_sources).
+    labelled_by: str | Absent = field(default=ABSENT, metadata=_spec(
+        "choice", choices=LABELLERS))
+    reward_sources: str | Absent = field(default=ABSENT, metadata=_spec("str", max_len=2048))
 
     def _check(self) -> None:
         first, final = self.get("first_stamp_ns"), self.get("final_stamp_ns")

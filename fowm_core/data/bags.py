@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from rosbags.rosbag2 import Reader, ReaderError
@@ -35,7 +35,7 @@ from rosbags.serde import SerdeError
 from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.contract.messages import EpisodeEvent
-from fowm_core.data import bag_cache, convert
+from fowm_core.data import bag_cache, convert, labels
 from fowm_core.data.bag_write import (
     BAG_VERSION,
     CODEC,
@@ -209,6 +209,16 @@ def _logged_rewards(scan: _Scan) -> np.ndarray:
 RewardFn = Callable[[str, Any, np.ndarray], float]
 
 
+class ImageReward(Protocol):
+    """A reward from the image after each step (learning.success.SuccessClassifier): uint8
+    (T, 3, S, S) → (T,) in [0, 1]; ``key`` names it stably for the episode cache."""
+
+    img_size: int
+    key: str
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray: ...
+
+
 def _recomputed(task: str, steps: list[dict[str, Any]], actions: np.ndarray,
                 obj_init_z: float | None, reward_fn: RewardFn | None) -> tuple[np.ndarray, bool]:
     """Rewards of the state after each step (fowm_core.tasks, as the twin), and whether any
@@ -222,16 +232,20 @@ def _recomputed(task: str, steps: list[dict[str, Any]], actions: np.ndarray,
 
 def read_episode_bag(path: str | Path, *, task: str | None = None, obs_mode: str = "state",
                      recompute_reward: bool = False, img_size: int = 84,
-                     sync: SyncParams = SyncParams(), reward_fn: RewardFn | None = None
-                     ) -> Episode:
+                     sync: SyncParams = SyncParams(), reward_fn: RewardFn | None = None,
+                     image_reward: ImageReward | None = None) -> Episode:
     """Rebuild the exact transitions of one episode bag.
 
     ``task`` other than the logged one relabels the episode (needs ``recompute_reward``).
     obs: "state" is ``convert.build_state``; in rgb/all mode also "rgb" (N,3,img_size,img_size).
+    ``image_reward`` (a success classifier) replaces every reward with its score of the image after
+    the step, whatever the observation mode (docs/rewards.md). Logged rewards of steps that only
+    the operator's label scored become that label (labels.fill_label_rewards).
     """
     path = Path(path)
     try:
-        return _read(path, task, str(obs_mode), recompute_reward, img_size, sync, reward_fn)
+        return _read(path, task, str(obs_mode), recompute_reward, img_size, sync, reward_fn,
+                     image_reward)
     except BagError:
         raise
     except FowmError as err:
@@ -244,9 +258,10 @@ def read_episode_bag(path: str | Path, *, task: str | None = None, obs_mode: str
 
 
 def _read(path: Path, task: str | None, obs_mode: str, recompute: bool, img_size: int,
-          params: SyncParams, reward_fn: RewardFn | None) -> Episode:
+          params: SyncParams, reward_fn: RewardFn | None,
+          image_reward: ImageReward | None = None) -> Episode:
     use_rgb = obs_mode in ("rgb", "all")
-    scan = _scan(path, want_images=use_rgb)
+    scan = _scan(path, want_images=use_rgb or image_reward is not None)
     start, end = _event(scan, "start"), _event(scan, "end")
     logged_task = start.task
     task = task or logged_task
@@ -254,7 +269,11 @@ def _read(path: Path, task: str | None, obs_mode: str, recompute: bool, img_size
         msg = (f"was logged for task {logged_task!r}; relabeling it as {task!r} needs "
                "recompute_reward=True")
         raise FowmError(msg)
-    sets = _pair_observations(scan, _needed_topics(task, obs_mode, recompute), params)
+    # A classifier scores every step from the image: no pose needs to be logged for the reward.
+    needed = _needed_topics(task, obs_mode, recompute and image_reward is None)
+    if image_reward is not None and topics.COLOR_IMAGE not in needed:
+        needed.append(topics.COLOR_IMAGE)
+    sets = _pair_observations(scan, needed, params)
     stamps = _observation_stamps(scan, sets, end)
     steps = [_pieces(sets[s]) for s in stamps]
     key_mode = obs_mode if use_rgb else "state"
@@ -267,16 +286,27 @@ def _read(path: Path, task: str | None, obs_mode: str, recompute: bool, img_size
     if obj_init_z is None and steps[0]["obj"] is not None:
         obj_init_z = float(steps[0]["obj"][2])
     success, terminal = bool(end.get("success", False)), bool(end.get("terminal", False))
-    if recompute:
+    sources = end.get("reward_sources")
+    sources = None if sources is None else labels.decode_sources(sources)
+    if image_reward is not None:
+        frames = convert.resize_rgb(np.stack([p["rgb"] for p in steps[1:]]), image_reward.img_size)
+        reward = np.clip(np.asarray(image_reward(frames), np.float32).reshape(-1), 0.0, 1.0)
+        source = f"classifier {image_reward.key}"
+    elif recompute:
         reward, any_success = _recomputed(task, steps, actions, obj_init_z, reward_fn)
         if task != logged_task:        # the logged outcome belongs to the other task
             success, terminal = any_success, False
+        source = "recomputed"
     else:
-        reward = _logged_rewards(scan)
+        reward, source = _logged_rewards(scan), "logged"
+        if sources is not None:
+            reward = labels.fill_label_rewards(reward, sources, success)
     info = {"task": task, "logged_task": logged_task, "episode": start.episode,
             "seed": start.get("seed"), "stamps_ns": np.asarray(stamps, dtype=np.int64),
             "bag": str(path), "obs_mode": obs_mode,
-            "reward_source": "recomputed" if recompute else "logged"}
+            "reward_source": source}
+    if sources is not None:
+        info["step_reward_sources"] = sources
     return Episode(obs, actions, reward, terminal=terminal, success=success, info=info)
 
 

@@ -8,6 +8,7 @@ the planner node, so an observation means the same thing live, logged and simula
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -237,6 +238,23 @@ def pose_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:
     """PoseStamped → (position (3,), quaternion xyzw (4,)), float64."""
     p, q = msg.pose.position, msg.pose.orientation
     return np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])
+
+
+def check_pose(msg: Any, topic: str) -> None:
+    """FowmError unless ``msg`` (a live PoseStamped) is in the contract's frame (link_base; an
+    unset frame is taken as it) and its orientation is a finite unit quaternion (|q| within 10 %).
+    Live nodes call it before using a pose: a pose in another frame, or a malformed one, must
+    not be planned or scored on (issue 11 suite)."""
+    frame = msg.header.frame_id
+    if frame not in ("", topics.BASE_FRAME):
+        text = (f"{topic} is in frame {frame!r}, expected {topics.BASE_FRAME!r} (the topic "
+                "contract, docs/design.md): transform it before publishing")
+        raise FowmError(text)
+    q = pose_arrays(msg)[1]
+    norm = float(np.linalg.norm(q)) if np.isfinite(q).all() else math.nan
+    if not abs(norm - 1.0) <= 0.1:
+        text = f"{topic} orientation {q.tolist()} has norm {norm:.3g}: expected a unit quaternion"
+        raise FowmError(text)
 
 
 def joint_state_msg(stamp: int, joints: Sequence[float], gripper: float,

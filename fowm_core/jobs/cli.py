@@ -6,6 +6,7 @@
     fowm eval       success rate of a checkpoint (eval mode: no exploration noise)
     fowm experiment tasks × seeds × λ, the table of docs/results.md and its JSON
     fowm bench      plan | update | peak: one JSON line each
+    fowm classifier train | eval: the success classifier from labelled bags (docs/rewards.md)
     fowm keygen     the lab key that signs weight announcements (docs/trust.md)
     fowm calibrate  camera extrinsics by hand-eye on the twin → YAML (docs/perception.md)
 
@@ -22,11 +23,13 @@ import json
 import sys
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from typing import Any
 
 from fowm_core import tasks
 from fowm_core.errors import FowmError
 
 COMMAND_GROUP = "fowm.commands"
+LABEL_SOURCES = ("operator", "simulated", "simulated-episode")     # data.labelled's (tested)
 # Where the ROS verbs come from, for the message when one is asked for and not installed.
 INSTALL_HINT = ("the ROS 2 verbs (run, demo) come with the ROS package in ros2_ws/src/fowm: run "
                 "`make setup` (it pip-installs the package into .venv), or on a ROS install "
@@ -52,6 +55,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--obs", default="state", choices=["state", "rgb", "all"],
                    help="what the model sees (state vector, image, or both)")
     p.add_argument("--config", type=Path, help="YAML overrides of the preset's values")
+
+
+def _add_reward_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reward-source", default="true", choices=["true", "classifier"],
+                   help="true: the bags' (and the twin's) task rewards; classifier: every reward "
+                        "becomes the success classifier's probability (docs/rewards.md)")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="the classifier (fowm classifier train's --out) for --reward-source "
+                        "classifier")
+
+
+def _classifier(args: argparse.Namespace):
+    from fowm_core.jobs import workflows
+
+    return workflows.reward_classifier(args.reward_source, args.classifier)
 
 
 def _config(args: argparse.Namespace):
@@ -80,7 +98,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     workflows.set_threads(args.threads)
     summary = workflows.run_pretrain(_config(args), args.data, args.out, seed=args.seed,
-                                     device=args.device)
+                                     device=args.device, classifier=_classifier(args))
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
     return 0
 
@@ -92,7 +110,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     summary = workflows.run_finetune(args.checkpoint, args.data, args.out,
                                      episodes=args.episodes, eval_at=args.eval_at,
                                      eval_episodes=args.eval_episodes, lam=args.lam,
-                                     seed=args.seed, device=args.device)
+                                     seed=args.seed, device=args.device,
+                                     classifier=_classifier(args))
     print(json.dumps({"eval": summary["eval"], "seconds": summary["seconds"]}))
     return 0
 
@@ -141,6 +160,37 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_classifier_parser(sub: Any) -> None:
+    p = sub.add_parser("classifier", help="success classifier: train | eval (docs/rewards.md)")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    t = verbs.add_parser("train", help="train from labelled episode bags")
+    t.add_argument("--data", type=Path, required=True)
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--labels", default="operator", choices=LABEL_SOURCES,
+                   help="operator: the label_success answers; simulated: the twin's true "
+                        "success of every step; simulated-episode: the twin's end-of-episode "
+                        "success used as an operator's label (twin bags only)")
+    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--holdout", type=float, default=0.2, help="fraction of bags held out")
+    t.add_argument("--positive-tail", type=int, default=3,
+                   help="operator labels: frames at the end of a successful episode taken as 1")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None)
+    e = verbs.add_parser("eval", help="accuracy/precision/recall/AUC on labelled bags")
+    e.add_argument("--classifier", type=Path, required=True)
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("--labels", default="simulated", choices=LABEL_SOURCES)
+    e.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    e.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_classifier)
+
+
+def cmd_classifier(args: argparse.Namespace) -> int:
+    from fowm_core.jobs import classifier
+
+    return classifier.main(args)
+
+
 def installed_commands(core: set[str] | frozenset[str] = frozenset()) -> dict[str, EntryPoint]:
     """Verbs that installed packages register under ``fowm.commands`` (core verbs win)."""
     return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP) if ep.name not in core}
@@ -183,6 +233,7 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     _add_device_arg(p)
+    _add_reward_args(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_pretrain)
 
@@ -196,6 +247,7 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     _add_device_arg(p)
+    _add_reward_args(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_finetune)
 
@@ -225,6 +277,7 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 torch thread each)")
     _add_device_arg(p)
+    _add_reward_args(p)
     p.add_argument("--work", type=Path, default=Path("runs/experiment"))
     p.add_argument("--out", type=Path, default=Path("docs/results/sim_cpu.json"))
     p.add_argument("--report-only", action="store_true",
@@ -235,6 +288,8 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
+
+    _add_classifier_parser(sub)
 
     p = sub.add_parser("keygen", help="a new lab key (0600) for signed weight announcements")
     p.add_argument("path", type=Path, help="key file to create (never overwritten)")
@@ -264,7 +319,7 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
 # REMAINDER does not pass on arguments that start with "--").
 PASSTHROUGH = {"bench": "bench_args"}
 CORE = frozenset({"collect", "pretrain", "finetune", "eval", "experiment", "bench", "keygen",
-                  "calibrate"})
+                  "calibrate", "classifier"})
 
 
 def main(argv: list[str] | None = None) -> int:

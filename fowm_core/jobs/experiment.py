@@ -42,7 +42,10 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     tasks = [t for t in args.tasks.split(",") if t]
     for task in tasks:
         data = work / "data" / task
-        collect_obs = "all" if args.obs in ("rgb", "all") else "state"
+        # The classifier scores images, so its rewards need them in the dataset whatever the
+        # agent observes.
+        classified = getattr(args, "reward_source", "true") == "classifier"
+        collect_obs = "all" if args.obs in ("rgb", "all") or classified else "state"
         jobs.append(Job(f"collect/{task}", [
             "collect", "--task", task, "--episodes", str(args.dataset_episodes),
             "--obs", collect_obs, "--seed", "0", "--out", str(data)], data / "dataset.json"))
@@ -55,6 +58,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                 pre += ["--steps", str(args.offline_steps)]
             if args.config is not None:                          # e.g. other model sizes
                 pre += ["--config", str(args.config)]
+            pre += _rewards(args)
             jobs.append(Job(f"pretrain/{task}/{seed}", pre, run / "pretrain" / "metrics.json",
                             after=[f"collect/{task}"]))
             for lam in args.lams:
@@ -64,7 +68,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                     "--data", str(data), "--episodes", str(args.episodes),
                     "--eval-at", ",".join(map(str, args.eval_at)),
                     "--eval-episodes", str(args.eval_episodes), "--lam", f"{lam:g}",
-                    "--seed", str(seed), "--threads", "1", *_device(args),
+                    "--seed", str(seed), "--threads", "1", *_device(args), *_rewards(args),
                     "--out", str(run / f"lam{lam:g}")],
                     run / f"lam{lam:g}" / "metrics.json", after=[f"pretrain/{task}/{seed}"]))
     return jobs
@@ -75,6 +79,14 @@ def _device(args: argparse.Namespace) -> list[str]:
     earlier studies, written into their JSON, read the same."""
     device = getattr(args, "device", "cpu")
     return [] if device == "cpu" else ["--device", device]
+
+
+def _rewards(args: argparse.Namespace) -> list[str]:
+    """--reward-source/--classifier for pretraining and finetuning; left out for true rewards
+    (the default) so earlier studies' commands read the same."""
+    if getattr(args, "reward_source", "true") == "true":
+        return []
+    return ["--reward-source", args.reward_source, "--classifier", str(args.classifier)]
 
 
 def run_jobs(jobs: list[Job], parallel: int, log_dir: Path) -> None:

@@ -19,8 +19,11 @@ from fowm_core import tasks
 from fowm_core.config import FowmConfig, Modality
 from fowm_core.data import bags
 from fowm_core.data.episode_log import CameraSpec, EpisodeRecorder
+from fowm_core.errors import ConfigError
 from fowm_core.jobs import results
+from fowm_core.learning import success
 from fowm_core.learning.agent import Agent, load, load_dataset, make_sampler, obs_mode, save
+from fowm_core.learning.success import SuccessClassifier
 from fowm_core.learning.train import EvalResult, evaluate, finetune, pretrain
 from fowm_core.sim import make_env, state_dim
 from fowm_core.sim.scripted import ScriptedPolicy, scripted_rollout
@@ -65,11 +68,38 @@ def collect(task: str, episodes: int, out: str | Path, *, noise: float | None = 
     return summary
 
 
+REWARD_SOURCES = ("true", "classifier")
+
+
+def reward_classifier(source: str, classifier: str | Path | None) -> SuccessClassifier | None:
+    """The classifier whose probability replaces every reward (``source`` "classifier"), or None
+    for the task's true rewards (docs/rewards.md)."""
+    if source not in REWARD_SOURCES:
+        msg = f"reward source {source!r} is invalid: expected one of {REWARD_SOURCES}"
+        raise ConfigError(msg)
+    if (source == "classifier") != (classifier is not None):
+        msg = (f"reward source {source!r} with classifier={classifier!s}: --reward-source "
+               "classifier needs --classifier PATH (fowm classifier train), and only it takes one")
+        raise ConfigError(msg)
+    return None if classifier is None else success.load(classifier)
+
+
+def _reward_meta(clf: SuccessClassifier | None) -> dict[str, Any]:
+    if clf is None:
+        return {"reward_source": "true"}
+    return {"reward_source": "classifier", "classifier_sha256": clf.sha256,
+            "classifier_labels": clf.meta.get("label_source")}
+
+
 def run_pretrain(cfg: FowmConfig, data: str | Path, out: str | Path, *, seed: int = 0,
-                 progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+                 progress: bool = True, device: str = "cpu",
+                 classifier: SuccessClassifier | None = None) -> dict[str, Any]:
+    """Offline pretraining; with ``classifier`` every reward is its success probability."""
     out = Path(out)
     start = time.perf_counter()
-    episodes = load_dataset(data, cfg, progress=progress)
+    if classifier is not None:
+        success.check_task(classifier, cfg.task)
+    episodes = load_dataset(data, cfg, progress=progress, image_reward=classifier)
     agent = Agent.create(cfg, seed=seed, device=device)
     sampler = make_sampler(cfg, episodes)
     results.write_json(out / "config.json", cfg.to_dict())
@@ -79,7 +109,7 @@ def run_pretrain(cfg: FowmConfig, data: str | Path, out: str | Path, *, seed: in
     ckpt = save(agent, out / "checkpoints" / "offline.safetensors", metrics).path
     summary = {"task": cfg.task, "seed": seed, "data": str(data), "episodes": len(episodes),
                "device": str(agent.device), "offline_steps": cfg.schedule.offline_steps,
-               "checkpoint": str(ckpt),
+               "checkpoint": str(ckpt), **_reward_meta(classifier),
                "seconds": round(time.perf_counter() - start, 1), "final": metrics,
                "history": history}
     results.write_json(out / "metrics.json", summary)
@@ -96,16 +126,24 @@ def run_eval(agent: Agent, episodes: int, seed: int) -> EvalResult:
 
 def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, episodes: int,
                  eval_at: list[int], eval_episodes: int, lam: float | None = None, seed: int = 0,
-                 progress: bool = True, device: str = "cpu") -> dict[str, Any]:
-    """The reference off→on loop from a pretrained checkpoint; evaluates at the given counts."""
+                 progress: bool = True, device: str = "cpu",
+                 classifier: SuccessClassifier | None = None) -> dict[str, Any]:
+    """The reference off→on loop from a pretrained checkpoint; evaluates at the given counts.
+    With ``classifier`` the offline and online rewards are its probabilities; evaluation's
+    success is still the simulator's."""
     out = Path(out)
     start = time.perf_counter()
     overrides = {} if lam is None else {"planner": {"uncertainty_cost": lam}}
     agent = load(checkpoint, overrides, seed=seed, device=device)
     cfg = agent.cfg
+    if classifier is not None:
+        success.check_task(classifier, cfg.task)
     results.write_json(out / "config.json", cfg.to_dict())
-    sampler = make_sampler(cfg, load_dataset(data, cfg, progress=progress))
+    sampler = make_sampler(cfg, load_dataset(data, cfg, progress=progress,
+                                             image_reward=classifier))
     env = make_env(cfg.task, obs_mode=obs_mode(cfg))
+    if classifier is not None:
+        env = ClassifierRewardEnv(env, classifier)
     # Evaluation seeds are disjoint from collection seeds and the same for every λ and count.
     eval_seed = 10_000_000 + 1000 * seed
     train_log: list[dict[str, Any]] = []
@@ -115,12 +153,13 @@ def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, e
                          seed=1_000_000 + 1000 * seed, progress=progress,
                          on_episode=lambda n, ep, m: train_log.append(
                              {"episode": n, "success": m["success"],
-                              "return": float(ep.reward.sum())}))
+                              "return": float(ep.reward.sum()), **_true_return(env)}))
     finally:
         env.close()
     ckpt = save(agent, out / "checkpoints" / "final.safetensors", {}).path
     summary = {"task": cfg.task, "seed": seed, "lam": cfg.planner.uncertainty_cost,
                "checkpoint": str(ckpt), "episodes": episodes, "device": str(agent.device),
+               **_reward_meta(classifier),
                "eval": {str(n): r.to_dict() for n, r in evals.items()},
                "online": train_log, "seconds": round(time.perf_counter() - start, 1)}
     results.write_json(out / "metrics.json", summary)
@@ -128,6 +167,35 @@ def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, e
     results.plot_success_curves(out / "success.png", {f"λ={summary['lam']:g}": curve},
                                 f"{cfg.task}: success vs online episodes (seed {seed})")
     return summary
+
+
+class ClassifierRewardEnv:
+    """The twin with the classifier's reward: each step renders the camera image and the reward
+    becomes p(success | image), as on a robot without a tracker; info keeps the true reward and
+    success (evaluation and the logs still use the simulator's)."""
+
+    def __init__(self, env: Any, classifier: SuccessClassifier) -> None:
+        self.env, self.classifier = env, classifier
+        self.true_return = 0.0
+
+    def reset(self, *, seed: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self.true_return = 0.0
+        return self.env.reset(seed=seed)
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        size = self.classifier.img_size
+        image = np.ascontiguousarray(self.env.render(size, size).transpose(2, 0, 1))  # HWC→CHW
+        prob = float(self.classifier.predict(image)[0])
+        self.true_return += float(reward)
+        return obs, prob, terminated, truncated, {**info, "true_reward": float(reward)}
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _true_return(env: Any) -> dict[str, float]:
+    return {"true_return": env.true_return} if isinstance(env, ClassifierRewardEnv) else {}
 
 
 def preset_for(preset: str, task: str, obs: str) -> FowmConfig:

@@ -86,9 +86,12 @@ def obs_mode(cfg: FowmConfig) -> str:
     return "state" if cfg.model.modality == Modality.STATE else str(cfg.model.modality)
 
 
-def load_dataset(data: str | Path, cfg: FowmConfig, *, progress: bool = True) -> list[Episode]:
+def load_dataset(data: str | Path, cfg: FowmConfig, *, progress: bool = True,
+                 image_reward: bags.ImageReward | None = None) -> list[Episode]:
+    """The offline episodes; ``image_reward`` (a success classifier) replaces their rewards."""
+    extra = {} if image_reward is None else {"image_reward": image_reward}
     read = bags.read_dataset(data, task=cfg.task, obs_mode=obs_mode(cfg),
-                             img_size=cfg.model.img_size, progress=progress)
+                             img_size=cfg.model.img_size, progress=progress, **extra)
     for bag, why in read.failures:
         tqdm.write(f"skipped {bag}: {why}")
     if not read.episodes:

@@ -32,7 +32,7 @@ from fowm_core.data import bag_cache, bags
 from fowm_core.data.episode import Episode
 from fowm_core.errors import BagError, CheckpointError, ConfigError, FowmError
 from fowm_core.learning import agent as agents
-from fowm_core.learning import checkpoints, train
+from fowm_core.learning import checkpoints, success, train
 from fowm_core.learning.checkpoints import AgentFile, CheckpointInfo
 from fowm_core.runtime import trust
 from fowm_core.runtime.ledger import BagLedger, BagScanner, LedgerEntry
@@ -56,6 +56,9 @@ class LiveLearnerConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     device: str = "cpu"                  # auto | cpu | cuda[:N] (fowm_core.model.device)
+    # A success classifier (learning.success) whose probability replaces every reward, offline
+    # and online (docs/rewards.md); None: rewards as recompute_reward says.
+    classifier: Path | None = None
 
 
 @dataclass
@@ -77,6 +80,9 @@ class LiveLearner:
         self.agent = agents.from_checkpoint(start, seed=cfg.seed, device=cfg.device)
         self.trained_entries = int(start.meta.get(TRAINED_KEY, 0)) if resumed else 0
         self.resumed_from = start.info.path if resumed else None
+        self.classifier = None if cfg.classifier is None else success.load(cfg.classifier)
+        if self.classifier is not None:
+            success.check_task(self.classifier, cfg.task or self.agent.cfg.task)
         self.read_kwargs = self._read_kwargs()
         self.sampler = agents.make_sampler(self.agent.cfg, self._offline())
         self.queue: deque[tuple[int, int]] = deque()     # (ledger index, updates still owed)
@@ -117,8 +123,10 @@ class LiveLearner:
             msg = (f"task={task!r} relabels bags logged for {self.agent.cfg.task!r}: that needs "
                    "recompute_reward=True")
             raise ConfigError(msg)
+        extra = {} if self.classifier is None else {"image_reward": self.classifier}
         return {"task": task, "obs_mode": agents.obs_mode(self.agent.cfg),
-                "recompute_reward": self.cfg.recompute_reward, "img_size": mcfg.img_size}
+                "recompute_reward": self.cfg.recompute_reward, "img_size": mcfg.img_size,
+                **extra}
 
     def _offline(self) -> list[Episode]:
         if self.cfg.dataset_dir is None:
@@ -126,7 +134,8 @@ class LiveLearner:
                    "(docs/algorithm.md §6); "
                    "pass the dataset directory the checkpoint was pretrained on")
             raise ConfigError(msg)
-        return agents.load_dataset(self.cfg.dataset_dir, self.agent.cfg, progress=False)
+        return agents.load_dataset(self.cfg.dataset_dir, self.agent.cfg, progress=False,
+                                   image_reward=self.classifier)
 
     def _restore_online(self) -> None:
         for index, entry in enumerate(self.ledger.entries):

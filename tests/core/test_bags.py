@@ -335,3 +335,18 @@ def test_message_conversions_follow_the_contract() -> None:
     with pytest.raises(FowmError, match="needs the obj position"):
         convert.build_state("push", "state", [0, 0, 0], 0.1, None, [0, 0, 0])
     assert convert.build_state("push", "all", [1, 2, 3], 0.5).tolist() == [1, 2, 3, 0.5]
+
+
+def test_check_pose_refuses_another_frame_and_a_broken_quaternion() -> None:
+    pose = convert.pose_msg(5, np.array([0.3, 0.0, 0.2]), np.array([0.0, 0.0, 0.0, 1.0]))
+    convert.check_pose(pose, topics.EE_POSE)                   # the contract's frame, unit q
+    pose.header.frame_id = ""
+    convert.check_pose(pose, topics.EE_POSE)                   # unset: taken as link_base
+    pose.header.frame_id = "world"
+    with pytest.raises(FowmError, match="frame 'world'"):
+        convert.check_pose(pose, topics.EE_POSE)
+    pose.header.frame_id = topics.BASE_FRAME
+    for w in (0.0, float("nan"), 2.0):
+        pose.pose.orientation.w = w
+        with pytest.raises(FowmError, match="unit quaternion"):
+            convert.check_pose(pose, topics.EE_POSE)

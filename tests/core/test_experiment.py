@@ -88,3 +88,17 @@ def test_report_holds_every_seed_and_the_table_says_what_is_missing(tmp_path: Pa
     assert "| reach | 0 | 1 of 2 | 40 % | 60 % | 40,60 | 3 |" in table
     assert "| lift | 1 | 0 of 2 | — | — | — | — |" in table
     assert (tmp_path / "out" / "sim_cpu_reach.png").exists()
+
+
+def test_classifier_rewards_reach_pretraining_and_finetuning(tmp_path: Path) -> None:
+    jobs = {j.name: j for j in experiment.plan_jobs(study_args(
+        tmp_path, "--reward-source", "classifier", "--classifier", "clf/lift"))}
+    for name in ("pretrain/lift/0", "finetune/lift/0/1"):
+        argv = jobs[name].argv
+        assert argv[argv.index("--reward-source") + 1] == "classifier"
+        assert argv[argv.index("--classifier") + 1] == "clf/lift"
+    collect = jobs["collect/lift"].argv
+    assert collect[collect.index("--obs") + 1] == "all"       # the classifier needs images
+    plain = {j.name: j for j in experiment.plan_jobs(study_args(tmp_path))}
+    assert "--reward-source" not in plain["pretrain/lift/0"].argv      # earlier commands unchanged
+    assert plain["collect/lift"].argv[plain["collect/lift"].argv.index("--obs") + 1] == "state"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -258,3 +259,26 @@ def test_a_learner_killed_mid_training_restarts_from_a_whole_checkpoint(
         again.train_one()
     assert again.agent.learner.step == meta["step"] + (3 - trained) * 25
     assert again.trained_entries == 3
+
+
+def test_a_classifier_rewards_offline_and_online_bags(tmp_path: Path) -> None:
+    """docs/rewards.md: with a classifier every reward the live learner trains on, offline and
+    online, is its probability in [0, 1] (the twin's lift rewards are negative)."""
+    from fowm_core.jobs import workflows
+    from fowm_core.learning import success
+
+    for name, seed in (("dataset", 0), ("bags", 5)):
+        workflows.collect("lift", 1, tmp_path / name, seed=seed, obs_mode="all", progress=False)
+    clf = tmp_path / "clf" / success.FILE_NAME
+    success.SuccessClassifier.create(seed=0).save(clf, {"task": "lift"})
+    cfg = LiveLearnerConfig(bag_dir=tmp_path / "bags", work_dir=tmp_path / "work",
+                            checkpoint=tiny_checkpoint(tmp_path / "pre.safetensors"),
+                            dataset_dir=tmp_path / "dataset", classifier=clf.parent)
+    learner = LiveLearner(cfg)
+    assert learner.poll().ingested
+    for buffer in (learner.sampler.offline, learner.sampler.online):
+        rewards = buffer._reward[: len(buffer)]
+        assert len(rewards) == 25 and rewards.min() >= 0.0 and rewards.max() <= 1.0
+    success.SuccessClassifier.create(seed=0).save(clf, {"task": "reach"})
+    with pytest.raises(FowmError, match="trained on task 'reach'"):
+        LiveLearner(dataclasses.replace(cfg, work_dir=tmp_path / "work2"))

@@ -124,6 +124,9 @@ BAD_EVENTS = [
     ("final_stamp_ns", 1.0, "integer"),
     ("noise", -0.1, "finite number in"),
     ("synthesized_by", "", "name"),
+    ("labelled_by", "robot", "'operator'"),
+    ("reward_sources", 3, "non-empty string"),
+    ("reward_sources", "x" * 2049, "at most 2048"),
 ]
 
 

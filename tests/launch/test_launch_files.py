@@ -148,7 +148,15 @@ def _node_dataclasses() -> dict[str, list[tuple[str, type]]]:
 def _declared_parameters() -> dict[str, set[str]]:
     """Node name → parameter names its dataclasses declare (what fowm.ros.params turns into ROS)."""
     def names(cls: type, prefix: str = "") -> set[str]:
-        return {(f"{prefix}." if prefix else "") + f.name for f in dataclasses.fields(cls)}
+        out = set()
+        for f in dataclasses.fields(cls):
+            name = (f"{prefix}." if prefix else "") + f.name
+            default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                       else f.default)
+            # A nested dataclass field (e.g. the episode manager's rewards.*) is declared leaf by
+            # leaf, as fowm.ros.params does.
+            out |= names(type(default), name) if dataclasses.is_dataclass(default) else {name}
+        return out
 
     return {node: set().union(*(names(cls, prefix) for prefix, cls in pairs))
             for node, pairs in _node_dataclasses().items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from std_srvs.srv import SetBool, Trigger
 from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
+from fowm_core.learning import success
 from fowm_core.sim import make_env
 
 ACTION = [0.2, -0.1, -0.5, 0.3]
@@ -112,6 +114,45 @@ def test_real_mode_waits_for_the_operator_and_takes_the_label(
     assert spin_until(lambda: len(manager.events) == 2, timeout_s=10)
     end = manager.events[1]
     assert end["event"] == "end" and end["success"] is True and end["steps"] == 3
+    # The twin publishes the object pose, so the tracker scored every step (docs/rewards.md).
+    assert end["labelled_by"] == "operator" and end["reward_sources"] == "tracker:3"
+
+
+@pytest.mark.parametrize("with_classifier", [True, False])
+def test_real_mode_without_a_tracked_object_uses_the_classifier_else_the_label(
+        executor: SingleThreadedExecutor, spin_until: Callable[..., bool], tmp_path: Path,
+        with_classifier: bool) -> None:
+    clf = ""
+    if with_classifier:
+        clf = str(tmp_path / "clf" / success.FILE_NAME)
+        success.SuccessClassifier.create(seed=0).save(clf, {"task": "lift"})
+    # The object's pose goes elsewhere: as on a robot whose tracker lost the cube.
+    sim = SimNode(parameter_overrides=[Parameter("task", value="lift"),
+                                       Parameter("obs_mode", value="all"),
+                                       Parameter("rate_hz", value=20.0)],
+                  cli_args=["--ros-args", "-r", f"{topics.OBJECT_POSE}:=/elsewhere/object_pose"])
+    manager = _node(EpisodeManagerNode, mode="real", episode_length=3, classifier=clf)
+    helper = Node("em_operator_noobj")
+    Answerer(helper)
+    rewards = Recorder()
+    helper.create_subscription(Float32, topics.REWARD, rewards, qos.COMMAND)
+    confirm = helper.create_client(Trigger, "/fowm_episode_manager/confirm_reset")
+    label = helper.create_client(SetBool, "/fowm_episode_manager/label_success")
+    for node in (sim, manager, helper):
+        executor.add_node(node)
+    assert spin_until(lambda: confirm.service_is_ready() and label.service_is_ready(), 10)
+    assert spin_until(confirm.call_async(Trigger.Request()).done, timeout_s=10)
+    assert spin_until(lambda: manager.tracker.is_done, timeout_s=20)
+    assert spin_until(label.call_async(SetBool.Request(data=False)).done, timeout_s=10)
+    assert spin_until(lambda: len(manager.events) == 2, timeout_s=10)
+    end = manager.events[1]
+    assert end["reward_sources"] == ("classifier:3" if with_classifier else "label:3")
+    assert end["labelled_by"] == "operator" and end["success"] is False
+    assert spin_until(lambda: len(rewards.msgs) >= 3, timeout_s=5)
+    values = [m.data for m in rewards.msgs[:3]]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    if not with_classifier:
+        assert values == [0.0, 0.0, 0.0]           # placeholders: the label fills them in
 
 
 @pytest.mark.parametrize(("params", "match"), [

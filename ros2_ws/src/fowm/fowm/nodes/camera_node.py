@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from fowm.hardware.realsense import (
 )
 from fowm.ros import qos
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
+from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
@@ -84,10 +86,20 @@ class CameraNode(Node):
             self.depth_pub = self.create_publisher(Image, ALIGNED_DEPTH_IMAGE, qos.SENSOR_PUB)
             self.depth_info_pub = self.create_publisher(CameraInfo, ALIGNED_DEPTH_INFO,
                                                         qos.SENSOR_PUB)
-        self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
+        self.inputs = InputGuard(self)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._capture_loop, name="fowm_camera_capture")
+        # A capture thread that dies of an unexpected exception (a driver bug, a frame of the
+        # wrong shape) is restarted by the diagnostics timer and reported (fowm.ros.guard).
+        self._thread = SupervisedThread("fowm_camera_capture", self._capture_loop,
+                                        self._thread_died)
         self._thread.start()
+        self.create_timer(self.config.diagnostics_period_s,
+                          self.inputs.guard("diagnostics timer", self._publish_diagnostics))
+
+    def _thread_died(self, text: str) -> None:
+        self.diag.update(ERROR, text.splitlines()[0], capture_restarts=self._thread.restarts + 1,
+                         **self.counts)
+        self.get_logger().error(text)
 
     # --- capture thread --------------------------------------------------------------------
     def _capture_loop(self) -> None:
@@ -108,7 +120,11 @@ class CameraNode(Node):
             if frames is not None:
                 last_frame = time.monotonic()
                 backoff = self.config.reconnect_backoff_s
-                self._publish(frames)
+                try:
+                    self._publish(frames)
+                except Exception as err:  # one unusable frame is refused, capture goes on
+                    self.inputs.refuse("frames", f"{type(err).__name__}: {err}; "
+                                       f"{traceback.format_exc(limit=2).splitlines()[-1]}")
             elif time.monotonic() - last_frame > self.config.frame_timeout_s:
                 silent_s = time.monotonic() - last_frame
                 self._reopen(f"no frames for {silent_s:.1f} s; reopening the camera")
@@ -144,16 +160,19 @@ class CameraNode(Node):
                          height=frames.color.shape[0], **self.counts)
 
     def _publish_diagnostics(self) -> None:
-        # A capture thread killed by an unexpected exception must not leave "streaming" behind.
-        if not self._thread.is_alive() and not self._stop.is_set():
-            self.diag.update(ERROR, "capture thread died; see the log and restart the node")
+        # A capture thread killed by an unexpected exception must not leave "streaming" behind:
+        # it stays ERROR (set by _thread_died) until frames flow again.
+        if not self._stop.is_set() and self._thread.check():
+            self.get_logger().warning(f"capture thread restarted ({self._thread.restarts})")
+        self.diag.update(self.diag.level, self.diag.message, capture_restarts=self._thread.restarts,
+                         **self.inputs.values())
         self.diag.publish()
 
     def destroy_node(self) -> None:
         stop = getattr(self, "_stop", None)    # None when __init__ failed on a parameter
         if stop is not None:
             stop.set()
-            self._thread.join()
+            self._thread.stop()
             self.camera.close()
         super().destroy_node()
 

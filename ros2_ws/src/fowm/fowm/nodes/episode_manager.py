@@ -15,34 +15,32 @@ single-threaded executor, docs/platform.md §1.5):
   ``seed`` parameter, call its ``~/reset`` (std_srvs/Trigger); episode n uses base_seed + n;
 - real: the operator resets the scene and calls ``~/confirm_reset`` (std_srvs/Trigger), and at the
   end labels the outcome with ``~/label_success`` (std_srvs/SetBool; the label wins over the
-  reward function's success, which needs a tracked object).
+  reward function's success). Rewards: tracked poses, else ``classifier``, else the label; the end
+  event records the label and each step's source (runtime.reward_source, docs/rewards.md).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import Parameter as ParameterMsg
-from rcl_interfaces.msg import ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
-from rclpy.client import Client
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32, String
 from std_srvs.srv import SetBool, Trigger
 
-from fowm.ros import checkpoint_task, qos
+from fowm.ros import checkpoint_task, qos, reward_inputs
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health, with_guard
 from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import run_nodes
+from fowm.ros.twin_reset import TwinResetClient
 from fowm_core import tasks
 from fowm_core.contract import topics
 from fowm_core.contract.messages import EpisodeEvent
@@ -51,6 +49,7 @@ from fowm_core.data.sync import ApproxTimeSync
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.control import EpisodeTracker
 from fowm_core.runtime.control import param_meta as _p
+from fowm_core.runtime.reward_source import RewardSourceParams
 from fowm_core.runtime.safety import first_non_finite
 
 MODES = ("sim", "real")
@@ -83,6 +82,9 @@ class EpisodeManagerParams:
         "approximate-time pairing tolerance of the pose and joint streams", 1e-4, 1.0))
     max_future_s: float = field(default=0.5, metadata=_p(
         "refuse observations stamped further ahead of the node clock than this", 0.0, 10.0))
+    classifier: str = field(default="", metadata=_p(
+        "real mode: success classifier (fowm classifier train) scoring steps the tracker cannot"))
+    rewards: RewardSourceParams = field(default_factory=RewardSourceParams)
 
 
 class EpisodeManagerNode(Node):
@@ -98,9 +100,15 @@ class EpisodeManagerNode(Node):
         if p.task not in tasks.names():
             msg = f"parameter task={p.task!r} is invalid: expected one of {tasks.names()}"
             raise ConfigError(msg)
+        # Real mode scores steps from whatever is fresh (runtime.reward_source); sim from the
+        # twin's privileged poses, paired with each observation.
+        self.selector, image_size = (reward_inputs.make_selector(p.task, p.classifier, p.rewards)
+                                     if p.mode == "real" else (None, 0))
         self.tracker = EpisodeTracker(
-            task=p.task, reward_fn=lambda task, s, a: tasks.reward(task, s, a),
-            success_fn=tasks.success, action_dim=tasks.get(p.task).action_dim,
+            task=p.task, reward_fn=self.selector.reward if self.selector else (
+                lambda task, s, a: tasks.reward(task, s, a)),
+            success_fn=self.selector.success if self.selector else tasks.success,
+            action_dim=tasks.get(p.task).action_dim,
             max_steps=p.episode_length, end_on_success=p.end_on_success,
             strict_pairing=p.lockstep)
         self.events: list[dict[str, Any]] = []       # every event published, for callers/tests
@@ -120,10 +128,13 @@ class EpisodeManagerNode(Node):
         self.reward_pub = self.create_publisher(Float32, topics.REWARD, qos.COMMAND)
         self.episode_pub = self.create_publisher(String, topics.EPISODE, qos.EVENTS)
         self.streams = {"ee_pose": (PoseStamped, topics.EE_POSE),
-                        "joint_states": (JointState, topics.JOINT_STATES),
-                        "goal_pose": (PoseStamped, topics.GOAL_POSE)}
-        if tasks.get(p.task).has_object:
-            self.streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
+                        "joint_states": (JointState, topics.JOINT_STATES)}
+        if self.selector is not None:             # real: poses and images as they come
+            reward_inputs.subscribe(self, self.selector, image_size, self.inputs.guard)
+        else:
+            self.streams["goal_pose"] = (PoseStamped, topics.GOAL_POSE)
+            if tasks.get(p.task).has_object:
+                self.streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
         self._sync = ApproxTimeSync(len(self.streams), 10, p.sync_slop_s,
                                     max_ahead_s=p.max_future_s)
         guard = self.inputs.guard
@@ -133,11 +144,12 @@ class EpisodeManagerNode(Node):
             self.create_subscription(msg_type, topic, guard(topic, self._stream_callback(
                 index, topic)), qos.SENSOR_SUB)
         if p.mode == "sim":
-            self.reset_client = self.create_client(Trigger, f"/{p.sim_node}/reset")
-            self.param_client = self.create_client(SetParameters, f"/{p.sim_node}/set_parameters")
+            self.twin = TwinResetClient(self, p.sim_node, p.service_timeout_s, self._stop)
         else:
-            self.create_service(Trigger, "~/confirm_reset", self._on_confirm_reset)
-            self.create_service(SetBool, "~/label_success", self._on_label)
+            self.create_service(Trigger, "~/confirm_reset",
+                                self.inputs.service("~/confirm_reset", self._on_confirm_reset))
+            self.create_service(SetBool, "~/label_success",
+                                self.inputs.service("~/label_success", self._on_label))
         self._worker = SupervisedThread("fowm_episodes", self._run,
                                         lambda text: self.get_logger().error(text))
         self._worker.start()
@@ -166,9 +178,16 @@ class EpisodeManagerNode(Node):
             action = convert.action_array(msg)
         except FowmError:
             return            # not an answer of ours (e.g. a hold of another length): not counted
+        if action.shape != (self.tracker.action_dim,):
+            return
+        if not np.isfinite(action).all():
+            # Never scored: a NaN return would stop the episode events (issue 11 suite).
+            self.inputs.refuse(topics.ACTION, f"non-finite action {action.tolist()}: not scored")
+            return
         stamp = convert.stamp_ns(msg)
         if self.inputs.future(topics.ACTION, stamp):
             return
+        action = np.clip(action, -1.0, 1.0)   # what the arm executes (safety.command_to_execute)
         with self._lock:
             self.tracker.record_action(stamp, action)
 
@@ -179,6 +198,8 @@ class EpisodeManagerNode(Node):
                 return
             if topic == topics.JOINT_STATES:
                 convert.joint_state_arrays(msg)       # raises (refused by the guard) if unusable
+            else:
+                convert.check_pose(msg, topic)        # another frame, a broken quaternion
             matched = self._sync.add(index, stamp, msg, now_ns=now or None)
             if matched is not None:
                 msgs = dict(zip(self.streams, matched, strict=True))
@@ -196,9 +217,10 @@ class EpisodeManagerNode(Node):
     def _pieces(self, msgs: dict[str, Any]) -> dict[str, Any]:
         """The reward function's inputs; FowmError for a set that cannot give a finite reward."""
         obj = convert.pose_arrays(msgs["object_pose"])[0] if "object_pose" in msgs else None
+        goal = convert.pose_arrays(msgs["goal_pose"])[0] if "goal_pose" in msgs else None
         pieces = {"eef": convert.pose_arrays(msgs["ee_pose"])[0],
                   "gripper": convert.joint_state_arrays(msgs["joint_states"])[1],
-                  "obj": obj, "goal": convert.pose_arrays(msgs["goal_pose"])[0]}
+                  "obj": obj, "goal": goal}
         bad = first_non_finite({k: v for k, v in pieces.items() if v is not None})
         if bad is not None:
             msg = f"non-finite {bad} in the observation stamped {convert.stamp_ns(msgs['ee_pose'])}"
@@ -207,11 +229,13 @@ class EpisodeManagerNode(Node):
 
     def _feed(self, stamp: int, msgs: dict[str, Any]) -> None:
         """Advance the tracker with one paired observation (lock held)."""
-        pieces = self._pieces(msgs)
-        obj = pieces["obj"]
-        if self.tracker.is_first(stamp):
-            self._obj_init_z = None if obj is None else float(obj[2])
-        state = tasks.TaskState(**pieces, obj_init_z=self._obj_init_z)
+        pieces, first = self._pieces(msgs), self.tracker.is_first(stamp)
+        if self.selector is not None:      # real: scored from what is fresh (reward_source)
+            state: Any = self.selector.observation(stamp, pieces["eef"], pieces["gripper"], first)
+        else:
+            if first:
+                self._obj_init_z = None if pieces["obj"] is None else float(pieces["obj"][2])
+            state = tasks.TaskState(**pieces, obj_init_z=self._obj_init_z)
         reward = self.tracker.observe(stamp, state)
         if reward is not None:
             self.reward_pub.publish(Float32(data=reward))
@@ -267,7 +291,7 @@ class EpisodeManagerNode(Node):
             self._wait_for_twin()
             with self._lock:                  # announce first: the planner resets on this event
                 self._publish(self.tracker.start(episode, seed, min_stamp_ns=NEVER))
-            self._begin(episode, seed, self._reset_twin(seed), announce=False)
+            self._begin(episode, seed, self.twin.reset(seed), announce=False)
         if not self._wait(self._done):
             return False
         label = None
@@ -279,30 +303,22 @@ class EpisodeManagerNode(Node):
                 return False
             label = self._label
         with self._lock:
-            self._publish(self.tracker.finish(success=label))
+            event = self.tracker.finish(success=label)
+            if self.selector is not None:
+                event = dataclasses.replace(event, labelled_by="operator",
+                                            reward_sources=self.selector.encoded())
+            self._publish(event)
         return True
 
     def _begin(self, episode: int, seed: int, min_stamp: int, announce: bool = True) -> None:
         with self._lock:
             event = self.tracker.start(episode, seed, min_stamp_ns=min_stamp)
+            if self.selector is not None:
+                self.selector.start_episode()
             if announce:
                 self._publish(event)
             for stamp, msgs in list(self._recent):   # observations that beat the reset's reply
                 self._feed(stamp, msgs)               # (each parsed once already: cannot fail)
-
-    def _reset_twin(self, seed: int) -> int:
-        """Set the twin's seed, reset it; returns the stamp from which the episode counts."""
-        value = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=seed)
-        request = SetParameters.Request(parameters=[ParameterMsg(name="seed", value=value)])
-        result = self._call(self.param_client, request)
-        if not result.results[0].successful:
-            msg = f"{self.params.sim_node} refused seed={seed}: {result.results[0].reason}"
-            raise FowmError(msg)
-        reply = self._call(self.reset_client, Trigger.Request())
-        if not reply.success:
-            msg = f"{self.params.sim_node} reset failed: {reply.message}"
-            raise FowmError(msg)
-        return int(json.loads(reply.message)["stamp_ns"])
 
     def _wait_for_twin(self) -> None:
         """The twin's services, and briefly a listener for the events (the planner resets and
@@ -310,32 +326,7 @@ class EpisodeManagerNode(Node):
         deadline = time.monotonic() + 2.0
         while self.episode_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        for client in (self.param_client, self.reset_client):
-            if not self._until(lambda c=client: c.wait_for_service(timeout_sec=0.1)):
-                msg = (f"service {client.srv_name} not available after "
-                       f"{self.params.service_timeout_s} s; start {self.params.sim_node} or set "
-                       "sim_node to the twin's node name")
-                raise FowmError(msg)
-
-    def _call(self, client: Client, request: Any) -> Any:
-        """A service call from this worker thread (call_async + wait: works on Humble..Kilted)."""
-        timeout = self.params.service_timeout_s
-        done = threading.Event()
-        future = client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        if not self._until(lambda: done.wait(0.1)) or future.result() is None:
-            msg = f"service {client.srv_name} did not answer within {timeout} s"
-            raise FowmError(msg)
-        return future.result()
-
-    def _until(self, ready: Callable[[], bool]) -> bool:
-        """Poll ``ready`` (which waits ~0.1 s) for service_timeout_s; False on timeout or on
-        shutdown, so a stopping node never waits out a full service timeout."""
-        deadline = time.monotonic() + self.params.service_timeout_s
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if ready():
-                return True
-        return False
+        self.twin.wait_for_services()
 
     def _wait(self, event: threading.Event, service: str = "") -> bool:
         """Wait for ``event`` (an operator's ``service`` call, for /diagnostics) unless the node

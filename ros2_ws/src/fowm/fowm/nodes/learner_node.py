@@ -44,7 +44,7 @@ from std_msgs.msg import String
 
 from fowm.ros import qos
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health
-from fowm.ros.guard import SupervisedThread
+from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import spin_nodes
 from fowm.ros.transfer import WeightsShipper
@@ -72,6 +72,9 @@ class LearnerNodeParams:
         "recompute rewards from observations (fowm_core.tasks); false: logged rewards"))
     task: str = field(default="", metadata=_p(
         "relabel bags for this task (needs recompute_reward); empty: the checkpoint's task"))
+    classifier: str = field(default="", metadata=_p(
+        "success classifier (fowm classifier train) whose probability replaces every reward, "
+        "offline and online (docs/rewards.md); empty: none"))
     checkpoint_every: int = field(default=1, metadata=_p(
         "write and announce a checkpoint after this many trained episodes", 1, 100000))
     keep_checkpoints: int = field(default=3, metadata=_p("checkpoints kept on disk", 1, 1000))
@@ -117,7 +120,7 @@ class LearnerNode(Node):
             dataset_dir=Path(p.dataset_dir) if p.dataset_dir else None,
             recompute_reward=p.recompute_reward, task=p.task or None,
             checkpoint_every=p.checkpoint_every, keep_checkpoints=p.keep_checkpoints, seed=p.seed,
-            device=p.device)
+            device=p.device, classifier=Path(p.classifier) if p.classifier else None)
         # Loaded now: a key others may read, or none at all, is a startup error, not a quiet
         # stream of announcements the planner refuses.
         self.key = load_key(p.key_file) if p.key_file else None
@@ -146,7 +149,7 @@ class LearnerNode(Node):
         self._thread.start()
         threads_set.wait(10.0)
         torch.set_num_threads(process_threads)     # the process-wide value, for other threads
-        self.create_timer(1.0, self._watchdog)
+        self.create_timer(1.0, InputGuard(self).guard("watchdog", self._watchdog))
 
     # -- training thread -------------------------------------------------------------------------
     def _main(self, threads_set: threading.Event) -> None:

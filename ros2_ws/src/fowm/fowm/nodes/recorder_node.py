@@ -242,6 +242,14 @@ class RecorderNode(Node):
                 self._close(current)
             self._open(event, raw, log_ns, [])
             return
+        if current is not None and current.end is None and event.episode != current.start.episode:
+            # Another stack's (or a forged) end must not cut the open episode short.
+            self.inputs.refuse(topics.EPISODE, f"end event of episode {event.episode!r} while "
+                                               f"episode {current.start.episode!r} is open")
+            return
+        final = event.get("final_stamp_ns")
+        if isinstance(final, int) and self.inputs.future(topics.EPISODE, final):
+            return
         if current is None or current.end is not None:
             # Its start was missed (we started late): rebuild the episode from the pre-buffer;
             # the end event's stamps cut it exactly all the same.

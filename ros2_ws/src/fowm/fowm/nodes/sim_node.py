@@ -39,10 +39,13 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 
 from fowm.ros import checkpoint_task, qos
-from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health
+from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health, with_guard
+from fowm.ros.guard import InputGuard, restart_stopped
+from fowm.ros.lockstep import LockstepLoop, ResetRequest
 from fowm.ros.params import declare_from_dataclass
+from fowm.ros.sim_messages import camera_info, image_msg, pose_msg
 from fowm.ros.spin import run_nodes
-from fowm.ros.timing import FixedRateLoop, LoopThread, Tick, TickStats
+from fowm.ros.timing import FixedRateLoop, Tick
 from fowm_core import tasks
 from fowm_core.config import Modality
 from fowm_core.contract import topics
@@ -113,11 +116,16 @@ class SimNode(Node):
         self._lock = threading.RLock()
         self._command: tuple[int, np.ndarray, float] | None = None   # stamp, action, recv time
         self._command_event = threading.Event()
-        self._reset_request: _ResetRequest | None = None
+        self._reset_request: ResetRequest | None = None
         self._obs_stamp: int | None = None       # stamp of the observation awaiting an answer
         self._episode_over = p.lockstep           # lock-step waits for the first ~/reset
         self._sim_time_ns = 1_000_000_000         # lock-step time starts at 1 s (0 = "unset")
         self.executed_holds = 0
+        self.conflict_holds = 0                   # ticks held: another /fowm/action publisher
+        self.loop_restarts = 0
+        self._closing = False
+        self._last_command_s = 0.0                # monotonic receipt time of the last command
+        self.inputs = InputGuard(self)            # no payload or tick error stops the twin
         self.steps = 0
         self.twin_error = ""
         self._obs: dict[str, np.ndarray] = {}
@@ -135,18 +143,43 @@ class SimNode(Node):
             self.goal_pub = self.create_publisher(PoseStamped, topics.GOAL_POSE, qos.SENSOR_PUB)
         self.clock_pub = (self.create_publisher(Clock, "/clock", qos.COMMAND)
                           if p.lockstep else None)
-        self.create_subscription(JointState, topics.ACTION, self._on_action, qos.COMMAND)
-        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_subscription(JointState, topics.ACTION,
+                                 self.inputs.guard(topics.ACTION, self._on_action), qos.COMMAND)
+        self.create_service(Trigger, "~/reset", self.inputs.service("~/reset", self._on_reset))
         if p.lockstep:
             self._publish_clock()
-            self.loop: Any = _LockstepLoop(self)
-        else:
-            self.loop = FixedRateLoop(1.0 / p.rate_hz, self._realtime_tick, name="fowm_sim")
-        self.loop.on_exit = self._close_env
-        self.loop.alive = self.context.ok
+        self.loop: Any = self._make_loop()
         self.loop.start()
+        self.create_timer(1.0, self.inputs.guard("watchdog", self._watchdog))
         self.diag = DiagnosticsReporter(self, "fowm_sim: twin", f"mujoco {p.task}/{p.obs_mode}")
-        self.diag.publish_every(health=self._health)
+        self.diag.publish_every(health=lambda: with_guard(
+            self._health(), self.inputs, loop_restarts=self.loop_restarts))
+
+    def _make_loop(self) -> Any:
+        loop = (LockstepLoop(self) if self.params.lockstep else FixedRateLoop(
+            1.0 / self.params.rate_hz, self._guarded_tick, name="fowm_sim"))
+        loop.on_exit = self._close_env
+        loop.alive = self.context.ok
+        return loop
+
+    def _watchdog(self) -> None:
+        """Executor timer: a loop thread that died anyway is restarted (and counted)."""
+        if not self._closing and self.context.ok():
+            new = restart_stopped(self.loop, self._make_loop)
+            if new is not None:
+                self.loop, self.loop_restarts = new, self.loop_restarts + 1
+                self.get_logger().error("the twin's loop thread had stopped: restarted it")
+
+    def _guarded_tick(self, tick: Tick) -> None:
+        try:
+            self._realtime_tick(tick)
+        except Exception as err:  # a twin that fails holds until ~/reset; the loop goes on
+            self.tick_failed(err)
+
+    def tick_failed(self, err: Exception) -> None:
+        self.twin_error = f"twin tick failed, holding until ~/reset: {type(err).__name__}: {err}"
+        self._episode_over = True
+        self.inputs.refuse("twin tick", self.twin_error)
 
     def _health(self) -> Health:
         values: dict[str, object] = {"steps": self.steps, "executed_holds": self.executed_holds,
@@ -159,6 +192,11 @@ class SimNode(Node):
             return ERROR, self.twin_error, values
         if self._episode_over:
             return OK, "waiting for ~/reset", values
+        if self.conflict_holds and self._action_conflict():
+            return ERROR, "another publisher on /fowm/action: holding (two controllers)", values
+        silent_s = time.monotonic() - self._last_command_s
+        if not self.params.lockstep and self.steps and silent_s > self.params.command_timeout_s:
+            return WARN, f"holding: no command for {silent_s:.1f} s (planner silent?)", values
         if self.params.lockstep and not self.planner_ready():
             return WARN, "lock-step: waiting for a planner on /fowm/action", values
         return OK, "stepping", values
@@ -176,15 +214,19 @@ class SimNode(Node):
         try:
             action = convert.action_array(msg)
         except FowmError as err:
-            self.get_logger().warning(f"ignoring action: {err}", throttle_duration_sec=5.0)
+            self.inputs.refuse(topics.ACTION, f"ignoring action: {err}")
+            return
+        stamp = convert.stamp_ns(msg)
+        if not self.params.lockstep and self.inputs.future(topics.ACTION, stamp):
             return
         with self._lock:
-            self._command = (convert.stamp_ns(msg), action, time.monotonic())
+            self._last_command_s = time.monotonic()
+            self._command = (stamp, action, self._last_command_s)
         self._command_event.set()
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         seed = int(self.get_parameter("seed").value)
-        job = _ResetRequest(seed)
+        job = ResetRequest(seed)
         with self._lock:
             self._reset_request = job
         self._command_event.set()                       # wake a lock-step loop at once
@@ -228,6 +270,9 @@ class SimNode(Node):
             if self._obs_stamp is not None and not self._episode_over:
                 command = self._command
                 age = None if command is None else time.monotonic() - command[2]
+                if command is not None and self._action_conflict():
+                    command, age = None, None       # two controllers: hold (fowm.ros.publishers)
+                    self.conflict_holds += 1
                 action, _ = command_to_execute(None if command is None else command[1], age,
                                                self.params.command_timeout_s, self.action_dim)
                 self._command = None                # each command is executed at most once
@@ -268,6 +313,9 @@ class SimNode(Node):
             self._publish_observation(self._advance_clock())
             return True
 
+    def _action_conflict(self) -> bool:
+        return self.count_publishers(topics.ACTION) > 1
+
     def planner_ready(self) -> bool:
         """Lock-step: something publishes /fowm/action (the planner finished starting)."""
         return self.count_publishers(topics.ACTION) > 0
@@ -293,13 +341,13 @@ class SimNode(Node):
         joints.header.stamp = stamp
         self.joint_pub.publish(joints)
         w, x, y, z = GRIPPER_QUAT
-        self.ee_pub.publish(_pose(stamp, state.eef, (x, y, z, w)))
+        self.ee_pub.publish(pose_msg(stamp, state.eef, (x, y, z, w)))
         pose = env.object_pose()
         if pose is not None and self.object_pub is not None:
             qw, qx, qy, qz = pose[1]
-            self.object_pub.publish(_pose(stamp, pose[0], (qx, qy, qz, qw)))
+            self.object_pub.publish(pose_msg(stamp, pose[0], (qx, qy, qz, qw)))
         if state.goal is not None and self.goal_pub is not None:
-            self.goal_pub.publish(_pose(stamp, state.goal, (0.0, 0.0, 0.0, 1.0)))
+            self.goal_pub.publish(pose_msg(stamp, state.goal, (0.0, 0.0, 0.0, 1.0)))
         self._obs_stamp = stamp_ns
 
     def _image(self, stamp: Time) -> Image:
@@ -309,21 +357,12 @@ class SimNode(Node):
             hwc = np.ascontiguousarray(rgb.transpose(1, 2, 0))   # the exact pixels of the env obs
         else:
             hwc = self.env.render(p.image_width, p.image_height, p.camera)
-        msg = Image(height=hwc.shape[0], width=hwc.shape[1], encoding="rgb8", is_bigendian=0,
-                    step=3 * hwc.shape[1], data=hwc.tobytes())
-        msg.header.stamp, msg.header.frame_id = stamp, topics.CAMERA_FRAME
-        return msg
+        return image_msg(stamp, hwc)
 
     def _camera_info(self, stamp: Time) -> CameraInfo:
         p = self.params
         fovy = float(self.env.model.cam(p.camera).fovy[0])
-        ref = convert.camera_info_msg(0, p.image_width, p.image_height, fovy)
-        msg = CameraInfo(height=p.image_height, width=p.image_width,
-                         distortion_model=ref.distortion_model, d=[float(v) for v in ref.d],
-                         k=[float(v) for v in ref.k], r=[float(v) for v in ref.r],
-                         p=[float(v) for v in ref.p])
-        msg.header.stamp, msg.header.frame_id = stamp, topics.CAMERA_FRAME
-        return msg
+        return camera_info(stamp, p.image_width, p.image_height, fovy)
 
     def _close_env(self) -> None:
         if self.env is not None:
@@ -332,45 +371,10 @@ class SimNode(Node):
 
     def destroy_node(self) -> None:
         # A node refused at start (bad parameters) has no loop; rclpy's shutdown still destroys it.
+        self._closing = True
         if hasattr(self, "loop"):
             self.loop.stop()              # closes the twin on its own thread (on_exit)
         super().destroy_node()
-
-
-class _LockstepLoop(LoopThread):
-    """Waits for answers on its own thread (never inside the executor) and steps the twin."""
-
-    def __init__(self, node: SimNode) -> None:
-        super().__init__("fowm_sim", lambda tick: None, TickStats(None))
-        self._node = node
-
-    def _run(self) -> None:
-        since = time.monotonic()
-        while not self._stop.is_set() and self.alive():
-            self._node._command_event.wait(0.05)
-            self._node._command_event.clear()
-            # The answer timeout runs only once a planner is up: a planner still loading its
-            # checkpoint must not make the twin step on holds.
-            if (self._node.lockstep_step(time.monotonic() - since) or self._node._episode_over
-                    or not self._node.planner_ready()):
-                since = time.monotonic()
-
-
-@dataclass
-class _ResetRequest:
-    seed: int
-    done: threading.Event = field(default_factory=threading.Event)
-    stamp_ns: int = 0
-    error: str | None = None
-
-
-def _pose(stamp: Time, xyz: np.ndarray, quat_xyzw: tuple[float, ...]) -> PoseStamped:
-    msg = PoseStamped()
-    msg.header.stamp, msg.header.frame_id = stamp, topics.BASE_FRAME
-    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in xyz)
-    o = msg.pose.orientation
-    o.x, o.y, o.z, o.w = (float(v) for v in quat_xyzw)
-    return msg
 
 
 def main(args: list[str] | None = None) -> None:

@@ -38,9 +38,11 @@ from fowm.hardware.xarm import (
 )
 from fowm.ros import qos
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
+from fowm.ros.guard import InputGuard
 from fowm.ros.params import LiveGroup, declare_from_dataclass, only_tighter, watch_live
 from fowm.ros.spin import run_nodes
 from fowm_core.contract import topics
+from fowm_core.data.convert import stamp_ns
 from fowm_core.errors import ConfigError
 from fowm_core.runtime.arm import ArmCommander, ArmGate, ArmLimits, GateState, HoldReason
 
@@ -100,7 +102,8 @@ class XArmNode(Node):
         if self.config.with_gripper:
             self.joint_names.append(topics.GRIPPER_JOINT)
         self.counts = {"rejected_actions": 0, "clamped_actions": 0, "ignored_disarmed": 0,
-                       "reconnect_attempts": 0}
+                       "reconnect_attempts": 0, "tick_errors": 0, "conflict_holds": 0}
+        self.inputs = InputGuard(self)           # no payload or tick error stops the driver
         self._ee_m = np.full(3, np.nan)
         self._gripper_pulse: float | None = None
         self._gripper_sent: float | None = None
@@ -115,17 +118,31 @@ class XArmNode(Node):
             unless=lambda: not self.gate.is_armed)))
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos.SENSOR_PUB)
         self.pose_pub = self.create_publisher(PoseStamped, topics.EE_POSE, qos.SENSOR_PUB)
-        self.create_subscription(JointState, topics.ACTION, self._on_action, qos.COMMAND)
-        self.create_service(Trigger, "~/estop", self._on_estop)
-        self.create_service(Trigger, "~/rearm", self._on_rearm)
-        self.create_timer(1.0 / self.config.rate_hz, self._tick)
-        self.create_timer(self.config.diagnostics_period_s, self._publish_diagnostics)
+        guard = self.inputs.guard
+        self.create_subscription(JointState, topics.ACTION, guard(topics.ACTION, self._on_action),
+                                 qos.COMMAND)
+        self.create_service(Trigger, "~/estop", self.inputs.service("~/estop", self._on_estop))
+        self.create_service(Trigger, "~/rearm", self.inputs.service("~/rearm", self._on_rearm))
+        self.create_timer(1.0 / self.config.rate_hz, guard("control tick", self._guarded_tick))
+        self.create_timer(self.config.diagnostics_period_s,
+                          guard("diagnostics timer", self._publish_diagnostics))
 
     def _apply_limits(self, limits: ArmLimits) -> None:
         # Parameter services run on the executor thread, as the control timer: no race.
         self.limits = self.commander.limits = limits
 
     # --- control tick ----------------------------------------------------------------------
+    def _guarded_tick(self) -> None:
+        try:
+            self._tick()
+        except Exception as err:  # nothing new is sent: the last command expires on the arm
+            self.counts["tick_errors"] += 1
+            self.commander.reset()
+            self._gripper_target = None
+            self.inputs.refuse("control tick", f"{type(err).__name__}: {err}")
+            self.diag.update(ERROR, f"control tick failed ({type(err).__name__}: {err}); "
+                             "holding", gate=self.gate.state, **self.counts)
+
     def _tick(self) -> None:
         now = time.monotonic()
         dt, self._last_tick = now - self._last_tick, now
@@ -140,6 +157,11 @@ class XArmNode(Node):
         self._publish_state(reading)
         if reading.error_code != 0 and self.gate.is_armed:
             self._fault(reading.error_code, f"controller error {reading.error_code} while armed")
+        if self.gate.is_armed and self.count_publishers(topics.ACTION) > 1:
+            # Two controllers on one arm (fowm.ros.publishers): drop what was set, hold.
+            self.counts["conflict_holds"] += 1
+            self.commander.reset()
+            self._gripper_target = None
         if self.gate.is_armed:
             self._command(reading, now, dt)
         self._update_diagnostics(reading)
@@ -209,13 +231,15 @@ class XArmNode(Node):
     def _update_diagnostics(self, reading: XArmReading) -> None:
         values = {"gate": self.gate.state, "hold": self._hold, "state": reading.state,
                   "mode": reading.mode, "error_code": reading.error_code,
-                  "warn_code": reading.warn_code, **self.counts}
+                  "warn_code": reading.warn_code, **self.counts, **self.inputs.values()}
         if reading.error_code != 0:
             level, message = ERROR, f"controller error {reading.error_code}"
         elif self.gate.state is GateState.FAULT:
             level, message = ERROR, f"fault (code {self.gate.fault_code}); call ~/rearm"
         elif self.gate.state is GateState.ESTOPPED:
             level, message = WARN, "e-stopped; call ~/rearm"
+        elif self.gate.is_armed and self.count_publishers(topics.ACTION) > 1:
+            level, message = ERROR, "another publisher on /fowm/action: holding (two controllers)"
         elif self._hold in (HoldReason.NON_FINITE, HoldReason.BAD_NAMES) and self.gate.is_armed:
             level, message = WARN, f"holding: {self._hold} action"
         elif reading.warn_code != 0:
@@ -234,6 +258,8 @@ class XArmNode(Node):
         if not self.gate.is_armed:
             # Dropped, not stored: after a re-arm nothing old may resume.
             self.counts["ignored_disarmed"] += 1
+            return
+        if self.inputs.future(topics.ACTION, stamp_ns(msg)):
             return
         verdict = self.commander.set_action(msg.name, msg.position, self._ee_m, time.monotonic())
         if not verdict.accepted:

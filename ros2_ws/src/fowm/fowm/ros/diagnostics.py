@@ -88,8 +88,13 @@ class DiagnosticsReporter:
                 with self._lock:
                     self.level, self.message = level, message
                     self.values.update({k: str(v) for k, v in values.items()})
-            self.publish()
+            try:
+                self.publish()
+            except Exception as err:  # a context shut down under us: the next tick retries
+                self._node.get_logger().warning(f"diagnostics publish failed: {err!r}",
+                                                throttle_duration_sec=5.0)
 
+        tick.fowm_guarded = True            # type: ignore[attr-defined]  (ros/guard.py)
         self._node.create_timer(period_s, tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
 

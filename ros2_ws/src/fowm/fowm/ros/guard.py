@@ -73,6 +73,22 @@ class InputGuard:
             except Exception as err:  # no payload may end the executor's spin
                 self.refuse(topic, f"{type(err).__name__}: {err}")
         callback.__name__ = getattr(fn, "__name__", "callback")
+        callback.fowm_guarded = True        # type: ignore[attr-defined]  (tests/nodes check it)
+        return callback
+
+    def service(self, name: str, fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        """``fn`` as a service callback that never raises: an exception is refused and reported
+        under ``name`` and answered as a failure (``success`` False, ``message`` naming it)."""
+        def callback(request: Any, response: Any) -> Any:
+            try:
+                return fn(request, response)
+            except Exception as err:  # a service call must not end the executor's spin either
+                why = f"{type(err).__name__}: {err}"
+                self.refuse(name, why)
+                response.success, response.message = False, f"{name} failed: {why}"[:500]
+                return response
+        callback.__name__ = getattr(fn, "__name__", "service")
+        callback.fowm_guarded = True        # type: ignore[attr-defined]
         return callback
 
     def values(self) -> dict[str, str]:

@@ -92,6 +92,8 @@ class ObservationInbox:
                 return
             if name == "joint_states":
                 convert.joint_state_arrays(msg)        # raises (refused by the guard) if unusable
+            elif name.endswith("_pose"):
+                convert.check_pose(msg, topic)         # another frame, a broken quaternion
             matched = self._sync.add(index, stamp, msg, now_ns=now or None)
             if matched is not None:
                 self.store(dict(zip(self.streams, matched, strict=True)))

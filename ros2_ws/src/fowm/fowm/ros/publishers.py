@@ -13,7 +13,8 @@ be planned on before the check can see that publisher. The planner holds while i
     robot, so no plan is made from it;
   - a publisher of /fowm/action other than this node, or another node with this node's name: two
     controllers would fight over one arm; this one commands zero motion and reports ERROR (the
-    other may not: the arm's side and the lab's domain setup have to stop it).
+    other may not: the arm's side holds too, fowm_xarm and fowm_sim, and the lab's domain setup
+    has to stop it).
 A check costs tens of µs (local graph cache, no network).
 """
 

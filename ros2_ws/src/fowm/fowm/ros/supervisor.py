@@ -25,6 +25,7 @@ from typing import Any
 from rclpy.node import Node
 
 from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter
+from fowm.ros.guard import InputGuard
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,9 @@ class SupervisorNode(Node):
         self.supervised = supervised
         self.diag = DiagnosticsReporter(self, f"fowm_supervisor: {supervised.name}",
                                         "fowm_supervisor")
-        self.poll_timer = self.create_timer(0.1, self._poll)
-        self.create_timer(period_s, self.diag.publish)
+        self.inputs = InputGuard(self)       # a failing poll is reported, never ends the stack
+        self.poll_timer = self.create_timer(0.1, self.inputs.guard("supervisor poll", self._poll))
+        self.create_timer(period_s, self.inputs.guard("diagnostics timer", self.diag.publish))
 
     def _poll(self) -> None:
         self.supervised.poll()

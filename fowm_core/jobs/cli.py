@@ -5,6 +5,8 @@
     fowm finetune   the reference offline→online loop from a checkpoint, with evaluations
     fowm eval       success rate of a checkpoint (eval mode: no exploration noise)
     fowm experiment tasks × seeds × λ, the table of docs/results.md and its JSON
+    fowm diagnose   model error along the planner's chosen sequences vs the data's (JSON)
+    fowm dataset    stats of an episode-bag dataset: size, success, returns (JSON)
     fowm bench      plan | update | peak: one JSON line each
     fowm classifier train | eval: the success classifier from labelled bags (docs/rewards.md)
     fowm keygen     the lab key that signs weight announcements (docs/trust.md)
@@ -27,6 +29,7 @@ from typing import Any
 
 from fowm_core import tasks
 from fowm_core.errors import FowmError
+from fowm_core.jobs import cli_data
 
 COMMAND_GROUP = "fowm.commands"
 LABEL_SOURCES = ("operator", "simulated", "simulated-episode")     # data.labelled's (tested)
@@ -261,6 +264,8 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
 
+    cli_data.add_parsers(sub, _add_device_arg)
+
     p = sub.add_parser("experiment", help="tasks × seeds × λ: collect, pretrain, finetune, table")
     p.add_argument("--tasks", default=",".join(tasks.names()))
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
@@ -318,8 +323,8 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
 # Sub-commands with their own argument parsers: everything after the name is theirs (argparse's
 # REMAINDER does not pass on arguments that start with "--").
 PASSTHROUGH = {"bench": "bench_args"}
-CORE = frozenset({"collect", "pretrain", "finetune", "eval", "experiment", "bench", "keygen",
-                  "calibrate", "classifier"})
+CORE = frozenset({"collect", "pretrain", "finetune", "eval", "diagnose", "dataset",
+                  "experiment", "bench", "keygen", "calibrate", "classifier"})
 
 
 def main(argv: list[str] | None = None) -> int:

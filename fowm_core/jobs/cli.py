@@ -1,6 +1,6 @@
 """The `fowm` command: wiring only; the jobs live in jobs.workflows and jobs.experiment.
 
-    fowm collect    scripted-policy dataset → one rosbag2 (MCAP) per episode
+    fowm collect    a dataset (scripted policy, or --source agent) → one rosbag2 (MCAP) per episode
     fowm pretrain   offline training on a bag dataset → checkpoint
     fowm finetune   the reference offline→online loop from a checkpoint, with evaluations
     fowm eval       success rate of a checkpoint (eval mode: no exploration noise)
@@ -90,6 +90,8 @@ def _config(args: argparse.Namespace):
 def cmd_collect(args: argparse.Namespace) -> int:
     from fowm_core.jobs import workflows
 
+    if args.source == "agent":
+        return cli_data.cmd_collect_agent(args, _config)
     summary = workflows.collect(args.task, args.episodes, args.out, noise=args.noise,
                                 seed=args.seed, obs_mode=args.obs)
     print(json.dumps(summary))
@@ -227,6 +229,10 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
                    help="'all' also records camera images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--source", default="scripted", choices=["scripted", "agent"],
+                   help="agent: train an agent from scratch on the twin; write its replay "
+                        "(OUT/medium-replay) and --episodes rollouts of it (OUT/medium)")
+    cli_data.add_agent_args(p)
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("pretrain", help="offline training on a bag dataset")

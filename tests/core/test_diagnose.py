@@ -136,3 +136,4 @@ def test_fowm_diagnose_on_a_tiny_checkpoint(tmp_path, capsys, one_thread) -> Non
         assert g["optimism"] == pytest.approx(g["optimism_reward_head"]
                                               + g["optimism_dynamics"], abs=1e-5)
         assert np.isfinite(g["q_std"]) and g["q_std"] >= 0
+

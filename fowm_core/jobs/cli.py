@@ -278,7 +278,14 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--lams", type=_floats, default=[1.0, 0.0])
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     p.add_argument("--obs", default="state", choices=["state", "rgb", "all"])
-    p.add_argument("--dataset-episodes", type=int, default=800)
+    p.add_argument("--dataset-episodes", type=int, default=800,
+                   help="scripted: episodes; agent kinds: the medium rollouts")
+    p.add_argument("--dataset-kind", default="scripted",
+                   choices=["scripted", "medium", "medium-replay"],
+                   help="which dataset the runs train on (medium, medium-replay: made by "
+                        "`collect --source agent`, docs/sim.md)")
+    p.add_argument("--agent-train-episodes", type=int, default=600,
+                   help="agent kinds: the most episodes the data-making agent trains")
     p.add_argument("--offline-steps", type=int, default=None)
     p.add_argument("--config", type=Path, default=None,
                    help="YAML overrides for pretraining (model sizes, ...); finetuning and "

@@ -1,0 +1,47 @@
+"""The episode manager's real mode against the twin's camera with no privileged topic: every
+object/goal pose comes from fowm_tracker (calibrated extrinsics), rewards from the tracker
+(docs/rewards.md "Real mode on the twin"). The run is benchmarks/real_mode_twin.py's, on push."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import real_mode_twin as rm
+from fowm_core.data import labels
+
+EPISODES = 3
+
+
+def test_push_in_real_mode_scores_from_the_tracker(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + (os.getpid() + 61) % 80))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    extrinsics, calib = rm.calibrated_extrinsics(tmp_path / "camera.yaml")
+    assert calib["error_vs_truth_mm"] > 0.1        # the solved pose, not the twin's true one
+    result = rm.run("push", EPISODES, extrinsics, tmp_path / "bags", timeout_s=75)
+
+    # No privileged pose topic: the tracker is the only publisher of either.
+    assert result.publishers == {t: ["fowm_tracker"] for t in rm.PRIVILEGED}
+    assert len(result.episodes) == EPISODES
+    for ep in result.episodes:
+        label = labels.read_label(ep.bag)          # the bag's own end event
+        assert label.source == "operator"
+        assert label.reward_sources is not None and len(label.reward_sources) == ep.steps == 25
+        assert label.reward_sources.count("tracker") > 0.8 * ep.steps
+        assert len(ep.rewards) == len(ep.true_rewards) == ep.steps
+
+    # Recorded rewards against the twin's truth: push's reward −2(‖obj − goal‖ + c‖a‖²) moves
+    # at most 2 × (object error + goal error) with the tracked poses' errors, measured here.
+    obj, goal = (np.array(result.pose_errors_m[k]) for k in ("obj", "goal"))
+    err = np.array([abs(r - t) for ep in result.episodes
+                    for r, t, s in zip(ep.rewards, ep.true_rewards, ep.sources, strict=True)
+                    if s == "tracker"])
+    assert err.mean() <= 2 * (obj.mean() + goal.mean())
+    assert np.percentile(err, 95) <= 2 * (np.percentile(obj, 95) + np.percentile(goal, 95))
+    assert err.max() > 0                         # the tracked poses, not the simulator's
+    scored = [ep for ep in result.episodes if ep.tracker_success is not None]
+    assert scored and all(ep.tracker_success == ep.true_success for ep in scored)

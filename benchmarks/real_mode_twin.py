@@ -76,7 +76,7 @@ class RunResult:
     episodes: list[EpisodeResult] = field(default_factory=list)
     publishers: dict[str, list[str]] = field(default_factory=dict)   # privileged topic → nodes
     pose_errors_m: dict[str, list[float]] = field(default_factory=dict)  # "obj"/"goal"
-    calibration: dict[str, Any] = field(default_factory=dict)
+    twin_holds: int = 0             # steps the twin took on the hold (an answer came too late)
     wall_s: float = 0.0
 
 
@@ -103,7 +103,7 @@ def run(task: str, episodes: int, extrinsics: Path, bag_dir: Path, base_seed: in
     start = time.monotonic()
     try:
         sim = _node(SimNode, task=task, obs_mode="state", lockstep=True, episode_length=length,
-                    lockstep_timeout_s=2.0, **tracker_mode.SIM_PARAMS)
+                    lockstep_timeout_s=30.0, **tracker_mode.SIM_PARAMS)
         sim.observers.append(truth)
         tracker = _node(TrackerNode, task=task, extrinsics_file=str(extrinsics),
                         use_sim_time=True)
@@ -137,6 +137,7 @@ def run(task: str, episodes: int, extrinsics: Path, bag_dir: Path, base_seed: in
                    f"{operator.error!r}, {len(recorder.stats().written)} of {episodes} bags, "
                    f"recorder dropped {recorder.stats().dropped}")
             raise RuntimeError(msg)
+        result.twin_holds = sim.executed_holds
         result.publishers = {t: sorted(i.node_name for i in probe.get_publishers_info_by_topic(t))
                              for t in PRIVILEGED}
         for key, poses in tracked.items():
@@ -207,6 +208,7 @@ def summary(result: RunResult) -> dict[str, Any]:
         "success_agreement": (sum(e.tracker_success == e.true_success for e in scored)
                               / len(scored)) if scored else None,
         "privileged_publishers": result.publishers,
+        "twin_hold_steps": result.twin_holds,
         "wall_s": round(result.wall_s, 1),
     }
 

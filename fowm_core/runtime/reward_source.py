@@ -120,9 +120,12 @@ class RewardSelector:
 
     # -- scoring -----------------------------------------------------------------------------------
     def _pose_at(self, key: str, at_ns: int) -> np.ndarray | None:
-        """The pose nearest ``at_ns`` within max_pose_age_s; else the goal, if latched."""
+        """The pose nearest ``at_ns`` within max_pose_age_s; else the goal, if latched. Never a
+        pose from before the episode's first observation: that was the previous scene (at a
+        reset the cube may still be up in the air, or the goal elsewhere)."""
+        floor = -1 if self._episode_start_ns is None else self._episode_start_ns
         fresh = [(abs(at_ns - s), s, p) for s, p in self._poses[key]
-                 if _fresh(s, at_ns, self.params.max_pose_age_s)]
+                 if s >= floor and _fresh(s, at_ns, self.params.max_pose_age_s)]
         if fresh:
             return min(fresh, key=lambda f: (f[0], -f[1]))[2]
         if key == "goal" and self._poses[key] and self._latched(self._poses[key][-1][0], at_ns):

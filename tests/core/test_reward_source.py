@@ -158,3 +158,13 @@ def test_pending_steps_wait_for_their_frames_poses_or_time_out() -> None:
     assert pending.due(10.03) == [(1000 * MS, "a")]     # b waits for frame b's poses, in order
     assert not sel.settled(1160 * MS)
     assert pending.due(10.16) == [(1160 * MS, "b")]     # a lost marker: released after wait_s
+
+
+def test_no_pose_from_before_the_episodes_first_observation() -> None:
+    sel = _selector("lift", prob=None)
+    sel.pose("obj", 950 * MS, np.array([1.5, 0.3, 0.71]))   # the last episode's lifted cube
+    sel.start_episode()
+    sel.observation(1000 * MS, np.zeros(3), 0.0, first=True)
+    assert sel.obj_init_z is None                           # fresh by age, but not this scene
+    assert sel.reward("lift", sel.observation(1000 * MS, np.zeros(3), 0.0),
+                      np.zeros(4)) == 0.0 and sel.sources == ["label"]

@@ -55,6 +55,7 @@ from fowm_core.perception import geometry
 DEEP = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
 PRIVILEGED = (topics.OBJECT_POSE, topics.GOAL_POSE)
 # Recorded without the 640x480 stream (23 MB an episode): the rewards, events and poses suffice.
+BIG_ERROR = 0.05       # a reward error this large is a branch of the reward flipping, not noise
 BAG_TOPICS = tuple(t for t in topics.RECORDED if t not in (topics.COLOR_IMAGE, topics.COLOR_INFO))
 
 
@@ -194,11 +195,14 @@ def summary(result: RunResult) -> dict[str, Any]:
         return ({"n": len(v), "mean": float(v.mean()), "p95": float(np.percentile(v, 95)),
                  "max": float(v.max())} if len(v) else {"n": 0})
 
+    big = errors > BIG_ERROR
+
     return {
         "task": result.task, "episodes": len(eps), "steps": len(sources),
         "source_fraction": {s: sources.count(s) / max(len(sources), 1)
                             for s in labels.REWARD_SOURCES},
         "reward_abs_error_tracker_steps": stats(errors),
+        f"tracker_steps_error_over_{BIG_ERROR}": float(big.mean()) if len(errors) else None,
         "true_reward_range": [float(min(r for e in eps for r in e.true_rewards)),
                               float(max(r for e in eps for r in e.true_rewards))],
         "tracked_pose_error_mm": {k: stats(v, 1000.0) for k, v in result.pose_errors_m.items()
@@ -218,15 +222,19 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["reach", "push", "lift"])
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-latch-tasks", nargs="*", default=["reach"],
+                        help="also run these tasks with rewards.latch_goal false")
     args = parser.parse_args()
     os.environ.setdefault("ROS_DOMAIN_ID", str(150 + (os.getpid() + 71) % 80))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     with tempfile.TemporaryDirectory() as tmp:
         extrinsics, calib = calibrated_extrinsics(Path(tmp) / "camera.yaml")
         rows = []
-        for task in args.tasks:
-            res = run(task, args.episodes, extrinsics, Path(tmp) / task)
-            rows.append(summary(res))
+        runs = [(t, True) for t in args.tasks] + [(t, False) for t in args.no_latch_tasks]
+        for task, latch in runs:
+            res = run(task, args.episodes, extrinsics, Path(tmp) / f"{task}_{latch}",
+                      manager_params={"rewards.latch_goal": latch})
+            rows.append({**summary(res), "latch_goal": latch})
             print(json.dumps(rows[-1]), flush=True)
     out = {"benchmark": "real_mode_twin", "date": time.strftime("%Y-%m-%d"),
            "machine": platform.platform(), "episodes_per_task": args.episodes,

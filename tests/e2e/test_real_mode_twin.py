@@ -45,3 +45,21 @@ def test_push_in_real_mode_scores_from_the_tracker(monkeypatch: pytest.MonkeyPat
     assert err.max() > 0                         # the tracked poses, not the simulator's
     scored = [ep for ep in result.episodes if ep.tracker_success is not None]
     assert scored and all(ep.tracker_success == ep.true_success for ep in scored)
+
+
+def test_reach_without_the_goal_latch_falls_back_to_the_label(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    """The tool hides reach's goal for most of an episode: without the latch those steps are the
+    label's (a placeholder 0 on the wire), never a guessed reward; the seen ones the tracker's."""
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + (os.getpid() + 67) % 80))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    extrinsics, _ = rm.calibrated_extrinsics(tmp_path / "camera.yaml")
+    result = rm.run("reach", 1, extrinsics, tmp_path / "bags", timeout_s=60,
+                    manager_params={"rewards.latch_goal": False})
+    (ep,) = result.episodes
+    assert "label" in ep.sources and "tracker" in ep.sources
+    for recorded, true, source in zip(ep.rewards, ep.true_rewards, ep.sources, strict=True):
+        if source == "label":
+            assert recorded == 0.0
+        else:         # reach's reward moves at most 2 × the goal's error
+            assert abs(recorded - true) <= 2 * max(result.pose_errors_m["goal"]) + 1e-6

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from geometry_msgs.msg import PoseStamped
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
@@ -67,7 +68,10 @@ def subscribe(node: Node, selector: RewardSelector, image_size: int, guard: Guar
     for key, topic in poses.items():
         node.create_subscription(PoseStamped, topic, guard(topic, lambda m, k=key: on_pose(k, m)),
                                  qos.SENSOR_SUB)
-    node.create_timer(RELEASE_PERIOD_S, guard("held observations", lambda: release()))
+    # On the steady clock: the wait is in wall seconds, and a lock-step twin's /clock stops at
+    # the episode's end, when the last observations may still be held.
+    node.create_timer(RELEASE_PERIOD_S, guard("held observations", lambda: release()),
+                      clock=Clock(clock_type=ClockType.STEADY_TIME))
     if selector.classifier is not None:
         node.create_subscription(Image, topics.COLOR_IMAGE, guard(
             topics.COLOR_IMAGE, lambda m: selector.image(

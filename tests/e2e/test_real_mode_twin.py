@@ -63,3 +63,28 @@ def test_reach_without_the_goal_latch_falls_back_to_the_label(monkeypatch: pytes
             assert recorded == 0.0
         else:         # reach's reward moves at most 2 × the goal's error
             assert abs(recorded - true) <= 2 * max(result.pose_errors_m["goal"]) + 1e-6
+
+
+def test_fowm_run_real_mode_with_the_planner(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    """`fowm run --tracker FILE --real-mode`: the planner acts on tracked poses, the episode
+    manager scores from the tracker, the twin confirms and labels; every step is counted."""
+    from fowm.bringup import run_stack
+    from helpers.loop import tiny_checkpoint
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + (os.getpid() + 73) % 80))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    extrinsics, _ = rm.calibrated_extrinsics(tmp_path / "camera.yaml")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors", "push")
+    length = 6
+    overrides = {"fowm_sim": {"episode_length": length},
+                 "fowm_episode_manager": {"episode_length": length, "service_timeout_s": 60.0}}
+    result = run_stack(Path(__file__).resolve().parents[2] / "config" / "sim.yaml", ckpt,
+                       duration_s=90, lockstep=True, episodes=2, overrides=overrides,
+                       tracker_extrinsics=extrinsics, real_mode=True)
+    assert [e["steps"] for e in result.ends] == [length, length]
+    for end in result.ends:
+        assert end["labelled_by"] == "operator"
+        sources = labels.decode_sources(end["reward_sources"])
+        assert sources.count("tracker") > len(sources) / 2
+    assert set(result.planner_holds) <= {"no_observation"}, result.planner_holds

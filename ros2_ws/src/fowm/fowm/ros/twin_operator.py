@@ -110,10 +110,15 @@ class TwinOperator(Node):
     def __init__(self, task: str, truth: TruthLog, wants_label: Callable[[], bool],
                  num_episodes: int, base_seed: int = 0, sim_node: str = "fowm_sim",
                  manager: str = "fowm_episode_manager", timeout_s: float = 60.0,
-                 before_label: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+                 before_label: Callable[[int], None] | None = None, confirm_first: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__("fowm_twin_operator", **kwargs)
         self.task, self.truth, self.wants_label = task, truth, wants_label
         self.before_label = before_label
+        # Lock-step twin with a planner acting at once: confirm (the manager counts from its
+        # clock, the twin idle at its last stamp), then reset. Otherwise the operator's order.
+        self.confirm_first = confirm_first
+        self._starts = 0
         self.num_episodes, self.base_seed, self.timeout_s = num_episodes, base_seed, timeout_s
         self.labels: list[bool] = []          # the labels given, episode by episode
         self.error = ""
@@ -132,14 +137,20 @@ class TwinOperator(Node):
         return not self._worker.is_alive()
 
     def _on_event(self, msg: String) -> None:
-        if json.loads(msg.data).get("event") == "end":
-            self._ends += 1
+        event = json.loads(msg.data).get("event")
+        self._ends += event == "end"
+        self._starts += event == "start"
 
     def _run(self) -> None:
         try:
             for episode in range(self.num_episodes):
-                self._reset(self.base_seed + episode)
-                self._call(self.confirm_client, Trigger.Request())
+                if self.confirm_first:
+                    self._call(self.confirm_client, Trigger.Request())
+                    self._until(lambda n=episode + 1: self._starts >= n, "the start event")
+                    self._reset(self.base_seed + episode)
+                else:
+                    self._reset(self.base_seed + episode)
+                    self._call(self.confirm_client, Trigger.Request())
                 self._until(self.wants_label, "the episode manager to ask for a label")
                 latest = self.truth.latest
                 assert latest is not None
@@ -186,3 +197,30 @@ class TwinOperator(Node):
         self._stop.set()
         self._worker.join(5.0)
         super().destroy_node()
+
+
+def with_twin_operator(factories: list[Callable[[], Node]],
+                       episodes: int) -> list[Callable[[], Node]]:
+    """`fowm run --tracker FILE --real-mode` (fowm.bringup): the stack's factories, with the
+    twin's truth logged (its node ``fowm_sim``) and a ``TwinOperator`` for the episode manager
+    (``fowm_episode_manager``, in real mode) built after them. Duck-typed: ros/ never imports a
+    node."""
+    truth, built = TruthLog(), {}
+
+    def watched(factory: Callable[[], Node]) -> Callable[[], Node]:
+        def make() -> Node:
+            node = factory()
+            built[node.get_name()] = node
+            if node.get_name() == "fowm_sim":
+                node.observers.append(truth)
+            return node
+        return make
+
+    def operator() -> Node:
+        sim, manager = built["fowm_sim"], built["fowm_episode_manager"]
+        return TwinOperator(manager.params.task, truth,
+                            lambda: manager.waiting_for == "label_success", episodes,
+                            manager.params.base_seed, timeout_s=manager.params.service_timeout_s,
+                            confirm_first=sim.params.lockstep)
+
+    return [*(watched(f) for f in factories), operator]

@@ -11,7 +11,8 @@ would a person's. ``ScriptedAnswerer`` is the behaviour policy (the task's scrip
 the true state, as `fowm collect` uses; on a robot: teleop, or a policy on the tracked poses).
 
 The truth never travels on a topic: ``TruthLog`` is fed in-process by the twin
-(``SimNode.observers``), so only a process holding the twin (a test, a benchmark) can use it.
+(``SimNode.observers``), so only a process holding the twin can use it: a test, a benchmark, or
+`fowm run --tracker FILE --real-mode` (``with_twin_operator``, the planner acting).
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def _frame(frame: str) -> Callable[[Any], Any]:
 
 
 def _zero_quaternion(msg: PoseStamped) -> PoseStamped:
-    msg.pose.orientation.w = 0.0
+    o = msg.pose.orientation      # all four: a tool-down pose has w = 0 already
+    o.x = o.y = o.z = o.w = 0.0
     return msg
 
 

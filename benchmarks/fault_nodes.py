@@ -25,6 +25,7 @@ from rclpy.node import Node
 
 from benchmarks import fault_inputs as fi
 from benchmarks import fault_rigs as fr
+from benchmarks import fault_rigs_camera as frc
 
 SETTLE_S, FAULT_S, RECOVER_S = 0.4, 1.5, 1.5
 _domains = itertools.count()
@@ -36,12 +37,16 @@ RIGS: list[tuple[str, RigFactory]] = [
     ("recorder", fr.RecorderRig),
     ("sim", lambda w: fr.ArmRig(w, xarm=False)),
     ("xarm", lambda w: fr.ArmRig(w, xarm=True)),
+    ("tracker", frc.TrackerRig),
+    ("calibration", frc.CalibrationRig),
 ]
 # The CI subset: one row of each group (fault_suite --fast).
 FAST = {("planner", "/xarm/joint_states", "malformed"),
         ("planner_state", "/fowm/object_pose", "hostile"), ("episode_manager", "/fowm/action",
         "hostile"), ("recorder", "/fowm/episode", "stale/future"), ("sim", "/fowm/action",
-        "flooding"), ("xarm", "/fowm/action", "hostile"), ("camera", "", "malformed")}
+        "flooding"), ("xarm", "/fowm/action", "hostile"), ("camera", "", "malformed"),
+        ("tracker", "/camera/camera/color/image_raw", "malformed"),
+        ("calibration", "/camera/camera/color/image_raw", "stale/future")}
 
 
 def subscriptions(node: Node) -> list[tuple[str, type]]:
@@ -178,8 +183,9 @@ def run_rig(group: str, factory: RigFactory, root: Path, fast: bool, only: str |
         fr.wait_armed(rig, lambda s, until: ctx.spin(s, rig, until=until))
         ctx.spin(2.0, rig)
         for topic, msg_type in subscriptions(rig.node):
-            faults = fi.faults_for(topic, msg_type, rig.flood_image, rig.signed
-                                   if isinstance(rig, fr.PlannerRig) else None)
+            faults = rig.adjust_faults(topic, fi.faults_for(
+                topic, msg_type, rig.flood_image,
+                rig.signed if isinstance(rig, fr.PlannerRig) else None))
             for cls in fi.CLASSES:
                 name = f"{group} {topic} {cls}"
                 if (fast and (group, topic, cls) not in FAST) or (only and only not in name):

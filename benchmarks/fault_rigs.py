@@ -74,6 +74,11 @@ class Rig:
     def signed(self, kind: str) -> list[Any] | None:
         return None
 
+    def adjust_faults(self, topic: str, faults: dict[str, Any]) -> dict[str, Any]:
+        """Faults only this rig's node can be judged on (fault_rigs_camera: a frame of
+        another size)."""
+        return faults
+
     def begin_row(self) -> None:
         pass
 

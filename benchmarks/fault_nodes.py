@@ -40,6 +40,14 @@ RIGS: list[tuple[str, RigFactory]] = [
     ("tracker", frc.TrackerRig),
     ("calibration", frc.CalibrationRig),
 ]
+# Every module of fowm/nodes that makes a node → the groups that fault it ("camera":
+# camera_rows; (): it subscribes to nothing). tests/nodes/test_guarded_callbacks.py walks the
+# folder: a node module missing here fails it.
+NODE_MODULES: dict[str, tuple[str, ...]] = {
+    "planner_node": ("planner", "planner_state"), "episode_manager": ("episode_manager",),
+    "recorder_node": ("recorder",), "sim_node": ("sim",), "xarm_node": ("xarm",),
+    "camera_node": ("camera",), "tracker_node": ("tracker",),
+    "calibration_node": ("calibration",), "learner_node": ()}
 # The CI subset: one row of each group (fault_suite --fast).
 FAST = {("planner", "/xarm/joint_states", "malformed"),
         ("planner_state", "/fowm/object_pose", "hostile"), ("episode_manager", "/fowm/action",

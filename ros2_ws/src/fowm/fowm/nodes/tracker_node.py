@@ -167,12 +167,6 @@ class TrackerNode(Node):
         if intr is None:
             self.frames_without_info += 1
             return
-        if (msg.width, msg.height) != (intr.width, intr.height):
-            # Intrinsics of another resolution would scale every pose wrongly.
-            why = (f"image {msg.width}x{msg.height} does not match the CameraInfo's "
-                   f"{intr.width}x{intr.height}: no pose from it")
-            self.inputs.refuse(topics.COLOR_IMAGE, why)
-            return
         frame = self.tracker.track(convert.image_hwc(msg), intr)
         poses = {"object": frame.object, "goal": frame.goal}
         for target in self.targets:

@@ -12,12 +12,14 @@ ROS2_TOOLS ?= ../shared/ros2-tools
 .PHONY: setup sysdeps ros2-tools test test-fast lint demo bench clean
 
 # Debian/Ubuntu libraries that the wheels expect: libusb (pyrealsense2), EGL/Mesa (headless MuJoCo),
-# and a C compiler for the planner's fused row kernels (fowm_core/planner/native.py).
+# a C compiler for the planner's fused row kernels (fowm_core/planner/native.py), and iproute2's
+# `ip` for the two-host test's network namespaces (tests/e2e/test_two_hosts.py).
 sysdeps:
 	@if ! ldconfig -p | grep -q 'libusb-1.0.so.0' || ! ldconfig -p | grep -q 'libEGL.so.1' \
-	    || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || ! command -v gcc >/dev/null; then \
+	    || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || ! command -v gcc >/dev/null \
+	    || ! command -v ip >/dev/null; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri gcc libc6-dev >/dev/null; fi
+	    libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri gcc libc6-dev iproute2 >/dev/null; fi
 
 $(BIN)/.installed: pyproject.toml ros2_ws/src/fowm/setup.py
 	$(MAKE) sysdeps

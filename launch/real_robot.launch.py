@@ -29,13 +29,17 @@ from launch import LaunchDescription
 def _nodes(context: LaunchContext) -> list:
     common.check_learning(context)          # before any process starts
     params = common.parameter_files(context)
+    if common.role(context) == "learner":   # the workstation of a two-host pair: no robot here
+        return [*common.two_host_env(context), *common.learner_host_nodes(context, params)]
     robot_ip = LaunchConfiguration("robot_ip").perform(context)
     checkpoint = LaunchConfiguration("checkpoint").perform(context)
     # The planner's weights and, for the episode manager, the task (fowm.ros.checkpoint_task).
     ckpt = {"checkpoint": checkpoint}
     share = FindPackageShare("fowm").perform(context)
     return [
+        *common.two_host_env(context),              # first: every process below inherits it
         *common.learning_nodes(context, params),    # first: the recorder hears every event
+        *common.robot_link_nodes(context, params),  # role:=robot: recorder + link to the learner
         Node(package="fowm", executable="camera_node", name="fowm_camera", output="screen",
              emulate_tty=True, parameters=params),
         Node(package="fowm", executable="xarm_node", name="fowm_xarm", output="screen",

@@ -27,6 +27,8 @@ from launch import LaunchDescription
 def _nodes(context: LaunchContext) -> list:
     common.check_learning(context)          # before any process starts
     params = common.parameter_files(context)
+    if common.role(context) == "learner":   # the workstation of a two-host pair: no robot here
+        return [*common.two_host_env(context), *common.learner_host_nodes(context, params)]
     lockstep = common.is_true(context, "lockstep")
     checkpoint = LaunchConfiguration("checkpoint").perform(context)
     # One checkpoint for all three: the planner's weights, the others' task and obs mode.
@@ -37,7 +39,9 @@ def _nodes(context: LaunchContext) -> list:
     # tracker:=true: the twin as a camera and an arm only; the tracker supplies object and goal.
     twin = {"lockstep": lockstep, **(tracker_mode.SIM_PARAMS if tracker else {})}
     return [
+        *common.two_host_env(context),              # first: every process below inherits it
         *common.learning_nodes(context, params),    # first: the recorder hears every event
+        *common.robot_link_nodes(context, params),  # role:=robot: recorder + link to the learner
         Node(package="fowm", executable="sim_node", name="fowm_sim", output="screen",
              emulate_tty=True, parameters=[*params, twin, ckpt]),
         Node(package="fowm", executable="planner_node", name="fowm_planner", output="screen",

@@ -39,6 +39,7 @@ ROS_RULES: dict[str, set[str]] = {
     "nodes": {"ros", "hardware"},          # never another node
     "bringup": {"ros", "hardware", "nodes"},
     "demo": {"ros", "bringup"},
+    "roles": {"ros", "hardware", "nodes", "bringup"},   # `fowm run --role`: two-host stacks
 }
 MAX_LINES = 400
 

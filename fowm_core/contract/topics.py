@@ -42,3 +42,18 @@ ACTION_NAMES = ("ee_dx", "ee_dy", "ee_dz", "gripper")
 GRIPPER_JOINT = "drive_joint"      # xarm_ros2's gripper joint name in joint_states
 BASE_FRAME = "link_base"
 CAMERA_FRAME = "camera_color_optical_frame"
+
+# Between the robot PC and the learner's host when they share no disk (docs/two_hosts.md); only
+# the two-host roles publish them, so they are not in MSG_TYPES (what every stack publishes).
+LINK = "/fowm/link"                                   # std_msgs/msg/String, JSON heartbeat, 1 Hz
+WEIGHTS_BLOB = "/fowm/weights_blob"                   # std_msgs/msg/UInt8MultiArray, frames
+EPISODE_BLOB = "/fowm/episode_blob"                   # std_msgs/msg/UInt8MultiArray, frames
+EPISODE_ACK = "/fowm/episode_ack"                     # std_msgs/msg/String, JSON {name, sha256}
+TRANSFER_PROGRESS = "/fowm/transfer_progress"         # std_msgs/msg/String, JSON {id, frames}
+LINK_TYPES: dict[str, str] = {
+    LINK: "std_msgs/msg/String",
+    WEIGHTS_BLOB: "std_msgs/msg/UInt8MultiArray",
+    EPISODE_BLOB: "std_msgs/msg/UInt8MultiArray",
+    EPISODE_ACK: "std_msgs/msg/String",
+    TRANSFER_PROGRESS: "std_msgs/msg/String",
+}

@@ -124,8 +124,12 @@ class TrustPolicy:
         return ann
 
     def checked_path(self, path: str | Path) -> Path:
-        """The real path, if it lies inside trusted_dir and is a regular file within max_bytes."""
-        return _checked(Path(path), self.trusted_dir, self.max_bytes)
+        """The real path, if it lies inside trusted_dir and is a regular file within max_bytes.
+        A relative path is taken inside trusted_dir: a learner on another host announces the bare
+        file name, which the planner's host received into its own store (runtime.remote)."""
+        path = Path(path)
+        return _checked(path if path.is_absolute() else self.trusted_dir / path,
+                        self.trusted_dir, self.max_bytes)
 
     def read_checkpoint(self, ann: Announced, cfg: FowmConfig) -> TrustedCheckpoint:
         """Read the announced tensor file and its sidecar (bounded), require the announced SHA-256

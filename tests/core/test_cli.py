@@ -57,7 +57,9 @@ def test_the_ros_package_registers_run_and_demo_and_they_resolve() -> None:
     """`make setup` installs ros2_ws/src/fowm (pip -e): its verbs load as callables."""
     installed = cli.installed_commands(cli.CORE)
     assert {"run", "demo"} <= set(installed)
-    assert installed["run"].value == "fowm.bringup:main"
+    # fowm.roles:main takes --role robot|learner (docs/two_hosts.md) and hands the rest to
+    # fowm.bringup:main, the one-host `fowm run`.
+    assert installed["run"].value == "fowm.roles:main"
     assert installed["demo"].value == "fowm.demo:main"
     for name in ("run", "demo"):
         assert callable(installed[name].load())
@@ -86,3 +88,12 @@ def test_keygen_writes_a_private_key_once(tmp_path: Path, capsys: pytest.Capture
     before = path.read_bytes()
     assert cli.main(["keygen", str(path)]) != 0                   # never overwritten
     assert path.read_bytes() == before and "exists already" in capsys.readouterr().err
+
+
+def test_run_with_a_role_takes_the_two_host_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--role", "robot", "-h"])
+    assert exit_.value.code == 0
+    assert "--store" in capsys.readouterr().out
+    assert cli.main(["run", "--role", "learner", "--checkpoint", "x", "--bag-dir", "y"]) == 2
+    assert "--key-file" in capsys.readouterr().err

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "ros2_ws" / "src" / "fowm"
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 SHARED = PKG / "fowm" / "ros" / "launch_actions.py"
-COMMON_ARGS = {"checkpoint", "config", "site_config", "rviz", "learn", "bag_dir", "dataset"}
+COMMON_ARGS = {"checkpoint", "config", "site_config", "rviz", "learn", "bag_dir", "dataset",
+               "role", "key_file", "trusted_dir"}
 REQUIRED_ARGS = {"sim.launch.py": COMMON_ARGS | {"lockstep"},
                  "real_robot.launch.py": COMMON_ARGS | {"robot_ip"}}
 
@@ -123,9 +124,11 @@ def _node_dataclasses() -> dict[str, list[tuple[str, type]]]:
     """Node name → (prefix, dataclass) pairs it declares with fowm.ros.params."""
     from fowm.hardware.realsense import CameraConfig
     from fowm.nodes.episode_manager import EpisodeManagerParams
+    from fowm.nodes.learner_link import LearnerLinkParams
     from fowm.nodes.learner_node import LearnerNodeParams
     from fowm.nodes.planner_node import PlannerNodeParams
     from fowm.nodes.recorder_node import RecorderParams
+    from fowm.nodes.robot_link import RobotLinkParams
     from fowm.nodes.sim_node import SimNodeParams
     from fowm.nodes.tracker_node import TrackerParams
     from fowm.nodes.xarm_node import XArmNodeConfig
@@ -137,7 +140,9 @@ def _node_dataclasses() -> dict[str, list[tuple[str, type]]]:
             "fowm_camera": [("", CameraConfig)],
             "fowm_xarm": [("", XArmNodeConfig), ("limits", ArmLimits)],
             "fowm_recorder": [("", RecorderParams)], "fowm_learner": [("", LearnerNodeParams)],
-            "fowm_tracker": [("", TrackerParams)]}
+            "fowm_tracker": [("", TrackerParams)],
+            "fowm_robot_link": [("", RobotLinkParams)],
+            "fowm_learner_link": [("", LearnerLinkParams)]}
 
 
 def _declared_parameters() -> dict[str, set[str]]:

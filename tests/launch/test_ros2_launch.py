@@ -18,6 +18,7 @@ import pytest
 from helpers import loop
 
 from fowm_core.contract import topics
+from fowm_core.runtime.trust import generate_key
 from tests.launch.ros2_cli import (
     Launch,
     action_rate,
@@ -199,3 +200,39 @@ def test_lockstep_launch_completes_episodes(env, data, tmp_path: Path) -> None:
         rc = launch.sigint()
     assert not clean_shutdown_problems(launch, rc), (clean_shutdown_problems(launch, rc),
                                                      launch.log()[-3000:])
+
+
+def test_robot_and_learner_roles_start_their_halves_and_hear_each_other(
+        env, data, tmp_path: Path) -> None:
+    # docs/two_hosts.md, on one host: each role starts only its half; the links hear each other
+    # (a cut link is tests/e2e/test_two_hosts.py's part).
+    key = generate_key(tmp_path / "lab.key")
+    common = (f"checkpoint:={data['checkpoint']}", f"key_file:={key}")
+    learner = Launch(env, tmp_path / "learner.log", "fowm", "sim.launch.py", *common,
+                     "role:=learner", f"bag_dir:={tmp_path / 'received'}",
+                     f"dataset:={data['dataset']}")
+    robot = Launch(env, tmp_path / "robot.log", "fowm", "sim.launch.py", *common, "role:=robot",
+                   f"bag_dir:={tmp_path / 'recorded'}")
+    robot_nodes = SIM_NODES | {"/fowm_recorder", "/fowm_robot_link"}
+    learner_nodes = {"/fowm_learner", "/fowm_learner_link"}
+    try:
+        up = until(lambda: node_names(env) >= robot_nodes | learner_nodes, START_S)
+        assert up, f"missing {robot_nodes | learner_nodes - node_names(env)}:\n" \
+                   f"{robot.log()[-2000:]}\n{learner.log()[-2000:]}"
+        assert "sim_node" not in learner.log() and "learner_node" not in robot.log()
+
+        def heard() -> dict[str, tuple[int, str, str]] | None:
+            status = diagnostics(env, 3.0)
+            links = [status.get(n) for n in ("fowm_robot_link: learner link",
+                                              "fowm_learner_link: robot link")]
+            return status if all(s and s[0] == 0 for s in links) else None
+        status = until(heard, 60.0)
+        assert status, diagnostics(env, 3.0)
+        # Episodes recorded on the robot's side arrive on the learner's, acknowledged.
+        arrived = until(lambda: list((tmp_path / "received").glob("*_ep*")), START_S)
+        assert arrived, robot.log()[-3000:]
+    finally:
+        rcs = (robot.sigint(), learner.sigint())
+    for launch, rc in zip((robot, learner), rcs, strict=True):
+        assert not clean_shutdown_problems(launch, rc), (clean_shutdown_problems(launch, rc),
+                                                         launch.log()[-3000:])

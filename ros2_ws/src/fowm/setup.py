@@ -30,11 +30,13 @@ NODES = {
     "learner_node": "fowm.nodes.learner_node",
     "tracker_node": "fowm.nodes.tracker_node",
     "calibration_node": "fowm.nodes.calibration_node",
+    "robot_link": "fowm.nodes.robot_link",
+    "learner_link": "fowm.nodes.learner_link",
 }
 # Verbs of the `fowm` command (fowm_core.jobs.cli finds them by this entry point group, as ros2cli
 # finds its verbs): each is called with the arguments after the verb and returns an exit code.
 COMMANDS = {
-    "run": "fowm.bringup:main",
+    "run": "fowm.roles:main",
     "demo": "fowm.demo:main",
 }
 

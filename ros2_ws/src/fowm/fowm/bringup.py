@@ -139,7 +139,8 @@ def _factory(cls: type[Node], values: dict[str, Any]) -> NodeFactory:
 
 def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
                           params: dict[str, Any] | None = None,
-                          params_file: str | Path | None = None) -> subprocess.Popen:
+                          params_file: str | Path | Sequence[str | Path] | None = None
+                          ) -> subprocess.Popen:
     """Start ``fowm_learner`` in its own process, below the control loop in the OS scheduler.
 
     In the planner's process the learner's Python work competes with the control thread for the
@@ -151,8 +152,9 @@ def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
     values = {"bag_dir": bag_dir, "checkpoint": checkpoint, "torch_threads": 1,
               "parent_pid": parent, **(params or {})}
     argv = [sys.executable, "-m", "fowm.nodes.learner_node", "--ros-args"]
-    if params_file is not None:
-        argv += ["--params-file", str(params_file)]
+    files = [params_file] if isinstance(params_file, str | Path) else list(params_file or [])
+    for file in files:
+        argv += ["--params-file", str(file)]
     for name, value in values.items():
         argv += ["-p", f"{name}:={value}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -289,7 +291,10 @@ def _result(nodes: list[Node], started: bool) -> StackResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`fowm run` (entry point group fowm.commands) and the console script ``stack``."""
-    parser = argparse.ArgumentParser(prog="fowm run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fowm run", description=__doc__.splitlines()[0],
+        epilog="Two hosts without a shared disk: fowm run --role robot|learner --help "
+               "(fowm.roles, docs/two_hosts.md).")
     parser.add_argument("--config", default="config/sim.yaml", help="ROS parameter YAML")
     parser.add_argument("--checkpoint", required=True,
                         help="planner checkpoint (.safetensors); also sets task and obs mode")

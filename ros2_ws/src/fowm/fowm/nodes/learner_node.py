@@ -47,8 +47,8 @@ from fowm.ros.diagnostics import ERROR, OK, WARN, DiagnosticsReporter, Health
 from fowm.ros.guard import InputGuard, SupervisedThread
 from fowm.ros.params import declare_from_dataclass
 from fowm.ros.spin import spin_nodes
+from fowm.ros.transfer import WeightsShipper
 from fowm_core.contract import topics
-from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.learning.checkpoints import CheckpointInfo
 from fowm_core.runtime.control import param_meta as _p
@@ -91,6 +91,10 @@ class LearnerNodeParams:
     key_file: str = field(default="", metadata=_p(
         "lab key that signs every announcement (the planner's trust.key_file; `fowm keygen "
         "PATH` makes one); empty: unsigned, refused by a planner that requires signatures"))
+    weights_link: bool = field(default=False, metadata=_p(
+        "true: the planner runs on another host; send each checkpoint's bytes on "
+        "/fowm/weights_blob (announced by file name, docs/two_hosts.md) instead of its path on "
+        "/fowm/weights"))
     parent_pid: int = field(default=0, metadata=_p(
         "end this process when the process with this pid is gone (fowm.bringup); 0: never",
         0, 2**31 - 1))
@@ -105,6 +109,7 @@ class LearnerNode(Node):
         self._thread: SupervisedThread | None = None
         self.parent_watch: ParentWatch | None = None
         self.lock: WorkDirLock | None = None     # a refused start still gets destroy_node()
+        self.shipper: WeightsShipper | None = None
         self.params = p = declare_from_dataclass(self, "", LearnerNodeParams)
         if not p.bag_dir:
             msg = "parameter bag_dir is empty: set it to the recorder's bag directory"
@@ -130,6 +135,7 @@ class LearnerNode(Node):
         self.error: str | None = None
         self.ready = threading.Event()
         self.weights_pub = self.create_publisher(String, topics.WEIGHTS, qos.LATCHED)
+        self.shipper = WeightsShipper(self) if p.weights_link else None
         self.diag = DiagnosticsReporter(self, "fowm_learner: finetuning", "fowm_learner")
         self._rate = (time.monotonic(), 0)                  # (when, updates) at the last report
         self.diag.publish_every(health=self._health)
@@ -178,20 +184,27 @@ class LearnerNode(Node):
             f"{learner.owed_updates} updates owed, step {learner.agent.learner.step}"
             + (f", resumed from {learner.resumed_from.name}" if learner.resumed_from else ""))
         if learner.resumed_from is not None:
-            self._publish(announcement(Weights.of_checkpoint(learner.resumed_from),
-                                       learner.agent.cfg, key=self.key, sender=self.sender))
+            self._publish(Weights.of_checkpoint(learner.resumed_from), learner)
 
     def _announce(self, info: CheckpointInfo) -> None:
         assert self.learner is not None
-        self._publish(announcement(info, self.learner.agent.cfg, key=self.key,
-                                   sender=self.sender))
+        self._publish(info, self.learner)
         self.get_logger().info(f"new checkpoint {info.path.name} (step {info.step}) announced")
 
-    def _publish(self, note: WeightsAnnouncement) -> None:
-        text = note.to_json()
+    def _publish(self, info: CheckpointInfo | Weights, learner: LiveLearner) -> None:
+        """Announce a checkpoint: its path on /fowm/weights, or over the link (weights_link)
+        its bytes, announced by bare file name (the robot resolves it in its own store)."""
+        path = Path(info.path)
+        if self.shipper is not None:
+            info = Weights(path.name, info.sha256, info.step)
+        note = announcement(info, learner.agent.cfg, key=self.key, sender=self.sender)
         self.announced.append(note.as_dict())
-        if self.context.ok():
-            self.weights_pub.publish(String(data=text))
+        if not self.context.ok():
+            return
+        if self.shipper is not None:
+            self.shipper.offer(note.as_dict(), path)
+        else:
+            self.weights_pub.publish(String(data=note.to_json()))
 
     # -- health --------------------------------------------------------------------------------
     def _health(self) -> Health:
@@ -245,6 +258,8 @@ class LearnerNode(Node):
             self._thread.stop(30.0)
         if self.parent_watch is not None:
             self.parent_watch.stop()
+        if self.shipper is not None:
+            self.shipper.sender.close()
         if self.lock is not None and not (self._thread and self._thread.is_alive()):
             self.lock.release()
         super().destroy_node()

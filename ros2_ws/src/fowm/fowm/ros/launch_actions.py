@@ -13,6 +13,10 @@ install has not; ``fowm run`` is the launch-free way there). Arguments, declared
   (created 0600 if missing) and D/.learner/checkpoints;
 - ``tracker:=true extrinsics:=FILE`` adds fowm_tracker (ArUco object/goal poses, docs/perception.md)
   with the camera extrinsics `fowm calibrate` wrote.
+- ``role:=robot|learner`` (docs/two_hosts.md), as ``fowm run --role``: ``robot`` adds the recorder
+  (bags into bag_dir, kept locally) and fowm_robot_link (ships them, stores received checkpoints
+  in trusted_dir, default bag_dir/.weights); ``learner`` starts only fowm_learner_link (bags
+  arrive in bag_dir) and the learner, which sends its checkpoints' bytes. Both need key_file.
 
 Every node process gets ``FOWM_PARENT_PID`` (fowm.ros.shutdown): if launch dies without stopping
 them, they stop themselves.
@@ -56,6 +60,11 @@ def arguments() -> list[Any]:
             description="lab key (`fowm keygen PATH`) the learner signs checkpoints with; the "
                         "planner swaps only signed ones (docs/trust.md); learn:=true: "
                         "default bag_dir/.learner/lab.key"),
+        DeclareLaunchArgument(
+            "role", default_value="all",
+            description="all: everything on this host; robot / learner: this host's half of a "
+                        "robot PC + learner workstation pair with no shared disk "
+                        "(docs/two_hosts.md)"),
         DeclareLaunchArgument(
             "trusted_dir", default_value="",
             description="the only directory weights are taken from; empty without learn:=true: "
@@ -118,9 +127,50 @@ def check_learning(context: LaunchContext) -> None:
         raise ValueError(msg)
 
 
+def role(context: LaunchContext) -> str:
+    """The ``role`` argument, checked with what that role needs (before any process starts)."""
+    value = arg(context, "role").strip().lower()
+    if value not in ("all", "robot", "learner"):
+        msg = f"launch argument role:={value!r} is invalid: expected all, robot or learner"
+        raise ValueError(msg)
+    if value == "all":
+        return value
+    if is_true(context, "learn"):
+        msg = (f"role:={value} with learn:=true: learn:=true runs recorder and learner on this "
+               "host; with two hosts give role:=robot here and role:=learner on the workstation")
+        raise ValueError(msg)
+    key, bag_dir = arg(context, "key_file"), arg(context, "bag_dir")
+    if not key or not os.path.isfile(key) or not bag_dir:
+        msg = (f"role:={value} needs key_file:=K (the lab key both hosts share, `fowm keygen K` "
+               f"then copy it 0600; got {key!r}) and bag_dir:=DIR (got {bag_dir!r})")
+        raise ValueError(msg)
+    dataset = arg(context, "dataset")
+    if value == "learner" and not os.path.isdir(dataset):
+        msg = f"role:=learner needs dataset:=DIR, the offline dataset; got {dataset!r}"
+        raise ValueError(msg)
+    return value
+
+
+def two_host_env(context: LaunchContext) -> list[Any]:
+    """role:=robot|learner: non-blocking TCP sends and asynchronous publication, so a publish()
+    to a host behind a cut link never blocks a node's threads (fowm.roles.TWO_HOST_ENV,
+    docs/two_hosts.md)."""
+    if role(context) == "all":
+        return []
+    return [SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA?non_blocking=true"),
+            SetEnvironmentVariable("RMW_FASTRTPS_PUBLICATION_MODE", "ASYNCHRONOUS")]
+
+
+def robot_trusted_dir(context: LaunchContext) -> str:
+    return arg(context, "trusted_dir") or os.path.join(arg(context, "bag_dir"), ".weights")
+
+
 def _trust(context: LaunchContext) -> dict[str, dict[str, Any]]:
     """Per node, who signs and who verifies (fowm.ros.lab_key), from key_file/trusted_dir."""
     key, trusted = arg(context, "key_file"), arg(context, "trusted_dir")
+    if role(context) == "robot":
+        return {"fowm_planner": {"trust.key_file": key,
+                                 "trust.trusted_dir": robot_trusted_dir(context)}}
     if is_true(context, "learn"):
         over = trust_overrides(os.path.join(arg(context, "bag_dir"), ".learner"), key or None)
     else:
@@ -151,6 +201,36 @@ def learning_nodes(context: LaunchContext, params: list[Any]) -> list[Node]:
              parameters=[*params, {"bag_dir": bag_dir, "checkpoint": arg(context, "checkpoint"),
                                    "dataset_dir": arg(context, "dataset"),
                                    "torch_threads": 1}, trust["fowm_learner"]]),
+    ]
+
+
+def robot_link_nodes(context: LaunchContext, params: list[Any]) -> list[Node]:
+    """role:=robot: the recorder (bags kept on this host) and fowm_robot_link."""
+    if role(context) != "robot":
+        return []
+    bag_dir, key = arg(context, "bag_dir"), arg(context, "key_file")
+    return [
+        Node(package="fowm", executable="recorder_node", name="fowm_recorder", output="screen",
+             emulate_tty=True, parameters=[*params, {"bag_dir": bag_dir, "key_file": key}]),
+        Node(package="fowm", executable="robot_link", name="fowm_robot_link", output="screen",
+             emulate_tty=True, parameters=[*params, {
+                 "bag_dir": bag_dir, "store_dir": robot_trusted_dir(context), "key_file": key}]),
+    ]
+
+
+def learner_host_nodes(context: LaunchContext, params: list[Any]) -> list[Node]:
+    """role:=learner: fowm_learner_link and the learner (niced, its checkpoints sent as bytes)."""
+    bag_dir = arg(context, "bag_dir")
+    return [
+        Node(package="fowm", executable="learner_link", name="fowm_learner_link",
+             output="screen", emulate_tty=True, parameters=[*params, {"bag_dir": bag_dir}]),
+        Node(package="fowm", executable="learner_node", name="fowm_learner", output="screen",
+             emulate_tty=True, prefix=f"nice -n {LEARNER_NICE}",
+             additional_env={"OMP_NUM_THREADS": "1"},
+             parameters=[*params, {"bag_dir": bag_dir, "checkpoint": arg(context, "checkpoint"),
+                                   "dataset_dir": arg(context, "dataset"), "torch_threads": 1,
+                                   "key_file": arg(context, "key_file"),
+                                   "weights_link": True}]),
     ]
 
 

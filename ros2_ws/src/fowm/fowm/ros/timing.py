@@ -41,6 +41,9 @@ class TickStats:
         self._late: deque[float] = deque(maxlen=window)
         self._work: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
+        # Called after each tick with (tick, finished_s, missed): a benchmark's per-tick log
+        # (fowm.roles times the ticks during weight transfers).
+        self.listener: Callable[[Tick, float, bool], None] | None = None
 
     def record(self, tick: Tick, finished_s: float, skipped: int = 0) -> bool:
         """Record one tick; returns True when it missed its deadline."""
@@ -53,6 +56,8 @@ class TickStats:
             self._starts.append(tick.started_s)
             self._late.append(tick.started_s - tick.scheduled_s)
             self._work.append(finished_s - tick.started_s)
+        if self.listener is not None:
+            self.listener(tick, finished_s, missed)
         return missed
 
     def summary(self) -> dict[str, float]:

@@ -53,6 +53,10 @@ class ModelConfig:
     # k7/5/3/3 stride-2 layers by default; the cpu preset uses a lighter stack (cpu() below).
     conv_kernels: tuple[int, ...] = (7, 5, 3, 3)
     conv_strides: tuple[int, ...] = (2, 2, 2, 2)
+    # Not in the reference (off in both presets): standardise the state vector with the offline
+    # dataset's per-dimension mean and std before the state encoder (docs/sim.md, issue 15's
+    # candidates for push); pretraining sets the statistics, checkpoints carry them.
+    state_norm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modality", Modality(self.modality))

@@ -1,10 +1,12 @@
 """The `fowm` command: wiring only; the jobs live in jobs.workflows and jobs.experiment.
 
-    fowm collect    scripted-policy dataset → one rosbag2 (MCAP) per episode
+    fowm collect    a dataset (scripted policy, or --source agent) → one rosbag2 (MCAP) per episode
     fowm pretrain   offline training on a bag dataset → checkpoint
     fowm finetune   the reference offline→online loop from a checkpoint, with evaluations
     fowm eval       success rate of a checkpoint (eval mode: no exploration noise)
     fowm experiment tasks × seeds × λ, the table of docs/results.md and its JSON
+    fowm diagnose   model error along the planner's chosen sequences vs the data's (JSON)
+    fowm dataset    stats of an episode-bag dataset: size, success, returns (JSON)
     fowm bench      plan | update | peak: one JSON line each
     fowm classifier train | eval: the success classifier from labelled bags (docs/rewards.md)
     fowm keygen     the lab key that signs weight announcements (docs/trust.md)
@@ -27,6 +29,7 @@ from typing import Any
 
 from fowm_core import tasks
 from fowm_core.errors import FowmError
+from fowm_core.jobs import cli_data
 
 COMMAND_GROUP = "fowm.commands"
 LABEL_SOURCES = ("operator", "simulated", "simulated-episode")     # data.labelled's (tested)
@@ -87,6 +90,8 @@ def _config(args: argparse.Namespace):
 def cmd_collect(args: argparse.Namespace) -> int:
     from fowm_core.jobs import workflows
 
+    if args.source == "agent":
+        return cli_data.cmd_collect_agent(args, _config)
     summary = workflows.collect(args.task, args.episodes, args.out, noise=args.noise,
                                 seed=args.seed, obs_mode=args.obs)
     print(json.dumps(summary))
@@ -224,6 +229,10 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
                    help="'all' also records camera images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--source", default="scripted", choices=["scripted", "agent"],
+                   help="agent: train an agent from scratch on the twin; write its replay "
+                        "(OUT/medium-replay) and --episodes rollouts of it (OUT/medium)")
+    cli_data.add_agent_args(p)
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("pretrain", help="offline training on a bag dataset")
@@ -261,13 +270,22 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
 
+    cli_data.add_parsers(sub, _add_device_arg)
+
     p = sub.add_parser("experiment", help="tasks × seeds × λ: collect, pretrain, finetune, table")
     p.add_argument("--tasks", default=",".join(tasks.names()))
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--lams", type=_floats, default=[1.0, 0.0])
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     p.add_argument("--obs", default="state", choices=["state", "rgb", "all"])
-    p.add_argument("--dataset-episodes", type=int, default=800)
+    p.add_argument("--dataset-episodes", type=int, default=800,
+                   help="scripted: episodes; agent kinds: the medium rollouts")
+    p.add_argument("--dataset-kind", default="scripted",
+                   choices=["scripted", "medium", "medium-replay"],
+                   help="which dataset the runs train on (medium, medium-replay: made by "
+                        "`collect --source agent`, docs/sim.md)")
+    p.add_argument("--agent-train-episodes", type=int, default=600,
+                   help="agent kinds: the most episodes the data-making agent trains")
     p.add_argument("--offline-steps", type=int, default=None)
     p.add_argument("--config", type=Path, default=None,
                    help="YAML overrides for pretraining (model sizes, ...); finetuning and "
@@ -318,8 +336,8 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
 # Sub-commands with their own argument parsers: everything after the name is theirs (argparse's
 # REMAINDER does not pass on arguments that start with "--").
 PASSTHROUGH = {"bench": "bench_args"}
-CORE = frozenset({"collect", "pretrain", "finetune", "eval", "experiment", "bench", "keygen",
-                  "calibrate", "classifier"})
+CORE = frozenset({"collect", "pretrain", "finetune", "eval", "diagnose", "dataset",
+                  "experiment", "bench", "keygen", "calibrate", "classifier"})
 
 
 def main(argv: list[str] | None = None) -> int:

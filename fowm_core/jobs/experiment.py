@@ -1,10 +1,12 @@
 """`fowm experiment`: the offline→online study of docs/results.md.
 
-For every task: one scripted "medium" dataset; for every seed: one offline pretraining (λ does not
-enter training, so both λ runs start from the same checkpoint); for every λ: the reference online
-loop with evaluations at the requested episode counts. Each job is a `fowm` sub-command run in its
-own process with one torch thread, `--jobs` at a time, and is skipped when its results exist, so
-an interrupted study resumes. The commands are written into the results JSON.
+For every task: one dataset (scripted "medium" by default; ``--dataset-kind medium`` or
+``medium-replay`` trains on what ``collect --source agent`` makes instead); for every seed: one
+offline pretraining (λ does not enter training, so both λ runs start from the same checkpoint);
+for every λ: the reference online loop with evaluations at the requested episode counts. Each job
+is a `fowm` sub-command run in its own process with one torch thread, `--jobs` at a time, and is
+skipped when its results exist, so an interrupted study resumes. The commands are written into
+the results JSON.
 """
 
 from __future__ import annotations
@@ -41,14 +43,12 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     work: Path = args.work
     tasks = [t for t in args.tasks.split(",") if t]
     for task in tasks:
-        data = work / "data" / task
+        data = data_dir(args, task)
         # The classifier scores images, so its rewards need them in the dataset whatever the
         # agent observes.
         classified = getattr(args, "reward_source", "true") == "classifier"
         collect_obs = "all" if args.obs in ("rgb", "all") or classified else "state"
-        jobs.append(Job(f"collect/{task}", [
-            "collect", "--task", task, "--episodes", str(args.dataset_episodes),
-            "--obs", collect_obs, "--seed", "0", "--out", str(data)], data / "dataset.json"))
+        jobs.append(_collect_job(args, task, collect_obs))
         for seed in args.seeds:
             run = work / task / f"seed{seed}"
             pre = ["pretrain", "--task", task, "--preset", args.preset, "--obs", args.obs,
@@ -72,6 +72,26 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                     "--out", str(run / f"lam{lam:g}")],
                     run / f"lam{lam:g}" / "metrics.json", after=[f"pretrain/{task}/{seed}"]))
     return jobs
+
+
+def data_dir(args: argparse.Namespace, task: str) -> Path:
+    """The dataset the runs of ``task`` train on: the scripted collection, or one of the two an
+    agent-made collection writes (``collect --source agent``: OUT/medium, OUT/medium-replay)."""
+    root = args.work / "data" / task
+    kind = getattr(args, "dataset_kind", "scripted")
+    return root if kind == "scripted" else root / kind
+
+
+def _collect_job(args: argparse.Namespace, task: str, obs: str) -> Job:
+    out = args.work / "data" / task
+    argv = ["collect", "--task", task, "--episodes", str(args.dataset_episodes),
+            "--obs", obs, "--seed", "0", "--out", str(out)]
+    if getattr(args, "dataset_kind", "scripted") == "scripted":
+        return Job(f"collect/{task}", argv, out / "dataset.json")
+    # The agent writes medium-replay, then medium; medium's record is the last thing written.
+    argv[1:1] = ["--source", "agent", "--train-episodes", str(args.agent_train_episodes),
+                 "--threads", "1"]
+    return Job(f"collect/{task}", argv, out / "medium" / "dataset.json")
 
 
 def _device(args: argparse.Namespace) -> list[str]:
@@ -137,7 +157,7 @@ def collect_results(args: argparse.Namespace, jobs: list[Job], wall_s: float) ->
         "commands": [j.command for j in jobs], "tasks": {},
     }
     for task in tasks:
-        dataset = args.work / "data" / task / "dataset.json"     # absent until collected
+        dataset = data_dir(args, task) / "dataset.json"          # absent until collected
         entry: dict[str, Any] = {"dataset": _read(dataset) if dataset.exists() else None}
         for lam in args.lams:
             per_seed, seconds, missing = [], [], []

@@ -22,7 +22,15 @@ from fowm_core.data.episode_log import CameraSpec, EpisodeRecorder
 from fowm_core.errors import ConfigError
 from fowm_core.jobs import results
 from fowm_core.learning import success
-from fowm_core.learning.agent import Agent, load, load_dataset, make_sampler, obs_mode, save
+from fowm_core.learning.agent import (
+    Agent,
+    fit_state_norm,
+    load,
+    load_dataset,
+    make_sampler,
+    obs_mode,
+    save,
+)
 from fowm_core.learning.success import SuccessClassifier
 from fowm_core.learning.train import EvalResult, evaluate, finetune, pretrain
 from fowm_core.sim import make_env, state_dim
@@ -101,6 +109,7 @@ def run_pretrain(cfg: FowmConfig, data: str | Path, out: str | Path, *, seed: in
         success.check_task(classifier, cfg.task)
     episodes = load_dataset(data, cfg, progress=progress, image_reward=classifier)
     agent = Agent.create(cfg, seed=seed, device=device)
+    fit_state_norm(agent, episodes)
     sampler = make_sampler(cfg, episodes)
     results.write_json(out / "config.json", cfg.to_dict())
     history: list[dict[str, float]] = []

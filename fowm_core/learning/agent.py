@@ -100,6 +100,23 @@ def load_dataset(data: str | Path, cfg: FowmConfig, *, progress: bool = True,
     return read.episodes
 
 
+# The smallest std the state standardisation divides by: a dimension that hardly varies in the
+# data (the push gripper, a fixed goal height) is centred, not blown up.
+MIN_STATE_STD = 1e-2
+
+
+def fit_state_norm(agent: Agent, episodes: list[Episode]) -> None:
+    """With ``model.state_norm``, set the model's (and its target's) state mean and std from the
+    dataset's observations; without it, nothing."""
+    if not agent.cfg.model.state_norm:
+        return
+    states = np.concatenate([ep.obs["state"] for ep in episodes]).astype(np.float64)
+    mean = torch.as_tensor(states.mean(0), dtype=torch.float32)
+    std = torch.as_tensor(np.maximum(states.std(0), MIN_STATE_STD), dtype=torch.float32)
+    for model in (agent.model, agent.learner.target):
+        model.set_state_stats(mean, std)
+
+
 def make_sampler(cfg: FowmConfig, offline: list[Episode]) -> BalancedSampler:
     """The offline buffer filled with the dataset, an empty online buffer, and 50/50 batches."""
     off = replay.offline_buffer(offline, cfg)

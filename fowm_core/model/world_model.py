@@ -36,6 +36,11 @@ class WorldModel(nn.Module):
                                                  cfg.img_size, latent, cfg.conv_kernels,
                                                  cfg.conv_strides)
         self._encoder = nn.ModuleDict(encoders)
+        if cfg.state_norm and cfg.uses_state:
+            # Identity until set_state_stats: buffers, so checkpoints carry them and the EMA
+            # (parameters only) leaves them alone.
+            self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
+            self.register_buffer("state_std", torch.ones(cfg.state_dim))
         self._dynamics = nn.Sequential(layers.mlp(latent + act, mlp_dim, latent),
                                        layers.BoundedLatent(latent))
         self._reward = layers.mlp(latent + act, mlp_dim, 1)
@@ -70,10 +75,21 @@ class WorldModel(nn.Module):
         """Average the per-modality latents (docs/algorithm.md §2.1: no concatenation, no
         projection). ``scaled``: obs already went through ``scale_obs``."""
         obs = obs if scaled else self.scale_obs(obs)
+        if self.cfg.state_norm and "state" in obs:
+            obs = {**obs, "state": (obs["state"] - self.state_mean) / self.state_std}
         latents = [encoder(obs[key]) for key, encoder in self._encoder.items()]
         if len(latents) == 1:
             return latents[0]
         return torch.stack(latents).mean(0)
+
+    @torch.no_grad()
+    def set_state_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """The state standardisation (``cfg.state_norm``): x → (x − mean) / std, per dimension."""
+        if not self.cfg.state_norm:
+            msg = "set_state_stats needs a model built with model.state_norm true"
+            raise ValueError(msg)
+        self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.state_std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     def next(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return self._dynamics(torch.cat([z, a], dim=-1))

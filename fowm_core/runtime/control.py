@@ -101,7 +101,11 @@ class EpisodeTracker:
 
     def start(self, episode: int, seed: int, min_stamp_ns: int = 0) -> EpisodeEvent:
         """Begin an episode whose observations are stamped >= min_stamp_ns (the reset time), so
-        late messages of the previous episode are never counted in this one."""
+        late messages of the previous episode are never counted in this one. Nor is its final
+        observation: a real-mode reset time is the node clock's, which under a lock-step twin's
+        /clock may still read that observation's stamp."""
+        if self._last_obs_stamp is not None:
+            min_stamp_ns = max(min_stamp_ns, self._last_obs_stamp + 1)
         self.episode, self.seed, self._min_stamp = episode, seed, min_stamp_ns
         self.steps, self.ret, self.success, self.active = 0, 0.0, False, True
         self._last_obs_stamp = self._first_obs_stamp = None

@@ -14,6 +14,7 @@ Semantics follow the reference (fyhMer/fowm benchmarks/simxarm; docs/algorithm.m
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -39,6 +40,16 @@ FINGER_TRAVEL_M = 0.0425                 # finger slide at drive_joint = 0.85 ra
 DRIVE_PER_M = 0.85 / FINGER_TRAVEL_M     # drive_joint angle per metre of finger travel
 SETTLE_STEPS = 10 * 20                   # reference _reset_sim: 10 sim steps of 20 substeps
 PROPRIO_DIM = 4
+
+
+@dataclass(frozen=True)
+class SimSnapshot:
+    """What ``XarmEnv.restore`` needs to return to a moment of an episode."""
+
+    data: mujoco.MjData
+    steps: int
+    goal: np.ndarray | None
+    obj_init_z: float | None
 
 
 class XarmEnv(gym.Env):
@@ -215,6 +226,23 @@ class XarmEnv(gym.Env):
                           camera: str = "camera0") -> geometry.Intrinsics:
         fovy = float(self.model.cam_fovy[self._camera_id(camera)])
         return geometry.Intrinsics.from_fovy(width, height, fovy)
+
+    def snapshot(self) -> SimSnapshot:
+        """The twin's whole dynamic state (a copy of mujoco's MjData, derived quantities too: the
+        next action is anchored at link7's position as the last physics step left it, which
+        mj_setState + mj_forward would recompute differently; plus the episode's goal and
+        counters), for ``restore``: a what-if rollout from here, then back (``fowm diagnose``)."""
+        data = mujoco.MjData(self.model)
+        mujoco.mj_copyData(data, self.model, self.data)
+        goal = None if self._goal is None else self._goal.copy()
+        return SimSnapshot(data, self._steps, goal, self._obj_init_z)
+
+    def restore(self, snap: SimSnapshot) -> None:
+        """Put the twin back exactly where ``snapshot`` found it: stepping it again with the same
+        actions gives the same states, rewards and success."""
+        mujoco.mj_copyData(self.data, self.model, snap.data)
+        self._steps, self._obj_init_z = snap.steps, snap.obj_init_z
+        self._goal = None if snap.goal is None else snap.goal.copy()
 
     def _check_finite(self) -> None:
         if not np.isfinite(self.data.qpos).all():

@@ -99,3 +99,16 @@ def test_tracker_ignores_observations_before_the_reset_and_keeps_early_answers()
     assert tr.observe(1100, 1) == pytest.approx(-1.0)
     assert tr.observe(1050, 1) is None          # out of order: never counted twice
     assert tr.steps == 1
+
+
+def test_tracker_never_counts_the_previous_episodes_final_observation() -> None:
+    # Real mode under a lock-step /clock: the reset time (the node clock) may still read the
+    # stamp of the previous episode's final observation.
+    tr = _tracker(max_steps=1)
+    tr.start(0, 0, min_stamp_ns=0)
+    tr.observe(100, 0)
+    tr.observe(260, 1)
+    tr.finish()
+    tr.start(1, 1, min_stamp_ns=260)
+    assert not tr.is_first(260) and tr.observe(260, 1) is None
+    assert tr.is_first(420)

@@ -102,3 +102,21 @@ def test_classifier_rewards_reach_pretraining_and_finetuning(tmp_path: Path) -> 
     plain = {j.name: j for j in experiment.plan_jobs(study_args(tmp_path))}
     assert "--reward-source" not in plain["pretrain/lift/0"].argv      # earlier commands unchanged
     assert plain["collect/lift"].argv[plain["collect/lift"].argv.index("--obs") + 1] == "state"
+
+
+def test_agent_made_datasets_collect_once_and_train_on_the_chosen_kind(tmp_path: Path) -> None:
+    jobs = {j.name: j for j in experiment.plan_jobs(study_args(
+        tmp_path, "--dataset-kind", "medium-replay", "--dataset-episodes", "300",
+        "--agent-train-episodes", "400"))}
+    collect = jobs["collect/lift"]
+    assert collect.argv[:3] == ["collect", "--source", "agent"]
+    assert collect.argv[collect.argv.index("--train-episodes") + 1] == "400"
+    assert collect.argv[collect.argv.index("--episodes") + 1] == "300"
+    assert collect.done_file == tmp_path / "work/data/lift/medium/dataset.json"
+    for name in ("pretrain/lift/0", "finetune/lift/0/1"):
+        argv = jobs[name].argv
+        assert argv[argv.index("--data") + 1] == str(tmp_path / "work/data/lift/medium-replay")
+    # The default (scripted) commands are the ones earlier studies recorded.
+    scripted = {j.name: j for j in experiment.plan_jobs(study_args(tmp_path))}
+    assert scripted["collect/lift"].argv[:3] == ["collect", "--task", "lift"]
+    assert "--source" not in scripted["collect/lift"].argv

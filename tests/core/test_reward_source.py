@@ -10,7 +10,12 @@ from fowm_core import tasks
 from fowm_core.data import labels
 from fowm_core.errors import ConfigError
 from fowm_core.runtime.control import EpisodeTracker
-from fowm_core.runtime.reward_source import RewardSelector, RewardSourceParams, choose
+from fowm_core.runtime.reward_source import (
+    PendingSteps,
+    RewardSelector,
+    RewardSourceParams,
+    choose,
+)
 
 MS = 1_000_000
 GOAL = np.array([1.55, 0.29, 0.58])
@@ -29,10 +34,11 @@ def test_decision_table(poses: bool, image: bool, clf: bool, expected: str) -> N
     assert choose(poses, image, clf) == expected
 
 
-def _selector(task: str = "reach", prob: float | None = 0.8) -> RewardSelector:
+def _selector(task: str = "reach", prob: float | None = 0.8,
+              latch_goal: bool = False) -> RewardSelector:
     classifier = None if prob is None else (lambda rgb: prob)
-    return RewardSelector(task, classifier, 0.5,
-                          RewardSourceParams(max_pose_age_s=0.1, max_image_age_s=0.1))
+    return RewardSelector(task, classifier, 0.5, RewardSourceParams(
+        max_pose_age_s=0.1, max_image_age_s=0.1, latch_goal=latch_goal))
 
 
 def test_fresh_goal_scores_with_the_task_reward() -> None:
@@ -107,3 +113,58 @@ def test_bad_inputs_are_named() -> None:
         RewardSelector("reach", None, 1.5)
     with pytest.raises(ConfigError, match="pose key 'cube'"):
         _selector().pose("cube", 0, GOAL)
+
+
+def test_a_goal_seen_this_episode_latches_but_the_object_never_does() -> None:
+    sel = _selector("push", prob=None, latch_goal=True)
+    obj = np.array([1.5, 0.3, 0.56])
+    sel.pose("goal", 900 * MS, GOAL + 1.0)              # the previous episode's goal
+    sel.start_episode()
+    sel.pose("obj", 1000 * MS, obj)
+    sel.observation(1000 * MS, obj, 0.0, first=True)
+    obs = sel.observation(1160 * MS, obj, 0.0)
+    sel.pose("obj", 1160 * MS, obj)
+    assert sel.reward("push", obs, np.zeros(3)) == 0.0   # an old episode's goal never latches
+    sel.pose("goal", 1160 * MS, GOAL)                    # seen once in this episode ...
+    sel.pose("obj", 1800 * MS, obj)
+    obs = sel.observation(1800 * MS, obj, 0.0)           # ... 640 ms ago: stale, but latched
+    expected = tasks.reward("push", tasks.TaskState(obj, 0.0, obj, GOAL), np.zeros(3))
+    assert sel.reward("push", obs, np.zeros(3)) == pytest.approx(expected)
+    obs = sel.observation(2400 * MS, obj, 0.0)           # the object 600 ms old: not scored
+    assert sel.reward("push", obs, np.zeros(3)) == 0.0
+    assert sel.sources == ["label", "tracker", "label"]
+    sel.start_episode()                                  # a new episode forgets the goal
+    sel.pose("obj", 3000 * MS, obj)
+    sel.observation(3000 * MS, obj, 0.0, first=True)
+    assert sel.reward("push", sel.observation(3000 * MS, obj, 0.0), np.zeros(3)) == 0.0
+
+
+def test_a_step_takes_the_pose_nearest_its_stamp() -> None:
+    sel = _selector("lift", prob=None)
+    for t, z in ((840, 0.55), (1000, 0.56), (1160, 0.70)):
+        sel.pose("obj", t * MS, np.array([1.5, 0.3, z]))
+    sel.observation(1000 * MS, np.zeros(3), 0.0, first=True)
+    assert sel.obj_init_z == pytest.approx(0.56)         # not the newest (0.70) nor 0.55
+
+
+def test_pending_steps_wait_for_their_frames_poses_or_time_out() -> None:
+    sel = _selector("push", prob=None)
+    pending = PendingSteps(sel, wait_s=0.1)
+    pending.push(1000 * MS, "a", now_s=10.0)
+    pending.push(1160 * MS, "b", now_s=10.05)
+    sel.pose("goal", 1000 * MS, GOAL)
+    assert pending.due(10.02) == []                     # the object's pose of frame a: not yet
+    sel.pose("obj", 1000 * MS, GOAL)
+    assert pending.due(10.03) == [(1000 * MS, "a")]     # b waits for frame b's poses, in order
+    assert not sel.settled(1160 * MS)
+    assert pending.due(10.16) == [(1160 * MS, "b")]     # a lost marker: released after wait_s
+
+
+def test_no_pose_from_before_the_episodes_first_observation() -> None:
+    sel = _selector("lift", prob=None)
+    sel.pose("obj", 950 * MS, np.array([1.5, 0.3, 0.71]))   # the last episode's lifted cube
+    sel.start_episode()
+    sel.observation(1000 * MS, np.zeros(3), 0.0, first=True)
+    assert sel.obj_init_z is None                           # fresh by age, but not this scene
+    assert sel.reward("lift", sel.observation(1000 * MS, np.zeros(3), 0.0),
+                      np.zeros(4)) == 0.0 and sel.sources == ["label"]

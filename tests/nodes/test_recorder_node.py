@@ -113,6 +113,34 @@ def test_an_episode_is_cut_to_its_stamps_and_written_from_the_wire_bytes(
     assert episode.info["stamps_ns"].tolist() == expected["stamps"] and episode.success
 
 
+def test_a_first_observation_that_beats_the_start_event_is_kept(
+        executor, spin_until, tmp_path: Path) -> None:
+    """Real mode: the operator resets the scene, then confirms; the episode's first observation
+    can reach the recorder before the start event."""
+    rec = RecorderNode(parameter_overrides=[Parameter("bag_dir", value=str(tmp_path)),
+                                            Parameter("grace_s", value=0.2)])
+    pub_node = rclpy.create_node("episode_source")
+    executor.add_node(rec)
+    executor.add_node(pub_node)
+    qos_of = {topics.EPISODE: qos.EVENTS, topics.ACTION: qos.COMMAND, topics.REWARD: qos.COMMAND}
+    classes = {topics.EPISODE: String, topics.ACTION: JointState, topics.REWARD: Float32,
+               topics.EE_POSE: PoseStamped, topics.OBJECT_POSE: PoseStamped,
+               topics.GOAL_POSE: PoseStamped, topics.JOINT_STATES: JointState}
+    pubs = {t: pub_node.create_publisher(c, t, qos_of.get(t, qos.SENSOR_PUB))
+            for t, c in classes.items()}
+    assert spin_until(lambda: all(p.get_subscription_count() for p in pubs.values()))
+    seq, expected = _synthetic_episode()
+    seq.insert(10, seq.pop(0))       # start after the pre-reset and the first observation
+    for topic, raw in seq:
+        before = rec._last_log_ns
+        pubs[topic].publish(raw)
+        assert spin_until(lambda b=before: rec._last_log_ns > b)
+    assert spin_until(lambda: len(rec.written) == 1, timeout_s=10)
+    episode = bags.read_episode_bag(rec.written[0], obs_mode="state")
+    assert episode.info["stamps_ns"].tolist() == expected["stamps"]    # the first one included
+    np.testing.assert_array_equal(episode.action, np.stack(expected["actions"]))
+
+
 def test_bags_of_the_live_sim_stack_read_back_into_the_transitions_it_ran(
         executor, spin_until, tmp_path: Path) -> None:
     ckpt = tiny_model_checkpoint(tmp_path / "tiny.safetensors")

@@ -33,7 +33,7 @@ from fowm.nodes.planner_node import PlannerNode
 from fowm.nodes.recorder_node import RecorderNode
 from fowm.nodes.sim_node import SimNode
 from fowm.nodes.tracker_node import TrackerNode
-from fowm.ros import tracker_mode
+from fowm.ros import tracker_mode, twin_operator
 from fowm.ros.lab_key import trust_overrides
 from fowm.ros.spin import NodeFactory, spin_nodes
 from fowm.ros.supervisor import Backoff, SupervisedProcess, SupervisorNode
@@ -192,7 +192,8 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
               on_episode: Callable[[dict[str, Any]], None] | None = None,
               key_file: str | Path | None = None,
               backoff: Backoff | None = None,
-              tracker_extrinsics: str | Path | None = None) -> StackResult:
+              tracker_extrinsics: str | Path | None = None,
+              real_mode: bool = False) -> StackResult:
     """Run twin + planner + episode manager with ``config_path``'s parameters.
 
     Args:
@@ -212,6 +213,9 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
         backoff: the learner's restart policy (fowm.ros.supervisor.Backoff's defaults if None).
         tracker_extrinsics: run the twin in tracker mode (fowm.ros.tracker_mode) with
             fowm_tracker using these camera extrinsics (`fowm calibrate --out FILE`).
+        real_mode: with ``tracker_extrinsics``, the episode manager in ``mode: real`` (rewards
+            from the tracker, else the label) and the twin as its operator: resets, confirms
+            and labels from its truth (fowm.ros.twin_operator, docs/rewards.md).
     """
     config_path = Path(config_path)
     if not config_path.is_file():
@@ -221,6 +225,12 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
     # (docs/platform.md §1.7).
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     overrides = dict(overrides or {})
+    if real_mode:
+        if tracker_extrinsics is None:
+            msg = ("real_mode needs tracker_extrinsics (`fowm run --tracker FILE --real-mode`): "
+                   "without the tracker nothing would publish the object and goal poses")
+            raise ConfigError(msg)
+        overrides = merged({"fowm_episode_manager": {"mode": "real"}}, overrides)
     if episodes is not None:
         overrides.setdefault("fowm_episode_manager", {})["num_episodes"] = episodes
     work_dir: Path | None = None
@@ -232,6 +242,8 @@ def run_stack(config_path: str | Path, checkpoint: str | Path, duration_s: float
     rclpy.init(args=["--ros-args", "--params-file", str(config_path)])
     factories = stack_factories(str(checkpoint), lockstep, overrides,
                                 None if tracker_extrinsics is None else str(tracker_extrinsics))
+    if real_mode:
+        factories = twin_operator.with_twin_operator(factories, episodes or 10**9)
     learner: SupervisedProcess | None = None
     if bag_dir is not None:          # record every episode and learn; built first: hear every event
         assert work_dir is not None
@@ -310,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracker", default=None, metavar="EXTRINSICS",
                         help="twin in tracker mode: object/goal poses from fowm_tracker's ArUco "
                              "markers, with the extrinsics `fowm calibrate --out FILE` wrote")
+    parser.add_argument("--real-mode", action="store_true",
+                        help="with --tracker: the episode manager in real mode (rewards from the "
+                             "tracker, else the label), the twin as its operator (resets, "
+                             "confirms, labels from its truth; docs/rewards.md)")
     clock = parser.add_mutually_exclusive_group()
     clock.add_argument("--lockstep", dest="lockstep", action="store_true", default=None,
                        help="sim owns /clock and waits for each answer (reproducible)")
@@ -321,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            lockstep=args.lockstep, episodes=args.episodes,
                            overrides={"fowm_learner": {"dataset_dir": args.dataset}}
                            if args.dataset else None, key_file=args.key_file,
-                           tracker_extrinsics=args.tracker)
+                           tracker_extrinsics=args.tracker, real_mode=args.real_mode)
     except FowmError as err:
         print(f"fowm run: {err}", file=sys.stderr)
         return 2

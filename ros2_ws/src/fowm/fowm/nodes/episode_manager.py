@@ -50,7 +50,6 @@ from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.control import EpisodeTracker
 from fowm_core.runtime.control import param_meta as _p
 from fowm_core.runtime.reward_source import RewardSourceParams
-from fowm_core.runtime.safety import first_non_finite
 
 MODES = ("sim", "real")
 NEVER = 2**63 - 1
@@ -129,9 +128,10 @@ class EpisodeManagerNode(Node):
         self.episode_pub = self.create_publisher(String, topics.EPISODE, qos.EVENTS)
         self.streams = {"ee_pose": (PoseStamped, topics.EE_POSE),
                         "joint_states": (JointState, topics.JOINT_STATES)}
-        if self.selector is not None:             # real: poses and images as they come
-            reward_inputs.subscribe(self, self.selector, image_size, self.inputs.guard)
-        else:
+        # Real: poses and images as they come; observations wait for their frame's poses.
+        self.pending = None if self.selector is None else reward_inputs.subscribe(
+            self, self.selector, image_size, self.inputs.guard, self._release)
+        if self.selector is None:                 # sim: the twin's poses, paired
             self.streams["goal_pose"] = (PoseStamped, topics.GOAL_POSE)
             if tasks.get(p.task).has_object:
                 self.streams["object_pose"] = (PoseStamped, topics.OBJECT_POSE)
@@ -205,31 +205,31 @@ class EpisodeManagerNode(Node):
                 msgs = dict(zip(self.streams, matched, strict=True))
                 stamp = convert.stamp_ns(msgs["ee_pose"])
                 try:
-                    self._pieces(msgs)                # an unusable set is refused, never kept
+                    reward_inputs.pieces(msgs)   # an unusable set is refused, never kept
                 except FowmError as err:
                     self.inputs.refuse("observation set", str(err))
                     return
                 with self._lock:
                     self._recent.append((stamp, msgs))
-                    self._feed(stamp, msgs)
+                    self._queue(stamp, msgs)
         return callback
 
-    def _pieces(self, msgs: dict[str, Any]) -> dict[str, Any]:
-        """The reward function's inputs; FowmError for a set that cannot give a finite reward."""
-        obj = convert.pose_arrays(msgs["object_pose"])[0] if "object_pose" in msgs else None
-        goal = convert.pose_arrays(msgs["goal_pose"])[0] if "goal_pose" in msgs else None
-        pieces = {"eef": convert.pose_arrays(msgs["ee_pose"])[0],
-                  "gripper": convert.joint_state_arrays(msgs["joint_states"])[1],
-                  "obj": obj, "goal": goal}
-        bad = first_non_finite({k: v for k, v in pieces.items() if v is not None})
-        if bad is not None:
-            msg = f"non-finite {bad} in the observation stamped {convert.stamp_ns(msgs['ee_pose'])}"
-            raise FowmError(msg)
-        return pieces
+    def _queue(self, stamp: int, msgs: dict[str, Any]) -> None:
+        """Feed now (sim), or once the tracker's poses of its frame are in (real; lock held)."""
+        if self.pending is not None:
+            self.pending.push(stamp, msgs, time.monotonic())
+        for item in self.pending.due(time.monotonic()) if self.pending else [(stamp, msgs)]:
+            self._feed(*item)
+
+    def _release(self) -> None:
+        """Real: feed the held observations that are due (a pose came, or the wait ran out)."""
+        with self._lock:
+            for item in self.pending.due(time.monotonic()) if self.pending else ():
+                self._feed(*item)
 
     def _feed(self, stamp: int, msgs: dict[str, Any]) -> None:
         """Advance the tracker with one paired observation (lock held)."""
-        pieces, first = self._pieces(msgs), self.tracker.is_first(stamp)
+        pieces, first = reward_inputs.pieces(msgs), self.tracker.is_first(stamp)
         if self.selector is not None:      # real: scored from what is fresh (reward_source)
             state: Any = self.selector.observation(stamp, pieces["eef"], pieces["gripper"], first)
         else:
@@ -318,7 +318,7 @@ class EpisodeManagerNode(Node):
             if announce:
                 self._publish(event)
             for stamp, msgs in list(self._recent):   # observations that beat the reset's reply
-                self._feed(stamp, msgs)               # (each parsed once already: cannot fail)
+                self._queue(stamp, msgs)              # (each parsed once already: cannot fail)
 
     def _wait_for_twin(self) -> None:
         """The twin's services, and briefly a listener for the events (the planner resets and

@@ -238,9 +238,17 @@ class RecorderNode(Node):
             return
         current = self._episode
         if event.is_start:
+            # Stamped messages that beat the start event may be its first observation (real
+            # mode: the scene is reset, then confirmed): in the pre-buffer, or in the grace of
+            # the previous episode; each cut by stamps keeps only its own.
+            early = [m for m in self._prebuffer if m[0] in STAMPED]
             if current is not None:
+                if current.end is not None:
+                    ended = max(i for i, m in enumerate(current.messages)
+                                if m[0] == topics.EPISODE)
+                    early = [m for m in current.messages[ended:] if m[0] in STAMPED] + early
                 self._close(current)
-            self._open(event, raw, log_ns, [])
+            self._open(event, raw, log_ns, early)
             return
         if current is not None and current.end is None and event.episode != current.start.episode:
             # Another stack's (or a forged) end must not cut the open episode short.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +130,9 @@ class SimNode(Node):
         self.steps = 0
         self.twin_error = ""
         self._obs: dict[str, np.ndarray] = {}
+        # In-process only, never published: the twin's true state at each observation's stamp,
+        # for the operator double and the truth a benchmark scores against (fowm.ros.twin_operator).
+        self.observers: list[Callable[[int, tasks.TaskState], None]] = []
 
         self.image_pub = self.create_publisher(Image, topics.COLOR_IMAGE, qos.SENSOR_PUB)
         self.info_pub = self.create_publisher(CameraInfo, topics.COLOR_INFO, qos.SENSOR_PUB)
@@ -334,6 +338,8 @@ class SimNode(Node):
         """Every message of one step with one stamp (the obs the next action must answer)."""
         env, stamp = self.env, convert.to_time(stamp_ns, Time)
         state = env.task_state()
+        for observer in self.observers:           # before the messages: an answer may look it up
+            observer(stamp_ns, state)
         self.image_pub.publish(self._image(stamp))
         self.info_pub.publish(self._camera_info(stamp))
         joints = JointState(name=list(JOINT_NAMES),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Float32, String
+from std_msgs.msg import Float32, String, UInt8MultiArray
 
 from fowm_core.contract import topics
 
@@ -119,7 +119,8 @@ def _frame(frame: str) -> Callable[[Any], Any]:
 
 
 def _zero_quaternion(msg: PoseStamped) -> PoseStamped:
-    msg.pose.orientation.w = 0.0
+    o = msg.pose.orientation      # all four: a tool-down pose has w = 0 already
+    o.x = o.y = o.z = o.w = 0.0
     return msg
 
 
@@ -154,10 +155,39 @@ def _end(offset_s: int) -> Callable[[int], String]:
     return make
 
 
+LINK_FAULTS = {   # the two-host link's JSON topics (fowm.ros.transfer): malformed, hostile, stale
+    topics.LINK: (['[]', '{oops', '{"role": 5}', '{"role": "robot", "weights_step": "abc"}'],
+                  ['{"role": "robot", "weights_step": 1e308, "sender": "forged"}',
+                   '{"role": "learner", "sender": "a second learner"}', "x" * 1_000_000],
+                  ['{"role": "robot", "sender": "fowm_robot_link@old", "weights_step": 0}',
+                   '{"role": "learner", "sender": "fowm_learner_link@old"}']),
+    topics.EPISODE_ACK: (['[]', '{oops', '{"name": 5, "sha256": null}', '{"name": "x"}'],
+                         ['{"name": "../../etc/passwd", "sha256": "' + "0" * 64 + '"}',
+                          '{"name": "ep00001", "sha256": "forged"}', "x" * 1_000_000],
+                         ['{"name": "old_bag", "sha256": "' + "ab" * 32 + '"}']),
+    topics.TRANSFER_PROGRESS: (['[]', '{oops', '{"id": "x", "frames": "abc"}', '{"id": 1}'],
+                               ['{"id": "x", "frames": 1e308}', '{"id": "x", "frames": -5}',
+                                '{"id": "x", "frames": NaN}', "x" * 1_000_000],
+                               ['{"id": "step_00000001.safetensors#1", "frames": 3}'])}
+
+
+def link_string_faults(topic: str) -> dict[str, Fault]:
+    malformed, hostile, stale = LINK_FAULTS[topic]
+    return {"malformed": Fault("[], not JSON, wrong field types, fields missing",
+                               payloads=_text(*malformed)),
+            "hostile": Fault("absurd or negative numbers, forged names, a 1 MB string",
+                             payloads=_text(*hostile)),
+            "flooding": Fault("a second publisher at 1 kHz: valid-looking messages",
+                              flood=lambda ns: String(data=stale[0]), flood_hz=1000.0),
+            "stale/future": Fault("(unstamped) replays of old messages", payloads=_text(*stale))}
+
+
 def string_faults(topic: str, signed: Callable[[str], list[Callable[[int], String]]] | None
                   ) -> dict[str, Fault]:
     """/fowm/episode and /fowm/weights (JSON in std_msgs/String). ``signed(kind)`` gives the
     planner rigs' trust-layer payloads (kind: 'hostile' or 'stale'), None elsewhere."""
+    if topic in LINK_FAULTS:
+        return link_string_faults(topic)
     if topic == topics.EPISODE:
         return {
             "malformed": Fault("[], not JSON, seed \"abc\", {} (names missing)", payloads=_text(
@@ -195,6 +225,9 @@ def faults_for(topic: str, msg_type: type, flood_image: tuple[int, int] = (640, 
     a new subscription must get its rows)."""
     if msg_type is String:
         return string_faults(topic, signed)
+    if msg_type is UInt8MultiArray:
+        from benchmarks.fault_frames import blob_faults
+        return blob_faults(topic)
     if msg_type is JointState and topic == topics.ACTION:
         return _stamped(
             Fault("wrong names, 2 positions for 4 names, undecodable CDR", edits=[

@@ -12,9 +12,10 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fowm.ros import qos
+from fowm.ros.transfer import BLOB_QOS, CONTROL_QOS
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -27,7 +28,9 @@ from fowm_core.contract import topics
 from fowm_core.runtime import trust
 
 QOS = {topics.ACTION: qos.COMMAND, topics.REWARD: qos.COMMAND, topics.EPISODE: qos.EVENTS,
-       topics.WEIGHTS: qos.LATCHED}
+       topics.WEIGHTS: qos.LATCHED, topics.WEIGHTS_BLOB: BLOB_QOS, topics.EPISODE_BLOB: BLOB_QOS,
+       topics.LINK: CONTROL_QOS, topics.EPISODE_ACK: CONTROL_QOS,
+       topics.TRANSFER_PROGRESS: CONTROL_QOS}
 NORMAL = {topics.COLOR_IMAGE: fi.image, topics.COLOR_INFO: fi.camera_info,
           topics.JOINT_STATES: fi.joints, topics.EE_POSE: lambda ns: fi.pose(ns, 0.3),
           topics.OBJECT_POSE: lambda ns: fi.pose(ns, 0.35),
@@ -45,6 +48,7 @@ class Rig:
     label = ""
     flood_image = (640, 480)
     has_misses = has_swaps = has_bad = False
+    expected: ClassVar[dict[str, str]] = {}     # a class's expectation, where not fault_nodes'
 
     def __init__(self, work: Path) -> None:
         self.work = work
@@ -73,6 +77,11 @@ class Rig:
 
     def signed(self, kind: str) -> list[Any] | None:
         return None
+
+    def adjust_faults(self, topic: str, faults: dict[str, Any]) -> dict[str, Any]:
+        """Faults only this rig's node can be judged on (fault_rigs_camera: a frame of
+        another size)."""
+        return faults
 
     def begin_row(self) -> None:
         pass

@@ -74,6 +74,9 @@ def optical_from_mujoco(xpos: np.ndarray, xmat: np.ndarray) -> np.ndarray:
     return transform(np.asarray(xmat).reshape(3, 3) @ MUJOCO_TO_OPTICAL, xpos)
 
 
+DIST_SIZES = (4, 5, 8, 12, 14)     # the distortion models OpenCV knows
+
+
 @dataclass(frozen=True)
 class Intrinsics:
     """Pinhole intrinsics in OpenCV's pixel convention (pixel centres at integers)."""
@@ -110,6 +113,11 @@ class Intrinsics:
             msg = f"CameraInfo K has {k.size} values; expected 9 (row-major 3x3)"
             raise PerceptionError(msg)
         dist = tuple(float(v) for v in np.asarray(d, dtype=np.float64).reshape(-1)) or (0.0,) * 5
+        if len(dist) not in DIST_SIZES:
+            # OpenCV raises on any other count, on every image (issue 11 fault suite).
+            msg = (f"CameraInfo D has {len(dist)} coefficients; expected one of {DIST_SIZES} "
+                   "(plumb_bob: 5)")
+            raise PerceptionError(msg)
         return cls(float(k[0]), float(k[4]), float(k[2]), float(k[5]), int(width), int(height),
                    dist)
 

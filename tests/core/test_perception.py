@@ -79,6 +79,9 @@ def test_intrinsics_from_fovy_and_camera_info() -> None:
         geometry.Intrinsics.from_k(k[:5], 640, 480)
     with pytest.raises(PerceptionError, match="fx"):
         geometry.Intrinsics.from_k(np.zeros(9), 640, 480)
+    with pytest.raises(PerceptionError, match="D has 100"):     # OpenCV would raise per image
+        geometry.Intrinsics.from_k(k, 640, 480, [0.0] * 100)
+    assert geometry.Intrinsics.from_k(k, 640, 480, [0.0] * 8).dist == (0.0,) * 8
 
 
 def test_extrinsics_yaml_round_trip(tmp_path: Path) -> None:

@@ -33,7 +33,12 @@ def test_the_fast_subset_has_a_row_of_every_group(rows: list[fault_suite.Row]) -
         assert any(needle in n for n in names), needle
     labels = {"planner": "planner (rgb + proprio) ←", "planner_state": "planner (state obs) ←",
               "episode_manager": "episode manager ←",
-              "recorder": "recorder ←", "sim": "sim twin ←", "xarm": "xarm node (SDK double) ←"}
+              "recorder": "recorder ←", "sim": "sim twin ←", "xarm": "xarm node (SDK double) ←",
+              "tracker": "tracker (twin frame with markers) ←",
+              "calibration": "calibration (twin frame, arm still) ←",
+              "robot_link": "robot link (checkpoints in) ←",
+              "learner_link": "learner link (bags in) ←",
+              "weights_shipper": "learner's weights shipper ←"}
     assert sorted(labels) == sorted(g for g, _ in fault_nodes.RIGS)
     for group, label in labels.items():
         assert any(n.startswith(label) for n in names), group

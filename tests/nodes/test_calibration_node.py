@@ -5,6 +5,7 @@ the extrinsics, which land near the twin's true camera pose."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,30 @@ def test_captures_it_cannot_use_are_refused(rig, spin_until) -> None:
     reply = _call(spin_until, operator.solve, node, lambda: True)
     assert not reply.success and "at least" in reply.message
     assert node.base_gripper == []
+
+
+def test_faulted_inputs_give_no_sample(rig, spin_until) -> None:
+    node, operator, env = rig
+    intr = env.camera_intrinsics(W, H, TRACKER_CAMERA)
+    rgb = env.render(W, H, TRACKER_CAMERA)
+    p, q = env.eef_pose()
+    stale = node.get_clock().now().nanoseconds - 10 * 10**9    # paired with a pose as old
+    operator.publish(rgb, intr, p, q, stale)
+    reply = _call(spin_until, operator.capture, node, lambda: node._image is not None
+                  and convert.stamp_ns(node._image) == stale and node._poses)
+    assert not reply.success and "10.0" in reply.message and "s old" in reply.message
+    operator.publish(rgb, intr, np.array([math.nan, 0.0, 0.3]), q,
+                     node.get_clock().now().nanoseconds)
+    assert spin_until(lambda: node.inputs.refused.get(topics.EE_POSE, 0) == 1)
+    other = operator.node.create_publisher(PoseStamped, topics.EE_POSE, qos.SENSOR_PUB)
+    stamp = node.get_clock().now().nanoseconds
+    operator.publish(rgb, intr, p, q, stamp)
+    reply = _call(spin_until, operator.capture, node, lambda: (
+        node.count_publishers(topics.EE_POSE) == 2 and convert.stamp_ns(node._image) == stamp
+        and any(s == stamp for s, _ in node._poses)))
+    assert not reply.success and "more than one publisher" in reply.message
+    operator.node.destroy_publisher(other)
+    assert node.base_gripper == [] and node.sample_stamps == []
 
 
 def test_refuses_to_start_without_an_output_file(ros: None) -> None:

@@ -159,6 +159,23 @@ def test_malformed_images_are_refused_and_tracking_goes_on(make_rig, spin_until,
     assert spin_until(lambda: any("refused" in d.message for d in rig.diags), timeout_s=5)
 
 
+def test_stale_images_and_a_second_image_publisher_give_no_pose(make_rig, spin_until,
+                                                                  scene: Scene) -> None:
+    rig = make_rig()
+    old = _stamp(rig) - 10 * 10**9        # its pose would be stale by the time it is used
+    assert spin_until(lambda: rig.node.inputs.total >= 2,
+                      every=lambda: rig.send(scene.image, old, scene.fovy))
+    assert "s ago" in rig.node.inputs.last and rig.objects == []
+    other = rig.client.create_publisher(Image, topics.COLOR_IMAGE, qos.SENSOR_PUB)
+    assert spin_until(lambda: rig.node.count_publishers(topics.COLOR_IMAGE) == 2)
+    assert spin_until(lambda: rig.node.conflict_holds >= 3,
+                      every=lambda: rig.send(scene.image, _stamp(rig), scene.fovy))
+    assert rig.objects == [] and "more than one publisher" in rig.node.inputs.last
+    rig.client.destroy_publisher(other)
+    assert spin_until(lambda: rig.objects,
+                      every=lambda: rig.send(scene.image, _stamp(rig), scene.fovy))
+
+
 def test_images_before_camera_info_are_held(make_rig, spin_until, scene: Scene) -> None:
     rig = make_rig()
     assert spin_until(lambda: rig.node.frames_without_info >= 3,

@@ -8,12 +8,15 @@ pose, ``~/capture`` (std_srvs/Trigger) pairs the newest image's gripper marker p
 /xarm/ee_pose nearest to the image's stamp (within ``max_pair_dt_s``); the arm must be still.
 ``~/solve`` runs cv2.calibrateHandEye on the samples, writes ``out_file`` (the YAML fowm_tracker
 reads) and answers with the residual as JSON. Captures the tracker could not use (no marker, no
-pose near the stamp, no CameraInfo) are refused with the reason.
+pose near the stamp, no CameraInfo) are refused with the reason, and so are samples from a faulted
+input (issue 11 fault suite): future stamps, a stale image, a pose that is not finite or not in
+link_base, a second publisher on any input.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -37,6 +40,8 @@ from fowm_core.perception import markers as mk
 from fowm_core.perception.tracker import DEFAULT_MAX_REPROJ_PX, MarkerDetector
 from fowm_core.runtime.control import param_meta as _p
 
+MAX_REACH_M = 2.0     # an xArm's pose lies well within this of link_base
+
 
 @dataclass(frozen=True)
 class CalibrationParams:
@@ -52,6 +57,9 @@ class CalibrationParams:
         "largest stamp difference between the image and the ee_pose of a sample", 0.0, 1.0))
     max_reproj_px: float = field(default=DEFAULT_MAX_REPROJ_PX, metadata=_p(
         "refuse a capture whose marker reprojects worse than this (px)", 0.1, 50.0))
+    max_image_age_s: float = field(default=2.0, metadata=_p(
+        "refuse a capture whose newest image is older than this (the camera stopped?)",
+        0.05, 60.0))
 
 
 class CalibrationNode(Node):
@@ -75,6 +83,7 @@ class CalibrationNode(Node):
             raise ConfigError(str(err)) from err
         self.base_gripper: list[Any] = []
         self.cam_marker: list[Any] = []
+        self.sample_stamps: list[tuple[int, int]] = []     # (image, ee_pose) stamps, ns
         self.result: calibration.Result | None = None
         self._image: Image | None = None
         self._info: geometry.Intrinsics | None = None
@@ -89,22 +98,35 @@ class CalibrationNode(Node):
         # Every arm pose (deep, reliable): the one nearest the image's stamp is paired with it.
         self.create_subscription(PoseStamped, topics.EE_POSE,
                                  guard(topics.EE_POSE, self._on_pose), qos.SENSOR_PUB)
-        self.create_service(Trigger, "~/capture", self._on_capture)
-        self.create_service(Trigger, "~/solve", self._on_solve)
+        self.create_service(Trigger, "~/capture", self.inputs.service("~/capture",
+                                                                      self._on_capture))
+        self.create_service(Trigger, "~/solve", self.inputs.service("~/solve", self._on_solve))
         self.diag = DiagnosticsReporter(self, "fowm_calibration: hand-eye", "eye-to-hand")
         self.diag.publish_every(health=lambda: with_guard(self._health(), self.inputs))
 
     def _on_image(self, msg: Image) -> None:
+        if self.inputs.future(topics.COLOR_IMAGE, convert.stamp_ns(msg)):
+            return
+        convert.image_hwc(msg)              # raises (refused) on a frame it cannot read
         with self._lock:
             self._image = msg
 
     def _on_info(self, msg: CameraInfo) -> None:
+        if self.inputs.future(topics.COLOR_INFO, convert.stamp_ns(msg)):
+            return
         intr = geometry.Intrinsics.from_k(msg.k, msg.width, msg.height, msg.d)
         with self._lock:
             self._info = intr
 
     def _on_pose(self, msg: PoseStamped) -> None:
-        convert.pose_arrays(msg)
+        if self.inputs.future(topics.EE_POSE, convert.stamp_ns(msg)):
+            return
+        convert.check_pose(msg, topics.EE_POSE)
+        position = convert.pose_arrays(msg)[0]
+        if not all(math.isfinite(v) and abs(v) <= MAX_REACH_M for v in position):
+            text = (f"{topics.EE_POSE} position {position.tolist()} is not finite or beyond "
+                    f"{MAX_REACH_M} m of the base: not the arm's pose")
+            raise FowmError(text)
         with self._lock:
             self._poses.append((convert.stamp_ns(msg), msg))
 
@@ -116,6 +138,7 @@ class CalibrationNode(Node):
             msg = "no image or no CameraInfo yet on the camera topics"
             raise FowmError(msg)
         stamp = convert.stamp_ns(image)
+        self._check_inputs(image, intr, stamp)
         if not poses:
             msg = f"no {topics.EE_POSE} received yet"
             raise FowmError(msg)
@@ -133,8 +156,24 @@ class CalibrationNode(Node):
         position, quat = convert.pose_arrays(pose)
         self.base_gripper.append(geometry.transform(geometry.rotation_from_quat(quat), position))
         self.cam_marker.append(found[0].t_cam_marker)
+        self.sample_stamps.append((stamp, pose_stamp))
         return (f"sample {len(self.base_gripper)}: marker at "
                 f"{found[0].t_cam_marker[2, 3]:.3f} m, reprojection {found[0].reproj_px:.2f} px")
+
+    def _check_inputs(self, image: Image, intr: geometry.Intrinsics, stamp: int) -> None:
+        """FowmError when the newest image is stale or a second node publishes an input (its
+        samples could not be trusted to be the lab's); the detector refuses an image that is
+        not the CameraInfo's size."""
+        crowded = [t for t in (topics.COLOR_IMAGE, topics.COLOR_INFO, topics.EE_POSE)
+                   if self.count_publishers(t) > 1]
+        if crowded:
+            msg = f"more than one publisher on {crowded}: stop the extra publisher"
+            raise FowmError(msg)
+        now = self.get_clock().now().nanoseconds
+        if now and (now - stamp) * 1e-9 > self.params.max_image_age_s:
+            msg = (f"the newest image is {(now - stamp) * 1e-9:.3f} s old (limit "
+                   f"max_image_age_s={self.params.max_image_age_s} s): is the camera running?")
+            raise FowmError(msg)
 
     def solve(self) -> calibration.Result:
         result = calibration.solve_eye_to_hand(self.base_gripper, self.cam_marker,

@@ -33,7 +33,7 @@ from fowm.ros.spin import run_nodes
 from fowm.ros.transfer import CONTROL_QOS, BlobReceiver, BlobSender, LinkHeartbeat, guard_of
 from fowm_core.contract import topics
 from fowm_core.contract.messages import WeightsAnnouncement
-from fowm_core.errors import ConfigError
+from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.control import param_meta as _p
 from fowm_core.runtime.remote import BagOutbox, WeightsInbox
 from fowm_core.runtime.transfer import Completed
@@ -128,8 +128,10 @@ class RobotLinkNode(Node):
         try:
             body = json.loads(msg.data)
             name, digest = str(body["name"]), str(body["sha256"])
-        except (ValueError, KeyError, TypeError):
-            return
+        except (ValueError, KeyError, TypeError) as err:
+            # Raised so the guard refuses and counts it (issue 11: nothing silently).
+            text = f"episode ack {msg.data[:80]!r} is not {{name, sha256}} ({err})"
+            raise FowmError(text) from err
         with self._lock:
             if self.outbox.acked(name, digest):
                 self.acks += 1

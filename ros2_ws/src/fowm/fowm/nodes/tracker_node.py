@@ -83,6 +83,9 @@ class TrackerParams:
         "(each adds the markers the ones before missed)"))
     max_future_s: float = field(default=0.5, metadata=_p(
         "refuse images stamped further ahead of the node clock than this", 0.0, 10.0))
+    max_age_s: float = field(default=2.0, metadata=_p(
+        "refuse images stamped further behind the node clock than this: their pose would be "
+        "stale by the time it is used", 0.05, 60.0))
 
 
 def layout_from(p: TrackerParams) -> mk.Layout:
@@ -129,6 +132,7 @@ class TrackerNode(Node):
         self.stats = TrackerStats(self.targets)
         self.intrinsics: geometry.Intrinsics | None = None
         self.frames_without_info = 0
+        self.conflict_holds = 0
         self._last_image = 0.0
         self._lock = threading.Lock()
         self.inputs = InputGuard(self, p.max_future_s)
@@ -146,6 +150,8 @@ class TrackerNode(Node):
         self.diag.publish_every(health=lambda: with_guard(self._health(), self.inputs))
 
     def _on_info(self, msg: CameraInfo) -> None:
+        if self.inputs.future(topics.COLOR_INFO, convert.stamp_ns(msg)):
+            return
         intr = geometry.Intrinsics.from_k(msg.k, msg.width, msg.height, msg.d)
         with self._lock:
             self.intrinsics = intr
@@ -153,7 +159,7 @@ class TrackerNode(Node):
     def _on_image(self, msg: Image) -> None:
         start = time.monotonic()
         stamp = convert.stamp_ns(msg)
-        if self.inputs.future(topics.COLOR_IMAGE, stamp):
+        if self.inputs.future(topics.COLOR_IMAGE, stamp) or self._refused(msg, stamp):
             return
         with self._lock:
             intr = self.intrinsics
@@ -172,9 +178,27 @@ class TrackerNode(Node):
         self.stats.record({t: poses[t] is not None for t in self.targets},
                           (done - start) * 1e3, age_ms, frame.reproj_px, frame.rejected)
 
+    def _refused(self, msg: Image, stamp: int) -> bool:
+        """A stale image, or one while a second node publishes the camera topics (its poses
+        could not be trusted to come from the lab's camera): refused and counted."""
+        now = self.get_clock().now().nanoseconds
+        age_s = (now - stamp) * 1e-9
+        if now and age_s > self.params.max_age_s:
+            self.inputs.refuse(topics.COLOR_IMAGE, f"image stamped {age_s:.3f} s ago (limit "
+                               f"max_age_s={self.params.max_age_s} s): no pose from it")
+            return True
+        crowded = [t for t in (topics.COLOR_IMAGE, topics.COLOR_INFO)
+                   if self.count_publishers(t) > 1]
+        if crowded:
+            self.conflict_holds += 1
+            self.inputs.refuse(topics.COLOR_IMAGE, f"more than one publisher on {crowded}: "
+                               "no pose until only the camera publishes")
+        return bool(crowded)
+
     def _health(self) -> Health:
         values = {k: ("" if v is None else fmt(v)) for k, v in self.stats.period().items()}
         values["frames_without_camera_info"] = str(self.frames_without_info)
+        values["conflict_holds"] = str(self.conflict_holds)
         silent = time.monotonic() - self._last_image
         if not self._last_image or silent > NO_IMAGE_WARN_S:
             return WARN, f"no images on {topics.COLOR_IMAGE}", values

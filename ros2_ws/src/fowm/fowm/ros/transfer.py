@@ -119,8 +119,10 @@ class BlobSender:
         try:
             body = json.loads(msg.data)
             transfer_id, count = str(body["id"]), int(body["frames"])
-        except (ValueError, KeyError, TypeError):
-            return
+        except (ValueError, KeyError, TypeError, OverflowError) as err:
+            # Raised so the node's guard refuses and counts it (issue 11: nothing silently).
+            text = f"transfer progress {msg.data[:80]!r} is not {{id, frames}} ({err})"
+            raise FowmError(text) from err
         if transfer_id in self._progress:
             self._progress[transfer_id] = max(self._progress[transfer_id], count)
 
@@ -249,10 +251,7 @@ class LinkHeartbeat:
             self.pub.publish(String(data=link_message(self.role, self.sender, **self.values())))
 
     def _on_link(self, msg: String) -> None:
-        try:
-            body = parse_link(msg.data)
-        except FowmError:
-            return
+        body = parse_link(msg.data)        # FowmError: refused and counted by the guard
         if body["role"] == self.watch.role:
             with self._lock:
                 self.watch.heard(body, time.monotonic())
@@ -303,10 +302,7 @@ class WeightsShipper:
         self.sender.send(lambda: (transfer_id, *checkpoint_files(path, note)))
 
     def _on_link(self, msg: String) -> None:
-        try:
-            body = parse_link(msg.data)
-        except FowmError:
-            return
+        body = parse_link(msg.data)        # FowmError: refused and counted by the guard
         if body["role"] == "robot":
             with self._lock:
                 self.robot.heard(body, time.monotonic())

@@ -5,17 +5,14 @@ real time, with no missed control tick; the live-weights topic follows the swaps
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
-import pytest
 import rclpy
 import torch
 from fowm.bringup import loop_factories, merged, stack_factories, trust_overrides
 from helpers.loop import collect, tiny_checkpoint
+from helpers.spin import spin_until
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -30,36 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 EPISODES, LENGTH = 3, 8
 
 
-@pytest.fixture
-def executor(monkeypatch: pytest.MonkeyPatch) -> Iterator[SingleThreadedExecutor]:
-    """rclpy on a domain of its own (docs/platform.md §1.8), one executor, clean shutdown."""
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + os.getpid() % 80))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("MUJOCO_GL", "egl")
-    rclpy.init()
-    ex = SingleThreadedExecutor()
-    try:
-        yield ex
-    finally:
-        for node in list(ex.get_nodes()):
-            ex.remove_node(node)
-            node.destroy_node()
-        ex.shutdown()
-        rclpy.try_shutdown()
-
-
-def _spin_until(ex: SingleThreadedExecutor, cond: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s       # a guard against hangs, not a timing check
-    while time.monotonic() < deadline:
-        ex.spin_once(timeout_sec=0.01)
-        if cond():
-            return True
-    return False
-
-
 def test_episodes_become_bags_then_checkpoints_that_the_planner_swaps_in_without_missing_a_tick(
         executor: SingleThreadedExecutor, tmp_path: Path) -> None:
-    spin_until = partial(_spin_until, executor)
+    spin = partial(spin_until, executor)
     torch.set_num_threads(1)
     dataset = collect(tmp_path / "dataset", 3)
     start = tiny_checkpoint(tmp_path / "pre.safetensors")
@@ -98,9 +68,9 @@ def test_episodes_become_bags_then_checkpoints_that_the_planner_swaps_in_without
                 and ll.owed_updates == 0 and swapper.stats.swaps >= 1
                 and planner.weights.live.sha256 == ll.last_checkpoint.sha256)
 
-    assert spin_until(done, timeout_s=240), (learner.error, recorder.written,
+    assert spin(done, timeout_s=240), (learner.error, recorder.written,
                                              nodes["fowm_episode_manager"].events)
-    assert spin_until(lambda: any(m.get("live") and m["sha256"] == swapper.live.sha256
+    assert spin(lambda: any(m.get("live") and m["sha256"] == swapper.live.sha256
                                   for m in live), timeout_s=10)
     timing = planner.loop.stats.summary()
     # Every bag on disk is a whole episode that the learner ingested once.

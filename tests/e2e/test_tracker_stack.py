@@ -5,18 +5,16 @@ episode manager's rewards are the task's reward of the *tracked* poses, step by 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from fowm.nodes.episode_manager import EpisodeManagerNode
 from fowm.nodes.sim_node import SimNode
 from fowm.nodes.tracker_node import TrackerNode
 from fowm.ros import tracker_mode
 from geometry_msgs.msg import PoseStamped
+from helpers.spin import spin_until
 from helpers.stack import Recorder, stamp_ns
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -34,32 +32,6 @@ from fowm_core.sim.markers import TRACKER_CAMERA
 
 LENGTH, SEED = 6, 11
 DEEP = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-
-
-@pytest.fixture
-def executor(monkeypatch: pytest.MonkeyPatch) -> Iterator[SingleThreadedExecutor]:
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(150 + (os.getpid() + 37) % 80))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("MUJOCO_GL", "egl")
-    rclpy.init()
-    ex = SingleThreadedExecutor()
-    try:
-        yield ex
-    finally:
-        for node in list(ex.get_nodes()):
-            ex.remove_node(node)
-            node.destroy_node()
-        ex.shutdown()
-        rclpy.try_shutdown()
-
-
-def _spin_until(ex: SingleThreadedExecutor, cond: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s       # a guard against hangs, not a timing check
-    while time.monotonic() < deadline:
-        ex.spin_once(timeout_sec=0.01)
-        if cond():
-            return True
-    return False
 
 
 def _node(cls: type[Node], **params: object) -> Node:
@@ -107,10 +79,10 @@ def test_rewards_come_from_the_tracked_poses(executor: SingleThreadedExecutor,
     planner = ZeroPlanner(helper)
     for node in (sim, tracker, manager, helper):
         executor.add_node(node)
-    assert _spin_until(executor, lambda: any(e["event"] == "end" for e in manager.events), 120)
+    assert spin_until(executor, lambda: any(e["event"] == "end" for e in manager.events), 120)
     end = next(e for e in manager.events if e["event"] == "end")
     assert end["steps"] == LENGTH
-    assert _spin_until(executor, lambda: len(planner.rewards.msgs) >= LENGTH, 10)
+    assert spin_until(executor, lambda: len(planner.rewards.msgs) >= LENGTH, 10)
     # The twin published no object or goal pose: every one came from the tracker.
     assert helper.get_publishers_info_by_topic(topics.OBJECT_POSE)[0].node_name == "fowm_tracker"
     objs, goals = planner.by_stamp(topics.OBJECT_POSE), planner.by_stamp(topics.GOAL_POSE)

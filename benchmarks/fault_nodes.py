@@ -27,6 +27,7 @@ from benchmarks import fault_inputs as fi
 from benchmarks import fault_rigs as fr
 from benchmarks import fault_rigs_camera as frc
 from benchmarks import fault_rigs_link as frl
+from benchmarks.fault_planner import close_executor
 
 SETTLE_S, FAULT_S, RECOVER_S = 0.4, 1.5, 1.5
 _domains = itertools.count()
@@ -114,14 +115,7 @@ class Context:
                 self.crashes.append(f"{type(err).__name__}: {err}"[:160])
 
     def close(self, nodes: list[Node]) -> None:
-        for node in nodes:
-            try:
-                self.executor.remove_node(node)
-                node.destroy_node()
-            except Exception:             # a wedged node must not stop the suite
-                pass
-        self.executor.shutdown()
-        rclpy.try_shutdown()
+        close_executor(self.executor, nodes)
 
 
 def _injector(ctx: Context, rig: fr.Rig, topic: str, msg_type: type, fault: fi.Fault

@@ -59,6 +59,18 @@ def tiny_checkpoint(path: Path, seed: int = 0, step: int = 100) -> Path:
     return path
 
 
+def close_executor(executor: SingleThreadedExecutor, nodes: list[Any]) -> None:
+    """Remove and destroy ``nodes``, then end the executor and rclpy's context."""
+    for node in nodes:
+        try:
+            executor.remove_node(node)
+            node.destroy_node()
+        except Exception:               # a wedged node must not stop the suite
+            pass
+    executor.shutdown()
+    rclpy.try_shutdown()
+
+
 @dataclass
 class Outcome:
     """What one row observed during its fault phase (and whether planning came back after)."""
@@ -155,14 +167,7 @@ class Harness:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for node in (self.injector, self.helper, self.planner):
-            try:
-                self.executor.remove_node(node)
-                node.destroy_node()
-            except Exception:               # a wedged node must not stop the suite
-                pass
-        self.executor.shutdown()
-        rclpy.try_shutdown()
+        close_executor(self.executor, [self.injector, self.helper, self.planner])
 
     def spin(self, seconds: float, every: Callable[[], None] | None = None,
              every_hz: float = 0.0, crashes: list[str] | None = None) -> None:

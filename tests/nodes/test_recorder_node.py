@@ -73,8 +73,8 @@ def _synthetic_episode() -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
     return seq, {"stamps": stamps, "actions": act[:3], "rewards": [0.0, 1.0, 2.0]}
 
 
-def test_an_episode_is_cut_to_its_stamps_and_written_from_the_wire_bytes(
-        executor, spin_until, tmp_path: Path) -> None:
+def _recorder_with_sources(executor, spin_until, tmp_path: Path) -> tuple[RecorderNode, dict]:
+    """A recorder writing into tmp_path and a publisher matched to each topic it records."""
     rec = RecorderNode(parameter_overrides=[Parameter("bag_dir", value=str(tmp_path)),
                                             Parameter("grace_s", value=0.2)])
     pub_node = rclpy.create_node("episode_source")
@@ -87,6 +87,12 @@ def test_an_episode_is_cut_to_its_stamps_and_written_from_the_wire_bytes(
     pubs = {t: pub_node.create_publisher(c, t, qos_of.get(t, qos.SENSOR_PUB))
             for t, c in classes.items()}
     assert spin_until(lambda: all(p.get_subscription_count() for p in pubs.values()))
+    return rec, pubs
+
+
+def test_an_episode_is_cut_to_its_stamps_and_written_from_the_wire_bytes(
+        executor, spin_until, tmp_path: Path) -> None:
+    rec, pubs = _recorder_with_sources(executor, spin_until, tmp_path)
     seq, expected = _synthetic_episode()
     sent: dict[str, list[bytes]] = {}
     for topic, raw in seq:          # one at a time: depth-1 publishers must not overwrite
@@ -117,18 +123,7 @@ def test_a_first_observation_that_beats_the_start_event_is_kept(
         executor, spin_until, tmp_path: Path) -> None:
     """Real mode: the operator resets the scene, then confirms; the episode's first observation
     can reach the recorder before the start event."""
-    rec = RecorderNode(parameter_overrides=[Parameter("bag_dir", value=str(tmp_path)),
-                                            Parameter("grace_s", value=0.2)])
-    pub_node = rclpy.create_node("episode_source")
-    executor.add_node(rec)
-    executor.add_node(pub_node)
-    qos_of = {topics.EPISODE: qos.EVENTS, topics.ACTION: qos.COMMAND, topics.REWARD: qos.COMMAND}
-    classes = {topics.EPISODE: String, topics.ACTION: JointState, topics.REWARD: Float32,
-               topics.EE_POSE: PoseStamped, topics.OBJECT_POSE: PoseStamped,
-               topics.GOAL_POSE: PoseStamped, topics.JOINT_STATES: JointState}
-    pubs = {t: pub_node.create_publisher(c, t, qos_of.get(t, qos.SENSOR_PUB))
-            for t, c in classes.items()}
-    assert spin_until(lambda: all(p.get_subscription_count() for p in pubs.values()))
+    rec, pubs = _recorder_with_sources(executor, spin_until, tmp_path)
     seq, expected = _synthetic_episode()
     seq.insert(10, seq.pop(0))       # start after the pre-reset and the first observation
     for topic, raw in seq:

@@ -232,11 +232,7 @@ def run_loop(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "fowm_episode_manager": {"ros__parameters": {"episode_length": 25,
                                                      "base_seed": 1_000_000,
                                                      "service_timeout_s": 60.0}}}))
-    env = dict(ENV)
-    if args.transport:
-        env["FASTDDS_BUILTIN_TRANSPORTS"] = args.transport
-    if args.publication_mode:
-        env["RMW_FASTRTPS_PUBLICATION_MODE"] = args.publication_mode
+    env = dict(ENV)                     # the roles choose the DDS transports (fowm.ros.transports)
     config = str(REPO / "config" / "sim.yaml")
 
     def robot_argv(bags: Path, episodes: int, summary: Path, *more: str) -> list[str]:
@@ -348,10 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-episodes", type=int, default=3)
     p.add_argument("--online-episodes", type=int, default=12)
     p.add_argument("--cut-s", type=float, default=30.0)
-    p.add_argument("--transport", default="",
-                   help="loop: FASTDDS_BUILTIN_TRANSPORTS (empty: what fowm run sets)")
-    p.add_argument("--publication-mode", default="",
-                   help="loop: RMW_FASTRTPS_PUBLICATION_MODE (empty: what fowm run sets)")
     p.add_argument("--receiver", default=None, help=argparse.SUPPRESS)
     p.add_argument("--sender", default=None, help=argparse.SUPPRESS)
     p.add_argument("paths", nargs="*", help=argparse.SUPPRESS)

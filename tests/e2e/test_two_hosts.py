@@ -61,9 +61,9 @@ def wait_for(log: Path, text: str, timeout_s: float, count: int = 1) -> bool:
 
 
 def _env() -> dict[str, str]:
+    # No FASTDDS_BUILTIN_TRANSPORTS: the roles choose the transports (fowm.roles).
     return {"ROS_DOMAIN_ID": str(1 + os.getpid() % 100), "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
-            "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA?non_blocking=true", "MUJOCO_GL": "egl",
-            "OMP_NUM_THREADS": "1"}
+            "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
 
 
 def test_episodes_and_weights_cross_between_two_hosts(tmp_path: Path) -> None:
@@ -102,8 +102,10 @@ def test_episodes_and_weights_cross_between_two_hosts(tmp_path: Path) -> None:
                 "--key-file", str(robot / "lab.key"), "--episodes", str(EPISODES),
                 "--swaps", "1", "--duration", "120", "--summary", str(robot / "summary.json")],
                 _env(), rlog)
-            # The link is cut once the first bag crossed, and comes back 12 s later.
-            wait_for(robot / "robot.log", "acknowledged by the learner's host", 60.0)
+            # The link is cut once each side heard the other and the first bag crossed, and
+            # comes back 12 s later.
+            assert wait_for(work / "learner.log", "robot heard for the first time", 60.0)
+            assert wait_for(robot / "robot.log", "acknowledged by the learner's host", 60.0)
             hosts.cut()
             time.sleep(CUT_S)
             hosts.restore()

@@ -148,22 +148,32 @@ def spawn_learner_process(bag_dir: str | Path, checkpoint: str | Path,
     dies with this process: SIGTERM on our death (PR_SET_PDEATHSIG, Linux) and its own watch of
     ``parent_pid`` (anywhere), so a SIGKILLed `fowm run` leaves no orphan to share the work
     directory with the next one."""
-    parent = os.getpid()
     values = {"bag_dir": bag_dir, "checkpoint": checkpoint, "torch_threads": 1,
-              "parent_pid": parent, **(params or {})}
-    argv = [sys.executable, "-m", "fowm.nodes.learner_node", "--ros-args"]
+              "parent_pid": os.getpid(), **(params or {})}
+    return spawn_node_process("fowm.nodes.learner_node", values, params_file,
+                              {**os.environ, "OMP_NUM_THREADS": "1"}, nice=10)
+
+
+def spawn_node_process(module: str, values: dict[str, Any],
+                       params_file: str | Path | Sequence[str | Path] | None = None,
+                       env: dict[str, str] | None = None, nice: int = 0) -> subprocess.Popen:
+    """``python -m module --ros-args [--params-file F]… -p name:=value…`` as a child that gets
+    SIGTERM when this process dies (PR_SET_PDEATHSIG, Linux)."""
+    parent = os.getpid()
+    argv = [sys.executable, "-m", module, "--ros-args"]
     files = [params_file] if isinstance(params_file, str | Path) else list(params_file or [])
     for file in files:
         argv += ["--params-file", str(file)]
     for name, value in values.items():
         argv += ["-p", f"{name}:={value}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def in_child() -> None:           # between fork and exec
-        os.nice(10)
+        if nice:
+            os.nice(nice)
         die_with_parent(signal.SIGTERM, parent)
 
-    return subprocess.Popen(argv, env=env, preexec_fn=in_child)
+    return subprocess.Popen(argv, env=dict(os.environ if env is None else env),
+                            preexec_fn=in_child)
 
 
 def learner_report(work_dir: Path, exit_code: int | None = None,

@@ -1,8 +1,11 @@
 """`fowm run --role robot|learner`: the loop on two hosts that share no disk (docs/two_hosts.md).
 
-- ``--role robot`` (the PC next to the arm): twin (or arm) + planner + episode manager, the recorder
-  writing one bag per episode locally, and fowm_robot_link, which ships the bags to the learner's
-  host and stores received checkpoints in ``--store`` (the planner's trusted directory).
+- ``--role robot`` (the PC next to the arm): twin (or arm) + planner + episode manager and the
+  recorder writing one bag per episode locally, in one process that uses shared memory only and
+  so reaches this host only; and fowm_robot_link in a process of its own, the one that talks to
+  the learner's host: it ships the bags there and stores received checkpoints in ``--store``
+  (the planner's trusted directory). A send to a host behind a cut link can block inside DDS;
+  then it stalls the link, never the control loop (fowm.ros.transports).
 - ``--role learner`` (the GPU workstation): fowm_learner_link receiving bags into ``--bag-dir``
   and the learner (its own process, supervised, nice 10) training on them and sending each
   checkpoint's bytes to the robot (``weights_link``).
@@ -30,8 +33,7 @@ from rclpy.node import Node
 from fowm import bringup
 from fowm.nodes.learner_link import LearnerLinkNode
 from fowm.nodes.planner_node import PlannerNode
-from fowm.nodes.robot_link import RobotLinkNode
-from fowm.ros import qos
+from fowm.ros import qos, transports
 from fowm.ros.spin import spin_nodes
 from fowm.ros.supervisor import SupervisedProcess, SupervisorNode
 from fowm_core.contract import topics
@@ -39,13 +41,6 @@ from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.ledger import BagLedger
 
 ROLES = ("all", "robot", "learner")
-# Between hosts Fast DDS's LARGE_DATA sends user data over TCP. A send to a peer behind a cut link
-# blocked once the socket's buffer was full: inside rclpy's publish() with the GIL held, so every
-# Python thread of the process stopped, the control loop's included (a 10.1 s and a 19.5 s tick
-# measured). Non-blocking TCP sends drop instead (reliable QoS and our acks re-send), and
-# asynchronous publication keeps the sending off the caller's thread (docs/two_hosts.md).
-TWO_HOST_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA?non_blocking=true",
-                "RMW_FASTRTPS_PUBLICATION_MODE": "ASYNCHRONOUS"}
 LINK_STATUS = ("fowm_robot_link", "fowm_learner_link")
 
 
@@ -90,8 +85,20 @@ def run_robot(args: argparse.Namespace) -> dict[str, Any]:
         "fowm_planner": {"trust.key_file": key, "trust.trusted_dir": str(store)}}
     if args.episodes is not None:
         overrides["fowm_episode_manager"] = {"num_episodes": args.episodes}
-    _two_host_env()
+    # fowm_robot_link is the one process here that talks to the other host; this one (control)
+    # reaches this host only, so no send of its own can wait on the link (fowm.ros.transports).
+    link_env = {**os.environ, **transports.link_env(os.environ), "OMP_NUM_THREADS": "1"}
+    _replace_env(transports.CONTROL_ENV)
+    os.environ.pop(transports.PEERS, None)
+    report_file = bag_dir / ".robot_link.json"
+    report_file.unlink(missing_ok=True)
+    link_values = {"bag_dir": bag_dir, "store_dir": store, "key_file": key,
+                   "report_file": report_file, **_link_params(args)}
+    files = [f for f in (args.config, args.site_config) if f]
+    link = SupervisedProcess("fowm_robot_link", lambda: bringup.spawn_node_process(
+        "fowm.nodes.robot_link", link_values, files, link_env))
     rclpy.init(args=_ros_args(args))
+    link.start()
     ticks: list[tuple[float, float, float, bool]] = []
     watch: list[DiagnosticsLog] = []
 
@@ -106,26 +113,24 @@ def run_robot(args: argparse.Namespace) -> dict[str, Any]:
     sim, _, manager = bringup.stack_factories(args.checkpoint, args.lockstep, overrides)
     recorder = bringup.loop_factories(bag_dir, args.checkpoint,
                                       {"fowm_recorder": {"key_file": key}})[0]
-    link = bringup._factory(RobotLinkNode, {"bag_dir": str(bag_dir), "store_dir": str(store),
-                                            "key_file": key, **_link_params(args)})
-    # The recorder first, so it hears every episode event; the link last.
+    # The recorder first, so it hears every episode event.
     factories = [lambda: watch.append(DiagnosticsLog()) or watch[0], recorder, sim, planner,
-                 manager, link]
+                 manager, lambda: SupervisorNode(link)]
 
     def done(nodes: list[Node]) -> bool:
         if len(nodes) < len(factories) or args.episodes is None or args.stay:
             return False
         result = bringup._result(nodes, True)
-        link = nodes[-1]
-        assert isinstance(link, RobotLinkNode)
-        # Every episode recorded and, when swaps are awaited (a learner is there), acknowledged
-        # by the learner's host.
-        return (len(result.ends) >= args.episodes and result.swaps >= args.swaps
-                and (args.swaps == 0 or link.outbox.shipped >= args.episodes))
+        if len(result.ends) < args.episodes or result.swaps < args.swaps:
+            return False
+        # When swaps are awaited (a learner is there): every bag acknowledged by its host too.
+        return args.swaps == 0 or read_report(report_file).get("bags_shipped", 0) >= args.episodes
 
-    nodes = spin_nodes(factories, args.duration, done)
+    try:
+        nodes = spin_nodes(factories, args.duration, done)
+    finally:
+        link_exit = link.stop()
     result = bringup._result(nodes, started=len(nodes) == len(factories))
-    robot_link = next((n for n in nodes if isinstance(n, RobotLinkNode)), None)
     out: dict[str, Any] = {
         "role": "robot", "started": result.started,
         "success": [bool(e["success"]) for e in result.ends],
@@ -133,19 +138,23 @@ def run_robot(args: argparse.Namespace) -> dict[str, Any]:
         "swaps": result.swaps, "refused": result.refused_swaps, "rollbacks": result.rollbacks,
         "live_weights": result.live_weights, "bags": sorted(result.bags),
         "recorder_dropped": result.recorder_dropped,
-        "diagnostics": watch[0].changes if watch else []}
-    if robot_link is not None:
-        w = robot_link.link.watch
-        out.update(weights_received=robot_link.weights_received,
-                   weights_refused=list(robot_link.weights.refused),
-                   bags_shipped=robot_link.outbox.shipped, bag_sends=robot_link.outbox.sends,
-                   partitions=w.partitions, longest_partition_s=w.longest_s)
-        out["ticks_during_transfers"] = tick_windows(ticks, robot_link.weights_received)
-        out["bag_transfers"] = [vars(x) for x in robot_link.episodes.sent]
+        "diagnostics": watch[0].changes if watch else [],
+        "link_exit_code": link_exit, "link_restarts": link.restarts}
+    report = read_report(report_file)
+    out.update(report)
+    out["ticks_during_transfers"] = tick_windows(ticks, report.get("weights_received", []))
     out["missed_ticks"] = [{"wall_s": t[0], "lateness_ms": t[1] * 1e3, "work_ms": t[2] * 1e3,
                             "index": i} for i, t in enumerate(ticks) if t[3]]
     out["first_tick_wall_s"] = ticks[0][0] if ticks else None
     return out
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """The robot link's report (written atomically by its process); {} before the first one."""
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 def tick_windows(ticks: list[tuple[float, float, float, bool]],
@@ -180,7 +189,7 @@ def run_learner(args: argparse.Namespace) -> dict[str, Any]:
     files = [f for f in (args.config, args.site_config) if f]
     learner = SupervisedProcess("fowm_learner", lambda: bringup.spawn_learner_process(
         bag_dir, args.checkpoint, params, files))
-    _two_host_env()                          # before the learner process inherits it
+    _replace_env(transports.link_env(os.environ))    # before the learner process inherits it
     rclpy.init(args=_ros_args(args))
     learner.start()
     watch: list[DiagnosticsLog] = []
@@ -209,14 +218,14 @@ def run_learner(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _two_host_env() -> None:
-    for name, value in TWO_HOST_ENV.items():
-        os.environ.setdefault(name, value)
-    transports = os.environ["FASTDDS_BUILTIN_TRANSPORTS"]
-    if transports.startswith("LARGE_DATA") and "non_blocking=true" not in transports:
-        print(f"fowm run: FASTDDS_BUILTIN_TRANSPORTS={transports} without non_blocking=true: a "
-              "cut link can stop this process until it returns (docs/two_hosts.md)",
-              file=sys.stderr)
+def _replace_env(values: dict[str, str]) -> None:
+    """Set the two-host roles' DDS variables, saying so where they replace the user's."""
+    for name, value in values.items():
+        old = os.environ.get(name)
+        if old and old != value:
+            print(f"fowm run: {name}={old} replaced by {value} in this process (two-host "
+                  "roles, docs/two_hosts.md)", file=sys.stderr)
+        os.environ[name] = value
 
 
 def _link_params(args: argparse.Namespace, robot: bool = True) -> dict[str, Any]:

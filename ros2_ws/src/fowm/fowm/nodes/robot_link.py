@@ -12,6 +12,9 @@
   (fowm_core.runtime.remote.BagOutbox: a ledger of acknowledged bags survives restarts).
 - Health: a 1 Hz heartbeat on /fowm/link, and "fowm_robot_link: learner link" on /diagnostics:
   WARN "no learner heard for N s" during a partition. Control never waits for any of this.
+- ``report_file``: what the link did (checkpoints received, bags shipped, partitions) as JSON,
+  rewritten atomically once a second and at exit; `fowm run --role robot` runs this node in a
+  process of its own (the only one on the robot PC that talks to the other host) and reads it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from fowm_core.contract import topics
 from fowm_core.contract.messages import WeightsAnnouncement
 from fowm_core.errors import ConfigError, FowmError
 from fowm_core.runtime.control import param_meta as _p
+from fowm_core.runtime.ledger import atomic_write_text
 from fowm_core.runtime.remote import BagOutbox, WeightsInbox
 from fowm_core.runtime.transfer import Completed
 from fowm_core.runtime.trust import load_key
@@ -58,6 +62,8 @@ class RobotLinkParams:
     peer_timeout_s: float = field(default=3.0, metadata=_p(
         "the learner counts as gone after this many seconds without its heartbeat", 0.5, 600.0))
     keep_checkpoints: int = field(default=3, metadata=_p("received checkpoints kept", 1, 1000))
+    report_file: str = field(default="", metadata=_p(
+        "write what the link did here as JSON, once a second and at exit (empty: never)"))
 
 
 class RobotLinkNode(Node):
@@ -88,6 +94,8 @@ class RobotLinkNode(Node):
         self.create_timer(0.5, inputs.guard("bag shipping", self._ship))
         self.diag = DiagnosticsReporter(self, "fowm_robot_link: learner link", "fowm_robot_link")
         self.diag.publish_every(health=self._health)
+        if p.report_file:
+            self.create_timer(1.0, inputs.guard("link report", self.write_report))
         self.get_logger().info(f"shipping bags of {p.bag_dir}; checkpoints into {p.store_dir}")
         # After a restart: offer the newest checkpoint received before it (the planner refuses
         # it if it is not newer than its start weights), since the learner will not re-send it.
@@ -163,9 +171,24 @@ class RobotLinkNode(Node):
                 values
         return OK, f"{text}; {shipped} bags shipped, {pending} pending", values
 
+    # -- report ----------------------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        watch = self.link.watch
+        with self._lock:
+            return {"weights_received": list(self.weights_received),
+                    "weights_refused": list(self.weights.refused),
+                    "bags_shipped": self.outbox.shipped, "bag_sends": self.outbox.sends,
+                    "partitions": watch.partitions, "longest_partition_s": watch.longest_s,
+                    "bag_transfers": [vars(x) for x in self.episodes.sent]}
+
+    def write_report(self) -> None:
+        if self.params.report_file:
+            atomic_write_text(Path(self.params.report_file), json.dumps(self.report()))
+
     def destroy_node(self) -> None:
         self.episodes.close()
         self.weights.close()
+        self.write_report()
         super().destroy_node()
 
 

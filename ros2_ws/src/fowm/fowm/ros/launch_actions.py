@@ -27,11 +27,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from launch.actions import DeclareLaunchArgument, LogInfo, SetEnvironmentVariable
+from launch.actions import (
+    DeclareLaunchArgument,
+    LogInfo,
+    SetEnvironmentVariable,
+    UnsetEnvironmentVariable,
+)
 from launch.launch_context import LaunchContext
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from fowm.ros import transports
 from fowm.ros.lab_key import trust_overrides
 from fowm.ros.shutdown import PARENT_ENV
 
@@ -152,13 +158,18 @@ def role(context: LaunchContext) -> str:
 
 
 def two_host_env(context: LaunchContext) -> list[Any]:
-    """role:=robot|learner: non-blocking TCP sends and asynchronous publication, so a publish()
-    to a host behind a cut link never blocks a node's threads (fowm.roles.TWO_HOST_ENV,
-    docs/two_hosts.md)."""
+    """role:=robot: every process of this host on shared memory only, this host only (the robot
+    link gets its own variables back, robot_link_nodes); role:=learner: the default transports
+    (UDP). A publish() to a host behind a cut link then never blocks a control node
+    (fowm.ros.transports, docs/two_hosts.md)."""
     if role(context) == "all":
         return []
-    return [SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA?non_blocking=true"),
-            SetEnvironmentVariable("RMW_FASTRTPS_PUBLICATION_MODE", "ASYNCHRONOUS")]
+    values = (transports.CONTROL_ENV if role(context) == "robot"
+              else transports.link_env(os.environ))
+    actions: list[Any] = [SetEnvironmentVariable(k, v) for k, v in values.items()]
+    if role(context) == "robot":
+        actions.append(UnsetEnvironmentVariable(transports.PEERS))
+    return actions
 
 
 def robot_trusted_dir(context: LaunchContext) -> str:
@@ -213,7 +224,8 @@ def robot_link_nodes(context: LaunchContext, params: list[Any]) -> list[Node]:
         Node(package="fowm", executable="recorder_node", name="fowm_recorder", output="screen",
              emulate_tty=True, parameters=[*params, {"bag_dir": bag_dir, "key_file": key}]),
         Node(package="fowm", executable="robot_link", name="fowm_robot_link", output="screen",
-             emulate_tty=True, parameters=[*params, {
+             emulate_tty=True, additional_env=transports.link_env(os.environ),
+             parameters=[*params, {
                  "bag_dir": bag_dir, "store_dir": robot_trusted_dir(context), "key_file": key}]),
     ]
 

@@ -252,9 +252,15 @@ class LinkHeartbeat:
 
     def _on_link(self, msg: String) -> None:
         body = parse_link(msg.data)        # FowmError: refused and counted by the guard
-        if body["role"] == self.watch.role:
-            with self._lock:
-                self.watch.heard(body, time.monotonic())
+        if body["role"] != self.watch.role:
+            return
+        now = time.monotonic()
+        with self._lock:
+            last, alive = self.watch.last_s, self.watch.alive(now)
+            self.watch.heard(body, now)
+        if not alive:                      # the link came up: say so once, in the log
+            when = "for the first time" if last is None else f"again after {now - last:.1f} s"
+            self.node.get_logger().info(f"{self.watch.role} heard {when}")
 
     def state(self) -> tuple[bool, str]:
         with self._lock:

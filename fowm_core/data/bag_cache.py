@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,7 @@ def scan_bag_dir(root: str | Path) -> tuple[list[Path], dict[str, str]]:
     not a bag}); hidden entries (temp dirs being written, the learner's .learner) are skipped.
     """
     root = Path(root)
-    bags = sorted(p.parent for p in root.rglob("metadata.yaml")
-                  if p.parent != root and not _hidden(p, root))
+    bags = sorted(p.parent for p in _metadata_files(root) if p.parent != root)
     tops = {b.relative_to(root).parts[0] for b in bags}
     others: dict[str, str] = {}
     for entry in sorted(root.iterdir()):
@@ -55,6 +55,15 @@ def scan_bag_dir(root: str | Path) -> tuple[list[Path], dict[str, str]]:
         else:
             others[entry.name] = "a file, not a bag directory"
     return bags, others
+
+
+def _metadata_files(root: Path) -> Iterator[Path]:
+    """metadata.yaml files below ``root``, never entering hidden directories: a temp directory
+    renamed or removed while we look (the robot link's .incoming-*) must not fail the scan."""
+    for folder, dirs, files in os.walk(root):     # os.walk skips entries that vanish
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if "metadata.yaml" in files:
+            yield Path(folder) / "metadata.yaml"
 
 
 def _hidden(path: Path, root: Path) -> bool:

@@ -40,7 +40,6 @@ class Job:
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
     jobs: list[Job] = []
-    work: Path = args.work
     tasks = [t for t in args.tasks.split(",") if t]
     for task in tasks:
         data = data_dir(args, task)
@@ -50,7 +49,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         collect_obs = "all" if args.obs in ("rgb", "all") or classified else "state"
         jobs.append(_collect_job(args, task, collect_obs))
         for seed in args.seeds:
-            run = work / task / f"seed{seed}"
+            run = run_dir(args, task, seed)
             pre = ["pretrain", "--task", task, "--preset", args.preset, "--obs", args.obs,
                    "--data", str(data), "--seed", str(seed), "--threads", "1",
                    *_device(args), "--out", str(run / "pretrain")]
@@ -72,6 +71,15 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                     "--out", str(run / f"lam{lam:g}")],
                     run / f"lam{lam:g}" / "metrics.json", after=[f"pretrain/{task}/{seed}"]))
     return jobs
+
+
+def run_dir(args: argparse.Namespace, task: str, seed: int) -> Path:
+    """Where one seed's runs go. Agent-made kinds get a folder each, so a study of ``medium``
+    in the work directory of a ``medium-replay`` one trains anew instead of reporting the other
+    kind's finished runs as its own; scripted runs keep the paths earlier studies recorded."""
+    kind = getattr(args, "dataset_kind", "scripted")
+    task_dir = args.work / task if kind == "scripted" else args.work / task / kind
+    return task_dir / f"seed{seed}"
 
 
 def data_dir(args: argparse.Namespace, task: str) -> Path:
@@ -162,7 +170,7 @@ def collect_results(args: argparse.Namespace, jobs: list[Job], wall_s: float) ->
         for lam in args.lams:
             per_seed, seconds, missing = [], [], []
             for seed in args.seeds:
-                run = args.work / task / f"seed{seed}"
+                run = run_dir(args, task, seed)
                 finished = run / f"lam{lam:g}" / "metrics.json"
                 if not finished.exists():      # an interrupted study reports what it has
                     missing.append(seed)

@@ -116,7 +116,17 @@ def test_agent_made_datasets_collect_once_and_train_on_the_chosen_kind(tmp_path:
     for name in ("pretrain/lift/0", "finetune/lift/0/1"):
         argv = jobs[name].argv
         assert argv[argv.index("--data") + 1] == str(tmp_path / "work/data/lift/medium-replay")
+    assert jobs["pretrain/lift/0"].done_file == \
+        tmp_path / "work/lift/medium-replay/seed0/pretrain/metrics.json"
+    # The other kind in the same work directory shares the collection, never the runs.
+    medium = {j.name: j for j in experiment.plan_jobs(study_args(
+        tmp_path, "--dataset-kind", "medium"))}
+    assert medium["collect/lift"].done_file == collect.done_file
+    assert medium["finetune/lift/0/1"].done_file == \
+        tmp_path / "work/lift/medium/seed0/lam1/metrics.json"
     # The default (scripted) commands are the ones earlier studies recorded.
     scripted = {j.name: j for j in experiment.plan_jobs(study_args(tmp_path))}
+    assert scripted["pretrain/lift/0"].done_file == \
+        tmp_path / "work/lift/seed0/pretrain/metrics.json"
     assert scripted["collect/lift"].argv[:3] == ["collect", "--task", "lift"]
     assert "--source" not in scripted["collect/lift"].argv

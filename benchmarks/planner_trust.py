@@ -5,8 +5,9 @@ Each variant loads the checkpoint with planner overrides (fowm_core.learning.age
 is unchanged) and runs the study's offline evaluation: the same evaluation seeds as `fowm finetune`
 for that seed, the same number of episodes for every variant, so rows differ only in the planner.
 
+    R=runs/experiment_agent/push/medium-replay
     python benchmarks/planner_trust.py --seed 0 --episodes 20 \
-        --checkpoint runs/experiment_agent/push/medium-replay/seed0/pretrain/checkpoints/offline.safetensors \
+        --checkpoint $R/seed0/pretrain/checkpoints/offline.safetensors \
         [--out docs/results/push_planner_trust.json]
 
 One JSON line per variant on stdout; with --out, all of them (and each checkpoint's planner) in one

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -27,6 +30,20 @@ def test_paper_keeps_the_reference_encoder_and_cpu_pixels_get_the_light_one() ->
         assert cfg.model.img_size == 84 and cfg.model.conv_out_size == 7
     state = cpu(task="reach")
     assert (state.model.conv_kernels, state.learner.batch_size) == ((7, 5, 3, 3), 128)
+
+
+def test_the_encoder_study_changes_the_encoder_only() -> None:
+    """config/studies/paper_encoder.yaml, the heavier encoder the pixel study is compared with:
+    the paper's conv stack on the cpu pixel preset, every other value (batch included) kept."""
+    light = cpu(task="lift", modality="all")
+    path = Path(__file__).resolve().parents[2] / "config" / "studies" / "paper_encoder.yaml"
+    heavy = FowmConfig.from_yaml(path, base=light)
+    ref = paper(task="lift", modality="all").model
+    assert (heavy.model.num_channels, heavy.model.conv_kernels, heavy.model.conv_strides) == (
+        ref.num_channels, ref.conv_kernels, ref.conv_strides)
+    encoder = {"num_channels": ref.num_channels, "conv_kernels": ref.conv_kernels,
+               "conv_strides": ref.conv_strides}
+    assert heavy == dataclasses.replace(light, model=dataclasses.replace(light.model, **encoder))
 
 
 def test_encoder_layers_follow_the_config() -> None:

@@ -73,11 +73,16 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
+def dataset_kind(args: argparse.Namespace) -> str:
+    """scripted, medium or medium-replay; scripted where the caller's arguments predate kinds."""
+    return getattr(args, "dataset_kind", "scripted")
+
+
 def run_dir(args: argparse.Namespace, task: str, seed: int) -> Path:
     """Where one seed's runs go. Agent-made kinds get a folder each, so a study of ``medium``
     in the work directory of a ``medium-replay`` one trains anew instead of reporting the other
     kind's finished runs as its own; scripted runs keep the paths earlier studies recorded."""
-    kind = getattr(args, "dataset_kind", "scripted")
+    kind = dataset_kind(args)
     task_dir = args.work / task if kind == "scripted" else args.work / task / kind
     return task_dir / f"seed{seed}"
 
@@ -86,7 +91,7 @@ def data_dir(args: argparse.Namespace, task: str) -> Path:
     """The dataset the runs of ``task`` train on: the scripted collection, or one of the two an
     agent-made collection writes (``collect --source agent``: OUT/medium, OUT/medium-replay)."""
     root = args.work / "data" / task
-    kind = getattr(args, "dataset_kind", "scripted")
+    kind = dataset_kind(args)
     return root if kind == "scripted" else root / kind
 
 
@@ -94,7 +99,7 @@ def _collect_job(args: argparse.Namespace, task: str, obs: str) -> Job:
     out = args.work / "data" / task
     argv = ["collect", "--task", task, "--episodes", str(args.dataset_episodes),
             "--obs", obs, "--seed", "0", "--out", str(out)]
-    if getattr(args, "dataset_kind", "scripted") == "scripted":
+    if dataset_kind(args) == "scripted":
         return Job(f"collect/{task}", argv, out / "dataset.json")
     # The agent writes medium-replay, then medium; medium's record is the last thing written.
     argv[1:1] = ["--source", "agent", "--train-episodes", str(args.agent_train_episodes),

@@ -41,7 +41,10 @@ def test_lockstep_ros_evaluation_equals_python_on_the_same_seeds(
     assert report["ros_success_rate"] == report["python_success_rate"]
     # Identical trajectories: the return (a sum over every step's state) agrees to round-off.
     assert report["max_abs_return_diff"] < 1e-9, report
-    assert not extra["holds"], extra                 # no safety hold in a healthy run
+    # No safety hold in a healthy run. Lock-step ticks at least every 0.25 s, so a slow start-up
+    # holds while nothing has arrived yet (no_observation): the planner's inbox never empties
+    # again, so that reason can only mean start-up.
+    assert set(extra["holds"]) <= {"no_observation"}, extra
 
 
 def test_fowm_run_ends_cleanly_on_sigint(domain: str, tmp_path: Path) -> None:

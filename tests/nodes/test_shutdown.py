@@ -47,6 +47,31 @@ def test_signals_end_the_node_with_exit_code_0_and_no_traceback(tmp_path: Path, 
     assert "Traceback" not in log.read_text() and "KeyboardInterrupt" not in log.read_text()
 
 
+# The first SIGINT stops the process; launch's own SIGINT may land while the interpreter tears
+# down, after Python has put its handlers back to the default action.
+LATE_SECOND_SIGINT = """
+import os, signal, sys, time
+from fowm.ros.shutdown import stop_on_signals
+
+class SignalAtTeardown:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+
+with stop_on_signals() as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.wait(5)
+at_teardown = SignalAtTeardown()
+sys.exit(0)
+"""
+
+
+def test_a_second_sigint_during_interpreter_teardown_does_not_kill_the_process() -> None:
+    done = subprocess.run([sys.executable, "-c", LATE_SECOND_SIGINT], env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr)      # not -2: killed by SIGINT
+
+
 def test_node_stops_when_its_launcher_dies(tmp_path: Path) -> None:
     log = tmp_path / "node.log"
     log.touch()

@@ -63,6 +63,11 @@ def stop_on_signals() -> Iterator[threading.Event]:
     signalled = threading.Event()
 
     def request_stop(_signum: int, _frame: object) -> None:
+        # Ignored by the OS from now on, not by a Python handler: interpreter teardown resets
+        # Python handlers to the default action, so launch's second SIGINT landing there killed
+        # the process ("exit code -2"); SIG_IGN survives teardown.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         signalled.set()
         stop.set()
 

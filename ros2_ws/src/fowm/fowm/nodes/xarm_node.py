@@ -163,7 +163,9 @@ class XArmNode(Node):
             self.commander.reset()
             self._gripper_target = None
         if self.gate.is_armed:
-            self._command(reading, now, dt)
+            # The command timeout is judged on the clock right before sending, not the tick's
+            # start: reading the arm and publishing its state take time (ms over TCP).
+            self._command(reading, time.monotonic(), dt)
         self._update_diagnostics(reading)
 
     def _command(self, reading: XArmReading, now: float, dt: float) -> None:

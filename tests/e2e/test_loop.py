@@ -56,8 +56,8 @@ def test_episodes_become_bags_then_checkpoints_that_the_planner_swaps_in_without
         "fowm_learner": {"dataset_dir": str(dataset), "poll_s": 0.1},
         "fowm_recorder": {"grace_s": 0.3}}
     # As `fowm run --bag-dir`: a fresh 0600 lab key; the planner trusts the learner's checkpoints.
-    overrides = merged(trust_overrides(bag_dir / ".learner"), overrides)
     work_dir = bag_dir / ".learner"
+    overrides = merged(trust_overrides(work_dir), overrides)
     recorder_factory = loop_factories(bag_dir, start, overrides)[0]
     factories = [recorder_factory, *stack_factories(str(start), lockstep=False,
                                                     overrides=overrides)]
@@ -82,12 +82,12 @@ def test_episodes_become_bags_then_checkpoints_that_the_planner_swaps_in_without
         return [m for m in messages if m.get("role") == "learner"]
 
     def done() -> bool:
-        report = learner_report(work_dir)
+        report, newest = learner_report(work_dir), announced()[-1:]
         return (report.ingested >= EPISODES - 1
                 and report.trained_episodes == report.ingested     # no update owed
-                and bool(announced()) and announced()[-1]["path"] == report.checkpoint
+                and bool(newest) and newest[0]["path"] == report.checkpoint
                 and swapper.stats.swaps >= 1
-                and planner.weights.live.sha256 == announced()[-1]["sha256"])
+                and planner.weights.live.sha256 == newest[0]["sha256"])
 
     try:
         finished = spin(lambda: learner.poll() is not None or done(), timeout_s=240)

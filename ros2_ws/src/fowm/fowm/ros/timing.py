@@ -92,10 +92,11 @@ def freeze_startup_heap() -> None:
     """Move every object alive now into the collector's permanent generation (gc.freeze).
 
     A full collection holds the GIL while it scans every tracked object: with torch, rclpy and
-    MuJoCo loaded that is about 0.2 s (benchmarks/gc_pause.py), longer than a 160 ms control
-    period, and it lands on whichever thread happens to allocate. What exists when a control
-    loop starts (modules, models, nodes) lives as long as the process, so later collections
-    need not scan it; what is made after this point is collected as before."""
+    MuJoCo loaded that is 0.13 s in a planner process (benchmarks/gc_pause.py) and ~0.2 s in a
+    bigger one, about a 160 ms control period or more, and it lands on whichever thread
+    happens to allocate. What exists when a control loop starts (modules, models, nodes) lives
+    as long as the process, so later collections need not scan it; what is made after this
+    point is collected as before."""
     gc.freeze()
 
 

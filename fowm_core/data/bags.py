@@ -7,7 +7,10 @@ rosbags writes by default and what Jazzy/Kilted rosbag2 read; Humble's rosbag2 (
 
 Layout of an episode of T agent steps (stamps s_0 < … < s_T; log time = receive time on a robot):
   obs t      ee_pose, joint_states, object_pose, goal_pose, image, camera_info at header stamp s_t
-  action t   /fowm/action, header.stamp = s_t (the stamp of the observation it answers)
+  action t   /fowm/action, header.stamp = s_t (the stamp of the observation it answers). An
+             observation answered twice (a plan, then a safety hold when the data went stale
+             before the next one came) keeps its last command: the one in force when s_{t+1} was
+             taken, which is what the twin steps with
   reward t   /fowm/reward (Float32, no header), logged after action t and before action t+1
   events     /fowm/episode JSON: start (task, seed, obj_init_z) and end (success, terminal,
              final_stamp_ns = s_T)
@@ -148,6 +151,19 @@ def _pair_observations(scan: _Scan, needed: list[str], params: SyncParams
     return sets
 
 
+def _commands_in_force(actions: list[tuple[int, np.ndarray, int]]
+                       ) -> tuple[list[tuple[int, np.ndarray, int]], int]:
+    """Each observation's last command, and how many earlier ones it superseded. The planner
+    answers an observation again only to hold: its data went stale before the next one came."""
+    kept: list[tuple[int, np.ndarray, int]] = []
+    for action in actions:
+        if kept and kept[-1][0] == action[0]:
+            kept[-1] = action
+        else:
+            kept.append(action)
+    return kept, len(actions) - len(kept)
+
+
 def _observation_stamps(scan: _Scan, sets: dict[int, dict[str, Any]],
                         end: EpisodeEvent) -> list[int]:
     """s_0..s_T: each action's own stamp (exact), then the final observation's."""
@@ -262,6 +278,7 @@ def _read(path: Path, task: str | None, obs_mode: str, recompute: bool, img_size
           image_reward: ImageReward | None = None) -> Episode:
     use_rgb = obs_mode in ("rgb", "all")
     scan = _scan(path, want_images=use_rgb or image_reward is not None)
+    scan.actions, superseded = _commands_in_force(scan.actions)
     start, end = _event(scan, "start"), _event(scan, "end")
     logged_task = start.task
     task = task or logged_task
@@ -304,7 +321,7 @@ def _read(path: Path, task: str | None, obs_mode: str, recompute: bool, img_size
     info = {"task": task, "logged_task": logged_task, "episode": start.episode,
             "seed": start.get("seed"), "stamps_ns": np.asarray(stamps, dtype=np.int64),
             "bag": str(path), "obs_mode": obs_mode,
-            "reward_source": source}
+            "reward_source": source, "superseded_commands": superseded}
     if sources is not None:
         info["step_reward_sources"] = sources
     return Episode(obs, actions, reward, terminal=terminal, success=success, info=info)

@@ -115,10 +115,13 @@ def test_logged_and_recomputed_rewards_agree_and_relabel(tmp_path: Path) -> None
         read_episode_bag(bag, task="reach")
 
 
-def _robot_bag(path: Path, action_stamps: list[int], final: int) -> None:
+def _robot_bag(path: Path, action_stamps: list[int], final: int,
+               holds: tuple[int, ...] = (), restamp: dict[int, int] | None = None) -> None:
     """A robot-like log: ee_pose at 25 Hz, joint states 3 ms later at 25 Hz, images 7 ms later,
     a goal latched once, actions on some observations, rewards without stamps. Each stream's
-    values encode its own stamp, so the test can tell which message each observation used."""
+    values encode its own stamp, so the test can tell which message each observation used.
+    Action k in ``holds`` is answered again 10 ms later with zero motion (a stale-data hold);
+    ``restamp`` gives an action another stamp than the observation it was logged after."""
     ts = convert.TYPESTORE
     events: list[tuple[int, str, object]] = []
     grid = range(S0, final + 1, 40_000_000)
@@ -132,7 +135,11 @@ def _robot_bag(path: Path, action_stamps: list[int], final: int) -> None:
     events.append((S0, topics.GOAL_POSE, convert.pose_msg(S0, [0.1, 0.2, 0.3])))
     action_logs = [s + 30_000_000 for s in action_stamps] + [final + 40_000_000]
     for k, s in enumerate(action_stamps):
-        events.append((action_logs[k], topics.ACTION, convert.action_msg(s, [k / 10] * 4)))
+        stamp = (restamp or {}).get(s, s)
+        events.append((action_logs[k], topics.ACTION, convert.action_msg(stamp, [k / 10] * 4)))
+        if k in holds:
+            events.append((action_logs[k] + 10_000_000, topics.ACTION,
+                           convert.action_msg(s, [0.0] * 4)))
         # The reward of step k comes with the next observation, before the next action.
         events.append((action_logs[k + 1] - 5_000_000, topics.REWARD, convert.reward_msg(k)))
     events.append((S0, topics.EPISODE, convert.event_msg(EpisodeEvent(
@@ -161,6 +168,27 @@ def test_actions_pair_with_the_observation_of_their_exact_stamp(tmp_path: Path) 
     assert np.allclose(goal, 0.1)                                         # the latched goal
     assert np.allclose(ep.action[:, 0], [0.0, 0.1, 0.2, 0.3])
     assert ep.reward.tolist() == [0, 1, 2, 3]
+
+
+def test_an_observation_answered_again_by_a_hold_keeps_the_command_in_force(
+        tmp_path: Path) -> None:
+    # The planner holds on an observation it already answered when the next one is late: the
+    # robot then steps with the zero command, so that one labels the transition.
+    action_stamps = [S0 + 40_000_000 * k for k in (0, 1, 2, 3)]
+    _robot_bag(tmp_path / "robot", action_stamps, S0 + 40_000_000 * 4, holds=(1,))
+    ep = read_episode_bag(tmp_path / "robot", obs_mode="state")
+    assert ep.info["stamps_ns"].tolist() == [*action_stamps, S0 + 40_000_000 * 4]
+    assert np.allclose(ep.action[:, 0], [0.0, 0.0, 0.2, 0.3])
+    assert ep.reward.tolist() == [0, 1, 2, 3]
+    assert ep.info["superseded_commands"] == 1
+
+
+def test_actions_whose_stamps_go_back_are_refused(tmp_path: Path) -> None:
+    action_stamps = [S0 + 40_000_000 * k for k in (0, 1, 2, 3)]
+    _robot_bag(tmp_path / "robot", action_stamps, S0 + 40_000_000 * 4,
+               restamp={action_stamps[2]: action_stamps[0]})
+    with pytest.raises(BagError, match="action stamps that do not increase in log order"):
+        read_episode_bag(tmp_path / "robot", obs_mode="state")
 
 
 def test_action_without_its_observation_is_refused(tmp_path: Path) -> None:

@@ -5,9 +5,16 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import weakref
 
+import numpy as np
 import pytest
+import torch
 from fowm.ros.timing import FixedRateLoop, Tick, TriggeredLoop
+
+from fowm_core import config
+from fowm_core.model.world_model import WorldModel
+from fowm_core.planner.mppi import Planner
 
 
 def _wait(cond: object, timeout_s: float = 10.0) -> bool:
@@ -97,6 +104,25 @@ def test_starting_a_loop_takes_the_start_up_heap_out_of_later_collections() -> N
         made_later = [[i] for i in range(10)]
         assert not _collected(model) and _collected(made_later)
         assert gc.get_freeze_count() >= len(model)
+    finally:
+        gc.unfreeze()
+
+
+def test_frozen_start_up_weights_are_still_freed_when_a_swap_replaces_them() -> None:
+    """The collector never frees frozen garbage cycles, so the start-up model and planner must
+    leave by reference counting alone once a hot swap drops them (the swapper keeps only the
+    previous pair, for a rollback)."""
+    cfg = config.preset("cpu", task="lift")
+    model = WorldModel(cfg.model)
+    planner = Planner(model, cfg, torch.Generator().manual_seed(0))
+    for t0 in (True, False):                      # warm start, scorer buffers: all made
+        planner.plan({"state": np.zeros(cfg.model.state_dim, np.float32)}, t0=t0, eval_mode=False)
+    gone = weakref.ref(model), weakref.ref(planner)
+    gc.unfreeze()
+    try:
+        gc.freeze()
+        del model, planner
+        assert all(ref() is None for ref in gone)
     finally:
         gc.unfreeze()
 

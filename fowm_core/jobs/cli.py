@@ -43,6 +43,14 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        msg = f"must be 1 or more, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
@@ -115,7 +123,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     summary = workflows.run_finetune(args.checkpoint, args.data, args.out,
                                      episodes=args.episodes, eval_at=args.eval_at,
                                      eval_episodes=args.eval_episodes, lam=args.lam,
-                                     seed=args.seed, device=args.device,
+                                     utd=args.utd, seed=args.seed, device=args.device,
                                      classifier=_classifier(args))
     print(json.dumps({"eval": summary["eval"], "seconds": summary["seconds"]}))
     return 0
@@ -253,6 +261,8 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
     p.add_argument("--eval-at", type=_ints, default=[0, 10, 20, 50, 100])
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--lam", type=float, default=None, help="uncertainty cost λ (default: config)")
+    p.add_argument("--utd", type=_positive_int, default=None,
+                   help="updates per online step (default: the checkpoint's schedule.utd)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     _add_device_arg(p)
@@ -291,6 +301,9 @@ def build_parser(installed: dict[str, EntryPoint] | None = None) -> argparse.Arg
                    help="YAML overrides for pretraining (model sizes, ...); finetuning and "
                         "evaluation take the checkpoint's config")
     p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--utd", type=_positive_int, default=None,
+                   help="updates per online step for the finetuning runs (default: the "
+                        "checkpoint's schedule.utd)")
     p.add_argument("--eval-at", type=_ints, default=[0, 10, 20, 50, 100])
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 torch thread each)")

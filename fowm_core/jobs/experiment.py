@@ -68,6 +68,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                     "--eval-at", ",".join(map(str, args.eval_at)),
                     "--eval-episodes", str(args.eval_episodes), "--lam", f"{lam:g}",
                     "--seed", str(seed), "--threads", "1", *_device(args), *_rewards(args),
+                    *([] if args.utd is None else ["--utd", str(args.utd)]),
                     "--out", str(run / f"lam{lam:g}")],
                     run / f"lam{lam:g}" / "metrics.json", after=[f"pretrain/{task}/{seed}"]))
     return jobs

@@ -134,15 +134,17 @@ def run_eval(agent: Agent, episodes: int, seed: int) -> EvalResult:
 
 
 def run_finetune(checkpoint: str | Path, data: str | Path, out: str | Path, *, episodes: int,
-                 eval_at: list[int], eval_episodes: int, lam: float | None = None, seed: int = 0,
-                 progress: bool = True, device: str = "cpu",
+                 eval_at: list[int], eval_episodes: int, lam: float | None = None,
+                 utd: int | None = None, seed: int = 0, progress: bool = True, device: str = "cpu",
                  classifier: SuccessClassifier | None = None) -> dict[str, Any]:
     """The reference off→on loop from a pretrained checkpoint; evaluates at the given counts.
     With ``classifier`` the offline and online rewards are its probabilities; evaluation's
     success is still the simulator's."""
     out = Path(out)
     start = time.perf_counter()
-    overrides = {} if lam is None else {"planner": {"uncertainty_cost": lam}}
+    overrides: dict[str, Any] = {} if lam is None else {"planner": {"uncertainty_cost": lam}}
+    if utd is not None:
+        overrides["schedule"] = {"utd": utd}
     agent = load(checkpoint, overrides, seed=seed, device=device)
     cfg = agent.cfg
     if classifier is not None:

@@ -35,6 +35,19 @@ def test_job_graph_one_pretrain_per_seed_shared_by_both_lambdas(tmp_path: Path) 
         ckpts.add(ft.argv[ft.argv.index("--checkpoint") + 1])
     assert ckpts == {str(tmp_path / "work/lift/seed1/pretrain/checkpoints/offline.safetensors")}
     assert all(j.command.startswith("fowm ") for j in jobs.values())
+    assert all("--utd" not in j.argv for j in jobs.values())    # the checkpoint's own
+
+
+def test_utd_reaches_every_finetuning_run_and_nothing_else(tmp_path: Path, capsys) -> None:
+    jobs = experiment.plan_jobs(study_args(tmp_path, "--utd", "2"))
+    for job in jobs:
+        is_finetune = job.name.startswith("finetune/")
+        assert ("--utd" in job.argv) == is_finetune
+        if is_finetune:
+            assert job.argv[job.argv.index("--utd") + 1] == "2"
+    with pytest.raises(SystemExit):
+        study_args(tmp_path, "--utd", "0")
+    assert "--utd: must be 1 or more, got 0" in capsys.readouterr().err
 
 
 def peak_job(name: str, done: Path, after: list[str] | None = None, size: str = "16"):

@@ -79,14 +79,15 @@ def test_pretrain_finetune_eval_smoke(dataset, tmp_path, capsys) -> None:
     ft = tmp_path / "ft"
     assert cli.main(["finetune", "--checkpoint", str(ckpt), "--data", str(dataset),
                      "--episodes", "2", "--eval-at", "0,2", "--eval-episodes", "2",
-                     "--lam", "0", "--out", str(ft)]) == 0
+                     "--lam", "0", "--utd", "2", "--out", str(ft)]) == 0
     metrics = json.loads((ft / "metrics.json").read_text())
     assert metrics["lam"] == 0 and set(metrics["eval"]) == {"0", "2"}
     assert len(metrics["online"]) == 2
     assert (ft / "success.png").stat().st_size > 1000
-    # 2 online episodes of 25 steps → 50 more updates on top of the 30 offline ones.
+    # 2 online episodes of 25 steps, 2 updates per step → 100 more on top of the 30 offline ones.
     agent = workflows.load(ft / "checkpoints" / "final.safetensors")
-    assert agent.learner.step == 30 + 50
+    assert agent.learner.step == 30 + 100
+    assert json.loads((ft / "config.json").read_text())["schedule"]["utd"] == 2
 
     capsys.readouterr()
     assert cli.main(["eval", "--checkpoint", str(ckpt), "--episodes", "2"]) == 0

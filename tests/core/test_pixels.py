@@ -28,8 +28,10 @@ def test_paper_keeps_the_reference_encoder_and_cpu_pixels_get_the_light_one() ->
         assert cfg.model.conv_kernels == CPU_PIXEL_ENCODER["conv_kernels"]
         assert cfg.model.num_channels == 16 and cfg.learner.batch_size == 64
         assert cfg.model.img_size == 84 and cfg.model.conv_out_size == 7
+        assert cfg.schedule.utd == 2               # the pixel lift study's schedule
     state = cpu(task="reach")
     assert (state.model.conv_kernels, state.learner.batch_size) == ((7, 5, 3, 3), 128)
+    assert state.schedule.utd == 1 and paper(task="lift", modality="all").schedule.utd == 1
 
 
 def test_the_encoder_study_changes_the_encoder_only() -> None:

@@ -61,7 +61,9 @@ def test_sim_episodes_have_fixed_length_seeded_resets_and_shared_rewards(
     helper = Node("em_test_helper")
     Answerer(helper)
     rewards_rec, events_rec = Recorder(), Recorder()
-    helper.create_subscription(Float32, topics.REWARD, rewards_rec, qos.COMMAND)
+    # Depth 10, as a consumer that needs every reward (the recorder's is 200): released
+    # observations publish their rewards back to back.
+    helper.create_subscription(Float32, topics.REWARD, rewards_rec, qos.EVENTS)
     helper.create_subscription(String, topics.EPISODE, events_rec, qos.EVENTS)
     executor.add_node(helper)
     # The twin comes up after the listener has matched, so the first "start" is not missed.
@@ -135,7 +137,7 @@ def test_real_mode_without_a_tracked_object_uses_the_classifier_else_the_label(
     helper = Node("em_operator_noobj")
     Answerer(helper)
     rewards = Recorder()
-    helper.create_subscription(Float32, topics.REWARD, rewards, qos.COMMAND)
+    helper.create_subscription(Float32, topics.REWARD, rewards, qos.EVENTS)   # every reward
     confirm = helper.create_client(Trigger, "/fowm_episode_manager/confirm_reset")
     label = helper.create_client(SetBool, "/fowm_episode_manager/label_success")
     for node in (sim, manager, helper):

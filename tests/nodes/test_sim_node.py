@@ -4,6 +4,7 @@ lock-step on /clock, seeded resets, parameter checks."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +22,7 @@ from std_srvs.srv import Trigger
 
 from fowm_core.contract import topics
 from fowm_core.errors import ConfigError
+from fowm_core.sim import make_env
 
 STREAMS = {topics.COLOR_IMAGE: Image, topics.COLOR_INFO: CameraInfo,
            topics.JOINT_STATES: JointState, topics.EE_POSE: PoseStamped,
@@ -140,6 +142,27 @@ def test_reset_with_the_same_seed_is_reproducible(
         assert spin_until(lambda c=count: len(objects) >= c, timeout_s=10)
     a, b = (m.pose.position for m in objects[:2])
     assert (a.x, a.y, a.z) == (b.x, b.y, b.z)
+
+
+def test_the_first_reset_waits_for_a_slow_twin_build(
+        executor: SingleThreadedExecutor, spin_until: Callable[..., bool], monkeypatch) -> None:
+    """The first ~/reset builds the twin on the loop thread; on a busy machine that outlasted a
+    0.2 s lock-step timeout and the reset failed, which stops the episode manager."""
+    import fowm.nodes.sim_node as sim_node
+
+    def slow_make_env(*args: object, **kwargs: object) -> object:
+        time.sleep(0.8)
+        return make_env(*args, **kwargs)
+
+    monkeypatch.setattr(sim_node, "make_env", slow_make_env)
+    sim = _sim(task="reach", obs_mode="state", lockstep=True, lockstep_timeout_s=0.2)
+    executor.add_node(sim)
+    helper, _ = _listen(executor)
+    reset = helper.create_client(Trigger, "/fowm_sim/reset")
+    assert spin_until(lambda: reset.service_is_ready(), timeout_s=10)
+    future = reset.call_async(Trigger.Request())
+    assert spin_until(future.done, timeout_s=20)
+    assert future.result().success, future.result().message
 
 
 @pytest.mark.parametrize(("params", "match"), [

@@ -60,6 +60,10 @@ from fowm_core.sim.scene import GRIPPER_QUAT
 AGENT_STEP_S = 0.16      # docs/algorithm.md §7.1: 2 env steps × 2 × 20 × 0.002 s
 
 
+# The shortest time ~/reset waits for the loop to run it: enough to build the twin under load.
+MIN_RESET_WAIT_S = 5.0
+
+
 @dataclass(frozen=True)
 class SimNodeParams:
     checkpoint: str = field(default="", metadata=_p(
@@ -234,7 +238,10 @@ class SimNode(Node):
         with self._lock:
             self._reset_request = job
         self._command_event.set()                       # wake a lock-step loop at once
-        deadline = time.monotonic() + self.params.lockstep_timeout_s + 1.0 / self.params.rate_hz
+        # The loop may be in a lock-step wait, a step or, on the first reset, building the twin
+        # (MuJoCo model and renderer: 0.2 s on a quiet core, more on a busy one).
+        wait_s = max(self.params.lockstep_timeout_s + 1.0 / self.params.rate_hz, MIN_RESET_WAIT_S)
+        deadline = time.monotonic() + wait_s
         # In slices: a loop that stopped (shutdown) must not hold the executor for the timeout.
         while not job.done.wait(0.05):
             if time.monotonic() > deadline or not self.loop.is_running:

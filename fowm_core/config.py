@@ -336,7 +336,7 @@ def cpu(task: str = "lift", modality: Modality | str = Modality.STATE,
     With images (modality rgb/all) the encoder is lighter than the reference's and the batch is
     64: ``CPU_PIXEL_ENCODER``, chosen by measurement (docs/results.md, "A CPU pixel preset"); and
     each online step buys 2 updates (utd), which took pixel lift from 33 to 63 % after 100 online
-    episodes (docs/results.md, "Lift from pixels with 2 updates per online step").
+    episodes (docs/results.md, "Offline → online from pixels").
     """
     modality = Modality(modality)
     pixels = modality in (Modality.RGB, Modality.ALL)

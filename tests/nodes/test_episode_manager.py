@@ -61,8 +61,7 @@ def test_sim_episodes_have_fixed_length_seeded_resets_and_shared_rewards(
     helper = Node("em_test_helper")
     Answerer(helper)
     rewards_rec, events_rec = Recorder(), Recorder()
-    # Depth 10, as a consumer that needs every reward (the recorder's is 200): released
-    # observations publish their rewards back to back.
+    # Depth 10, as a consumer that needs every reward (the recorder's is 200).
     helper.create_subscription(Float32, topics.REWARD, rewards_rec, qos.EVENTS)
     helper.create_subscription(String, topics.EPISODE, events_rec, qos.EVENTS)
     executor.add_node(helper)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from fowm.nodes import sim_node
 from fowm.nodes.sim_node import SimNode
 from fowm.ros import qos
 from geometry_msgs.msg import PoseStamped
@@ -148,8 +149,6 @@ def test_the_first_reset_waits_for_a_slow_twin_build(
         executor: SingleThreadedExecutor, spin_until: Callable[..., bool], monkeypatch) -> None:
     """The first ~/reset builds the twin on the loop thread; on a busy machine that outlasted a
     0.2 s lock-step timeout and the reset failed, which stops the episode manager."""
-    import fowm.nodes.sim_node as sim_node
-
     def slow_make_env(*args: object, **kwargs: object) -> object:
         time.sleep(0.8)
         return make_env(*args, **kwargs)
